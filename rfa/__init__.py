@@ -1,0 +1,1 @@
+"""Attention for plaintext and secret-shared tensors: exact softmax and random features."""
