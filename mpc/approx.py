@@ -1,0 +1,144 @@
+"""MPC-friendly approximations of the non-linear functions a transformer needs.
+
+Each function uses only additions, products, public constants and exact
+comparisons, so it runs unchanged on float64 torch tensors and on secret-shared
+CrypTen tensors.  The float64 run is the *oracle*: the secure run must match it up
+to fixed-point error.  Each approximation states the input range on which it is
+accurate; :class:`RangeMonitor` counts plaintext values that fall outside, so the
+oracle run tells a user when a model or input leaves the safe range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mpc.tensorops import gt_zero, is_secure, max_along
+
+
+@dataclass(frozen=True)
+class ApproxConfig:
+    """Accuracy/cost knobs, each with the range it is valid on.
+
+    exp_iters:       exp(x) = (1 + x/2^k)^(2^k); accurate for x in [-2^k, ~4].
+    logit_bound:     attention logits are assumed in [-bound, bound].
+    mask_penalty:    subtracted from masked logits; masked entries then sit below
+                     every real logit and their exp underflows to 0 (needs
+                     2*bound + penalty <= 2^exp_iters).
+    norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm.
+    """
+
+    exp_iters: int = 8
+    logit_bound: float = 40.0
+    mask_penalty: float = 100.0
+    norm_range: tuple[float, float] = (1e-3, 1e4)
+    sigmoid_bound: float = 60.0
+
+
+@dataclass
+class RangeMonitor:
+    """Counts plaintext inputs outside an approximation's range (oracle runs only)."""
+
+    violations: dict[str, int] = field(default_factory=dict)
+
+    def check(self, name: str, x, low: float, high: float) -> None:
+        if is_secure(x):
+            return  # checking secret values would cost comparisons; the oracle does it
+        bad = int(((x < low) | (x > high)).sum())
+        if bad:
+            self.violations[name] = self.violations.get(name, 0) + bad
+
+
+NO_MONITOR = RangeMonitor()
+
+
+def exp(x, iters: int = 8):
+    """exp(x) by the limit (1 + x/2^k)^(2^k): k squarings, k rounds."""
+    y = 1 + x * (1.0 / 2**iters)
+    for _ in range(iters):
+        y = y.square()
+    return y
+
+
+def newton_iterations(low: float, high: float, shrink: float) -> int:
+    """Newton steps so that a start error of (1 - low/high) reaches ~2^-20.
+
+    ``shrink`` is the per-step exponent of the error recursion (2 for reciprocal).
+    """
+    start = max(1e-12, 1 - low / high)
+    target = 2.0**-20
+    return max(1, math.ceil(math.log(math.log(target) / math.log(start), shrink)) + 1)
+
+
+def reciprocal(x, low: float, high: float):
+    """1/x for x in [low, high] by Newton's y <- y(2 - xy) from y0 = 1/high.
+
+    The error e = 1 - x*y squares every step and starts below 1 - low/high, so the
+    step count follows from the range (no data-dependent branching).
+    """
+    y = x * 0 + 1.0 / high
+    for _ in range(newton_iterations(low, high, 2)):
+        y = y * (2 - x * y)
+    return y
+
+
+def inv_sqrt(x, low: float, high: float):
+    """1/sqrt(x) for x in [low, high] by Newton's y <- y(3 - x y^2)/2 from 1/sqrt(high).
+
+    Far below the root each step multiplies y by ~1.5, so we first take enough
+    steps to climb sqrt(high/low), then the quadratic phase.
+    """
+    y = x * 0 + 1.0 / math.sqrt(high)
+    climb = math.ceil(math.log(math.sqrt(high / low), 1.5))
+    for _ in range(climb + 6):
+        y = y * (3 - (x * y) * y) * 0.5  # (x*y)*y keeps precision when y is small
+    return y
+
+
+def sigmoid(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    """sigma(x) from |x|: one comparison, exp on (-inf, 0], reciprocal on [1, 2]."""
+    monitor.check("sigmoid", x, -cfg.sigmoid_bound, cfg.sigmoid_bound)
+    positive = gt_zero(x)
+    magnitude = x * (2 * positive - 1)
+    tail = exp(-magnitude, cfg.exp_iters)  # in (0, 1]
+    r = reciprocal(1 + tail, 1.0, 2.0)  # sigma(|x|) in [1/2, 1)
+    return (1 - r) + positive * (2 * r - 1)
+
+
+def silu(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    return x * sigmoid(x, cfg, monitor)
+
+
+def gelu(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    """GeLU(x) ~ x * sigma(1.702 x) (max abs error ~0.02 against the erf form)."""
+    return x * sigmoid(1.702 * x, cfg, monitor)
+
+
+def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    """Softmax over the last dim; ``penalty_mask`` is 1 where a key is hidden, else 0.
+
+    Hidden keys get ``mask_penalty`` subtracted so that they never win the max and
+    their exponential underflows to 0; works for a public causal mask and for the
+    data owner's secret padding mask alike (the product with a public constant is
+    local either way).
+    """
+    monitor.check("attention_logit", scores, -cfg.logit_bound, cfg.logit_bound)
+    if penalty_mask is not None:
+        scores = scores - penalty_mask * cfg.mask_penalty
+    shifted = scores - max_along(scores, -1)
+    e = exp(shifted, cfg.exp_iters)
+    total = e.sum(-1, keepdim=True)  # in [1, n]: the max entry contributes exp(0) = 1
+    return e * reciprocal(total, 1.0, float(scores.size(-1)))
+
+
+def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    centred = x - x.mean(-1, keepdim=True)
+    var = centred.square().mean(-1, keepdim=True) + eps
+    monitor.check("layer_norm_variance", var, *cfg.norm_range)
+    return centred * inv_sqrt(var, *cfg.norm_range) * weight + bias
+
+
+def rms_norm(x, weight, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    mean_square = x.square().mean(-1, keepdim=True) + eps
+    monitor.check("rms_norm_mean_square", mean_square, *cfg.norm_range)
+    return x * inv_sqrt(mean_square, *cfg.norm_range) * weight

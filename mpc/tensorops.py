@@ -1,0 +1,55 @@
+"""The few tensor operations whose spelling differs between torch and CrypTen.
+
+Model code is written once against these plus the operators both tensor kinds
+share (+, -, *, @, sum, reshape, transpose, ...), so the same code runs on
+float64 torch tensors (the plaintext oracle) and on secret-shared MPCTensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def is_secure(x) -> bool:
+    """True for CrypTen tensors (secret-shared), False for torch tensors."""
+    return not torch.is_tensor(x)
+
+
+def cat(tensors, dim: int = 0):
+    if is_secure(tensors[0]):
+        import crypten
+
+        return crypten.cat(list(tensors), dim=dim)
+    return torch.cat(list(tensors), dim=dim)
+
+
+def gt_zero(x):
+    """1 where x > 0 else 0, in x's own numeric kind (exact comparison in both)."""
+    if is_secure(x):
+        return x > 0
+    return (x > 0).to(x.dtype)
+
+
+def pairwise_max(a, b):
+    """Elementwise max(a, b) = b + (a - b)[a > b]: one comparison and one product."""
+    d = a - b
+    return b + d * gt_zero(d)
+
+
+def max_along(x, dim: int = -1):
+    """Maximum along ``dim`` (kept as size 1) by a balanced tree of pairwise maxima.
+
+    log2(n) comparison rounds instead of n - 1; identical algorithm on both backends,
+    so the plaintext oracle reproduces the secure result up to fixed-point error.
+    """
+    dim = dim % x.dim()
+    while x.size(dim) > 1:
+        n = x.size(dim)
+        half = n // 2
+        low = x.narrow(dim, 0, half)
+        high = x.narrow(dim, half, half)
+        merged = pairwise_max(low, high)
+        if n % 2:
+            merged = cat([merged, x.narrow(dim, n - 1, 1)], dim=dim)
+        x = merged
+    return x

@@ -1,0 +1,205 @@
+"""One transformer definition for plaintext and secret-shared execution.
+
+The same code runs on float64 torch tensors and on CrypTen MPCTensors; only the
+non-linear steps differ, and those are chosen by :class:`Nonlinear`:
+
+* ``exact=True`` (plaintext only) uses the original functions and reproduces the
+  Hugging Face model's logits;
+* ``exact=False`` uses the MPC-friendly approximations of :mod:`mpc.approx` —
+  on plaintext this is the *oracle* the secure run must match.
+
+Inputs are arranged so that nothing the data owner holds has to be public:
+token ids arrive as one-hot rows, the prompt as an additive embedding, the key
+padding mask and the prediction position as secret 0/1 tensors.  Public are only
+the batch size, the padded length and the number of label words.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from mpc import approx
+from mpc.tensorops import cat
+from rfa.softmax_attention import attention
+from secptune.arch import Arch
+
+
+@dataclass
+class Nonlinear:
+    """Which non-linearities to use: exact (plaintext) or approximate (MPC-friendly)."""
+
+    exact: bool = False
+    cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
+    monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
+
+    def act(self, x, name: str):
+        if self.exact:
+            if name == "silu":
+                return torch.nn.functional.silu(x)
+            if name == "gelu":
+                return torch.nn.functional.gelu(x)
+            if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+                return torch.nn.functional.gelu(x, approximate="tanh")
+            raise ValueError(f"activation {name!r} is not supported")
+        if name == "silu":
+            return approx.silu(x, self.cfg, self.monitor)
+        return approx.gelu(x, self.cfg, self.monitor)
+
+    def layer_norm(self, x, w, b, eps):
+        if self.exact:
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
+        return approx.layer_norm(x, w, b, eps, self.cfg, self.monitor)
+
+    def rms_norm(self, x, w, eps):
+        if self.exact:
+            return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
+        return approx.rms_norm(x, w, eps, self.cfg, self.monitor)
+
+
+@dataclass
+class Batch:
+    """The data owner's inputs for one forward pass (plaintext or shares).
+
+    token_onehot  [B, n, V]  one-hot token ids (zero rows at prompt slots)
+    prompt        [B, n, H]  prompt embeddings at prompt slots, zero elsewhere
+    pred_onehot   [B, n]     1 at the position whose output is scored
+    key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
+    type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
+    """
+
+    token_onehot: object
+    prompt: object
+    pred_onehot: object
+    key_penalty: object = None
+    type_onehot: object = None
+
+
+def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Public cos/sin tables [n, head_dim] for positions 0..n-1."""
+    d = arch.head_dim
+    inv_freq = 1.0 / (arch.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def _rotate_half(x):
+    half = x.size(-1) // 2
+    return cat([x.narrow(-1, half, half) * -1, x.narrow(-1, 0, half)], dim=-1)
+
+
+def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
+    """Public [repeat*n, n] penalty mask: 1 where a query would see a future key."""
+    future = torch.triu(torch.ones(n, n, dtype=torch.float64), diagonal=1)
+    return future.repeat(repeat, 1)
+
+
+class Transformer:
+    """Forward pass of an encoder masked LM or a Llama-style causal LM."""
+
+    def __init__(self, arch: Arch, weights: dict, nonlinear: Nonlinear):
+        self.arch = arch
+        self.w = weights
+        self.nl = nonlinear
+
+    # -- work that depends only on fixed inputs: done once per run ------------
+    def embed_tokens(self, token_onehot, type_onehot=None):
+        """Text-token embeddings by one-hot product (secure lookup of a secret table)."""
+        emb = token_onehot @ self.w["emb.word"]
+        if type_onehot is not None:
+            emb = emb + type_onehot @ self.w["emb.type"]
+        return emb
+
+    def label_head(self, verbalizer_onehot):
+        """Output rows of the label words only: [L, H] (+ bias [L] for encoders)."""
+        rows = verbalizer_onehot @ self.w["head.out"]
+        bias = verbalizer_onehot @ self.w["head.bias"] if "head.bias" in self.w else None
+        return rows, bias
+
+    # -- the per-candidate forward pass ---------------------------------------
+    def forward(self, token_embeds, batch: Batch, head):
+        """Label-word scores [B, L] at each example's prediction position."""
+        h = token_embeds + batch.prompt
+        if self.arch.family == "encoder":
+            h = self._encoder(h, batch)
+        else:
+            h = self._causal(h)
+        pooled = (h * batch.pred_onehot.unsqueeze(-1)).sum(1)
+        return self._score(pooled, head)
+
+    def _linear(self, x, name: str):
+        y = x @ self.w[f"{name}.w"]
+        bias = self.w.get(f"{name}.b")
+        return y if bias is None else y + bias
+
+    def _heads(self, x, count: int):
+        b, n = x.size(0), x.size(1)
+        return x.reshape(b, n, count, self.arch.head_dim).transpose(1, 2)
+
+    def _merge(self, x):
+        b, n = x.size(0), x.size(2)
+        return x.transpose(1, 2).reshape(b, n, self.arch.heads * self.arch.head_dim)
+
+    def _encoder(self, h, batch: Batch):
+        a, w, nl = self.arch, self.w, self.nl
+        n = h.size(1)
+        if n > a.max_positions:
+            raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
+        h = h + w["emb.pos"][a.position_offset : a.position_offset + n]
+        if batch.type_onehot is None and "emb.type" in w:
+            h = h + w["emb.type"][0]
+        h = nl.layer_norm(h, w["emb.ln.w"], w["emb.ln.b"], a.norm_eps)
+        penalty = None if batch.key_penalty is None else batch.key_penalty.unsqueeze(1).unsqueeze(1)
+        scale = 1.0 / math.sqrt(a.head_dim)
+        for i in range(a.layers):
+            p = f"l{i}."
+            q = self._heads(self._linear(h, p + "q") * scale, a.heads)
+            k = self._heads(self._linear(h, p + "k"), a.heads)
+            v = self._heads(self._linear(h, p + "v"), a.heads)
+            ctx = attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+            h = nl.layer_norm(h + self._linear(self._merge(ctx), p + "o"), w[p + "ln1.w"], w[p + "ln1.b"], a.norm_eps)
+            ff = self._linear(nl.act(self._linear(h, p + "ff1"), a.act), p + "ff2")
+            h = nl.layer_norm(h + ff, w[p + "ln2.w"], w[p + "ln2.b"], a.norm_eps)
+        return h
+
+    def _causal(self, h):
+        a, w, nl = self.arch, self.w, self.nl
+        b, n = h.size(0), h.size(1)
+        if n > a.max_positions:
+            raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
+        cos, sin = rope_tables(a, n)
+        rep = a.heads // a.kv_heads
+        penalty = causal_penalty(n, rep)
+        scale = 1.0 / math.sqrt(a.head_dim)
+        for i in range(a.layers):
+            p = f"l{i}."
+            x = nl.rms_norm(h, w[p + "ln1.w"], a.norm_eps)
+            q = self._heads(self._linear(x, p + "q"), a.heads)
+            k = self._heads(self._linear(x, p + "k"), a.kv_heads)
+            v = self._heads(self._linear(x, p + "v"), a.kv_heads)
+            q = (q * cos + _rotate_half(q) * sin) * scale
+            k = k * cos + _rotate_half(k) * sin
+            # grouped-query attention without copying k/v: the `rep` query heads
+            # sharing a kv head are stacked along the query axis.
+            q = q.reshape(b, a.kv_heads, rep * n, a.head_dim)
+            ctx = attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+            ctx = ctx.reshape(b, a.heads, n, a.head_dim)
+            h = h + self._linear(self._merge(ctx), p + "o")
+            x = nl.rms_norm(h, w[p + "ln2.w"], a.norm_eps)
+            gated = nl.act(self._linear(x, p + "gate"), a.act) * self._linear(x, p + "up")
+            h = h + self._linear(gated, p + "down")
+        return h
+
+    def _score(self, pooled, head):
+        a, w, nl = self.arch, self.w, self.nl
+        rows, bias = head
+        if a.family == "encoder":
+            t = nl.act(self._linear(pooled, "head.dense"), a.act)
+            t = nl.layer_norm(t, w["head.ln.w"], w["head.ln.b"], a.norm_eps)
+        else:
+            t = nl.rms_norm(pooled, w["final.ln.w"], a.norm_eps)
+        scores = t @ rows.transpose(0, 1)
+        return scores if bias is None else scores + bias
