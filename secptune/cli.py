@@ -1,0 +1,118 @@
+"""Command line: `secptune infer | tune | compare | party`.
+
+Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
+no traceback unless SECPTUNE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from secptune.errors import SecptuneError
+
+
+def _add_infer(sub) -> None:
+    p = sub.add_parser("infer", help="score label words for a data file (plain or secure)")
+    p.add_argument("--task", help="sst2|yelp|agnews|mrpc|rte: fills --data/--template/--verbalizer")
+    p.add_argument("--model", default="tiny-llama", help="tiny-roberta|tiny-bert|tiny-llama|smollm2 or a local HF checkpoint dir")
+    p.add_argument("--data", help="a .jsonl file (text, [text_b], label), or with --task a data directory")
+    p.add_argument("--template", help="e.g. '{text} It was {mask}.'")
+    p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
+    p.add_argument("--mode", choices=["plain", "secure"], default="plain")
+    p.add_argument("--attention", choices=["softmax", "rfa"], default="softmax")
+    p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
+    p.add_argument("--prompt-len", type=int, default=0, help="random prompt of N tokens (seeded)")
+    p.add_argument("--prompt", dest="prompt_file", help="a tuned prompt saved as a [P, H] tensor (.pt)")
+    p.add_argument("--prompt-seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _infer_options(args):
+    from secptune.checkpoints import load_config, resolve_model
+    from secptune.arch import arch_from_config
+    from secptune.infer import InferOptions
+    from secptune.tasks import get_task, task_file
+
+    data, template, words = args.data, args.template, args.verbalizer
+    if args.task:
+        spec = get_task(args.task)
+        family = arch_from_config(load_config(resolve_model(args.model))).family
+        if data is None or Path(data).is_dir():
+            data = str(task_file(args.task, "test", data))
+        template = template or spec.templates[family]
+        words = words or ",".join(spec.verbalizers[family])
+    missing = [flag for flag, v in (("--data", data), ("--template", template), ("--verbalizer", words)) if not v]
+    if missing:
+        raise SecptuneError(f"missing {', '.join(missing)}; give them, or --task NAME to use a built-in task")
+    return InferOptions(
+        model=args.model,
+        data=data,
+        template=template,
+        verbalizer=[w.strip() for w in words.split(",") if w.strip()],
+        mode=args.mode,
+        attention=args.attention,
+        exact=args.exact,
+        prompt_len=args.prompt_len,
+        prompt_file=args.prompt_file,
+        prompt_seed=args.prompt_seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+    )
+
+
+def _print_infer(result: dict) -> None:
+    acc = result["accuracy"]
+    print(f"model {result['model']}  mode {result['mode']}{' (exact)' if result['exact'] else ''}  "
+          f"examples {result['examples']}  accuracy {'n/a' if acc is None else f'{acc:.3f}'}  "
+          f"wall {result['wall_s']:.1f} s")
+    for role, t in result["comm"].items():
+        print(f"  {role:<6} sent {t['bytes'] / 1e6:9.2f} MB in {t['rounds']} rounds")
+    for name, count in result["range_warnings"].items():
+        print(f"  warning: {count} values outside the {name} approximation's range")
+
+
+def cmd_infer(args) -> int:
+    from secptune.infer import run_infer
+
+    result = run_infer(_infer_options(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_infer(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_infer(sub)
+    return parser
+
+
+COMMANDS = {"infer": cmd_infer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mpc.launcher import PartyFailedError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (SecptuneError, PartyFailedError) as exc:
+        if os.environ.get("SECPTUNE_DEBUG"):
+            raise
+        print(f"secptune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("secptune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

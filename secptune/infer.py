@@ -1,0 +1,165 @@
+"""`secptune infer`: score label words for a data file, plaintext or under MPC.
+
+The owner side (this process) only ever loads the model's config and tokenizer.
+In ``plain`` mode this process also loads the weights — plain mode is the
+non-private oracle and baseline, run by someone who holds both.  In ``secure``
+mode the weights are loaded by the server process alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mpc import approx
+from secptune.arch import Arch, arch_from_config, extract_weights
+from secptune.checkpoints import load_config, load_hf_model, load_tokenizer, resolve_model
+from secptune.errors import InputError
+from secptune.inputs import (
+    Example,
+    Template,
+    build_batch,
+    check_lengths,
+    encode,
+    load_jsonl,
+    verbalizer_ids,
+    verbalizer_onehot,
+)
+from secptune.transformer import Batch, Nonlinear, Transformer
+
+
+@dataclass
+class InferOptions:
+    model: str
+    data: str
+    template: str
+    verbalizer: list[str]
+    mode: str = "plain"
+    attention: str = "softmax"
+    exact: bool = False
+    prompt_len: int = 0
+    prompt_file: str | None = None
+    prompt_seed: int = 0
+    prompt_std: float = 0.02
+    limit: int | None = None
+    batch_size: int = 8
+    cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
+
+
+@dataclass
+class Prepared:
+    """Everything the owner derives from data, template and tokenizer (plaintext)."""
+
+    model_dir: Path
+    arch: Arch
+    examples: list[Example]
+    batches: list[Batch]
+    verbalizer: torch.Tensor
+    label_ids: list[int]
+
+
+def make_prompt(opts: InferOptions, hidden: int) -> torch.Tensor:
+    """The prompt embeddings [P, H]: from a file, or seeded random, or empty."""
+    if opts.prompt_file:
+        path = Path(opts.prompt_file)
+        if not path.is_file():
+            raise InputError(f"prompt file {opts.prompt_file!r} does not exist")
+        prompt = torch.load(path, weights_only=True).double()
+        if prompt.dim() != 2 or prompt.shape[1] != hidden:
+            raise InputError(f"prompt file has shape {tuple(prompt.shape)}; expected [prompt_len, {hidden}]")
+        return prompt
+    gen = torch.Generator().manual_seed(opts.prompt_seed)
+    return torch.randn(opts.prompt_len, hidden, generator=gen, dtype=torch.float64) * opts.prompt_std
+
+
+def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepared:
+    """Resolve the model, tokenize and lay out the owner's inputs (no weights loaded)."""
+    if opts.mode not in ("plain", "secure"):
+        raise InputError(f"--mode must be plain or secure, not {opts.mode!r}")
+    if opts.exact and opts.mode == "secure":
+        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
+    if opts.attention != "softmax":
+        raise InputError(f"--attention {opts.attention} is not available in this version; use softmax")
+    model_dir = resolve_model(opts.model)
+    arch = arch_from_config(load_config(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    template = Template(opts.template, arch.family)
+    label_ids = verbalizer_ids(tokenizer, opts.verbalizer, template)
+    examples = examples if examples is not None else load_jsonl(opts.data, opts.limit)
+    enc = encode(tokenizer, examples, template)
+    prompt = make_prompt(opts, arch.hidden)
+    check_lengths(enc, arch, prompt.shape[0], opts.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    rows = list(range(len(examples)))
+    chunks = [rows[i : i + opts.batch_size] for i in range(0, len(rows), opts.batch_size)]
+    batches = [build_batch(enc, chunk, prompt, arch, pad_id) for chunk in chunks]
+    return Prepared(model_dir, arch, examples, batches, verbalizer_onehot(label_ids, arch.vocab_size), label_ids)
+
+
+def plain_scores(prep: Prepared, exact: bool, cfg: approx.ApproxConfig) -> tuple[torch.Tensor, dict]:
+    """Scores from the plaintext model (exact, or with the secure run's approximations)."""
+    model = load_hf_model(prep.model_dir)
+    weights = extract_weights(model, arch_from_config(model.config))
+    del model
+    net = Transformer(prep.arch, weights, Nonlinear(exact=exact, cfg=cfg))
+    head = net.label_head(prep.verbalizer)
+    with torch.no_grad():
+        scores = [net.forward(net.embed_tokens(b.token_onehot, b.type_onehot), b, head) for b in prep.batches]
+    return torch.cat(scores), dict(net.nl.monitor.violations)
+
+
+def secure_scores(prep: Prepared, cfg: approx.ApproxConfig) -> tuple[torch.Tensor, dict]:
+    from dataclasses import asdict
+
+    from secptune import secure
+
+    request = secure.OwnerRequest(
+        batches=[tuple(b.token_onehot.shape[:2]) for b in prep.batches],
+        labels=len(prep.label_ids),
+        with_types=prep.batches[0].type_onehot is not None,
+        cfg=asdict(cfg),
+        expected_vocab=prep.arch.vocab_size,
+    )
+    private = secure.OwnerPrivate(prep.batches, prep.verbalizer)
+    results = secure.run_local(str(prep.model_dir), request, private)
+    comm = {role: r.traffic for role, r in results.items()}
+    return results["owner"].value["scores"], comm
+
+
+def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
+    pred = scores.argmax(-1).tolist()
+    labels = [ex.label for ex in prep.examples]
+    known = [(p, y) for p, y in zip(pred, labels) if y is not None]
+    accuracy = sum(p == y for p, y in known) / len(known) if known else None
+    return {
+        "scores": scores.tolist(),
+        "pred": pred,
+        "labels": labels,
+        "accuracy": accuracy,
+    }
+
+
+def run_infer(opts: InferOptions) -> dict:
+    started = time.perf_counter()
+    prep = prepare(opts)
+    if opts.mode == "plain":
+        scores, warnings = plain_scores(prep, opts.exact, opts.cfg)
+        comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
+    else:
+        scores, comm = secure_scores(prep, opts.cfg)
+        warnings = {}
+    out = summarize(prep, scores)
+    out.update(
+        mode=opts.mode,
+        exact=opts.exact,
+        attention=opts.attention,
+        model=opts.model,
+        examples=len(prep.examples),
+        wall_s=time.perf_counter() - started,
+        comm=comm,
+        range_warnings=warnings,
+    )
+    return out

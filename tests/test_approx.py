@@ -1,0 +1,77 @@
+"""The MPC-friendly approximations are accurate on their stated ranges (plaintext)."""
+
+import math
+
+import pytest
+import torch
+
+from mpc import approx
+from mpc.tensorops import max_along
+
+CFG = approx.ApproxConfig()
+
+
+def grid(lo, hi, n=2001):
+    return torch.linspace(lo, hi, n, dtype=torch.float64)
+
+
+def test_exp_on_softmax_range():
+    x = grid(-2 * CFG.logit_bound, 0)
+    err = (approx.exp(x, CFG.exp_iters) - x.exp()).abs()
+    assert err.max() < 3e-3  # absolute: these feed a normalised sum
+
+
+@pytest.mark.parametrize("lo,hi", [(1.0, 2.0), (1.0, 64.0), (1.0, 512.0)])
+def test_reciprocal_on_range(lo, hi):
+    x = grid(lo, hi)
+    rel = (approx.reciprocal(x, lo, hi) * x - 1).abs()
+    assert rel.max() < 1e-5
+
+
+def test_inv_sqrt_on_norm_range():
+    lo, hi = CFG.norm_range
+    x = torch.logspace(math.log10(lo), math.log10(hi), 400, dtype=torch.float64)
+    rel = (approx.inv_sqrt(x, lo, hi) * x.sqrt() - 1).abs()
+    assert rel.max() < 1e-6
+
+
+def test_sigmoid_silu_gelu():
+    x = grid(-30, 30)
+    # the limit exp (8 squarings) bounds the tail accuracy
+    assert (approx.sigmoid(x, CFG) - torch.sigmoid(x)).abs().max() < 1e-3
+    assert (approx.silu(x, CFG) - torch.nn.functional.silu(x)).abs().max() < 3e-3
+    # sigmoid-GeLU differs from erf-GeLU by design: bounded and small
+    assert (approx.gelu(x, CFG) - torch.nn.functional.gelu(x)).abs().max() < 0.03
+
+
+def test_softmax_with_penalty_mask():
+    torch.manual_seed(0)
+    s = torch.randn(3, 5, 7, dtype=torch.float64) * 8
+    mask = (torch.rand(3, 1, 7) < 0.3).double()
+    mask[..., 0] = 0  # every row keeps at least one key
+    ref = torch.softmax(s.masked_fill(mask > 0.5, float("-inf")), -1)
+    got = approx.softmax(s, mask, CFG)
+    assert (got - ref).abs().max() < 2e-3
+
+
+def test_norms_match_torch():
+    torch.manual_seed(0)
+    x = torch.randn(4, 9, 32, dtype=torch.float64) * 3 + 1
+    w, b = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    ln = torch.nn.functional.layer_norm(x, (32,), w, b, 1e-5)
+    assert (approx.layer_norm(x, w, b, 1e-5, CFG) - ln).abs().max() < 1e-5
+    rms = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5) * w
+    assert (approx.rms_norm(x, w, 1e-5, CFG) - rms).abs().max() < 1e-5
+
+
+def test_range_monitor_counts_violations():
+    monitor = approx.RangeMonitor()
+    approx.sigmoid(torch.tensor([0.0, 100.0, -200.0], dtype=torch.float64), CFG, monitor)
+    assert monitor.violations == {"sigmoid": 2}
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_tree_max(n):
+    x = torch.randn(3, 4, n, dtype=torch.float64)
+    # b + (a - b) may differ from a in the last float bit
+    torch.testing.assert_close(max_along(x, -1), x.max(-1, keepdim=True).values, rtol=0, atol=1e-12)
