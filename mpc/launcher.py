@@ -46,11 +46,18 @@ class PartyResult:
     audit: dict = field(default_factory=dict)
 
 
+def _is_transport_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("gloo" in text or "Connection" in text or "Timed out" in text)
+
+
 def _report_error(conn, role: str, exc: BaseException) -> None:
-    user_facing = getattr(exc, "user_facing", False) or type(exc).__module__.startswith(
-        ("secptune", "mpc")
-    )
-    detail = str(exc) if user_facing else f"{type(exc).__name__}: {exc}"
+    if _is_transport_error(exc):
+        detail = "lost the connection to another party (it stopped, hung, or the network failed)"
+    elif type(exc).__module__.startswith(("secptune", "mpc")):
+        detail = str(exc)
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
     conn.send(("error", role, detail, traceback.format_exc()))
 
 
@@ -89,7 +96,11 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
         conn.close()
 
 
-def _stop_all(procs: dict[str, mp.Process]) -> None:
+def _stop_all(procs: dict[str, mp.Process], grace_s: float = 0.0) -> None:
+    """Let finished parties exit on their own for ``grace_s``, then stop the rest."""
+    deadline = time.monotonic() + grace_s
+    for proc in procs.values():
+        proc.join(max(0.0, deadline - time.monotonic()))
     for proc in procs.values():
         if proc.is_alive():
             proc.terminate()
@@ -127,10 +138,13 @@ def run_local(
             proc.start()
             child_end.close()
             pipes[role], procs[role] = parent_end, proc
+        grace_s = 0.0
         try:
-            return _collect(pipes, procs, timeout_s)
+            results = _collect(pipes, procs, timeout_s)
+            grace_s = 10.0  # all reported: let them close their sessions cleanly
+            return results
         finally:
-            _stop_all(procs)
+            _stop_all(procs, grace_s)
 
 
 def _collect(pipes, procs, timeout_s: float) -> dict[str, PartyResult]:
@@ -154,11 +168,32 @@ def _collect(pipes, procs, timeout_s: float) -> dict[str, PartyResult]:
                     _, _, detail, trace = message
                     if os.environ.get("SECPTUNE_DEBUG"):
                         detail += "\n" + trace
+                    _raise_if_another_died(pipes, procs, results, role)
                     raise PartyFailedError(f"the {role} process failed: {detail}")
                 raise PartyFailedError(_death_message(role, procs[role]))
             if not procs[role].is_alive() and not conn.poll(0):
                 raise PartyFailedError(_death_message(role, procs[role]))
     return results
+
+
+def _raise_if_another_died(pipes, procs, results, reporter: str, grace_s: float = 2.0) -> None:
+    """A lost connection is usually a symptom: name the party that actually died."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        for role, proc in procs.items():
+            if role == reporter or role in results:
+                continue
+            if proc.is_alive() or proc.exitcode in (0, None):
+                continue
+            message = None
+            if pipes[role].poll(0):
+                try:
+                    message = pipes[role].recv()
+                except EOFError:
+                    pass
+            if message is None:
+                raise PartyFailedError(_death_message(role, proc))
+        time.sleep(0.05)
 
 
 def _death_message(role: str, proc: mp.Process) -> str:

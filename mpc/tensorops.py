@@ -23,6 +23,13 @@ def cat(tensors, dim: int = 0):
     return torch.cat(list(tensors), dim=dim)
 
 
+def pad(x, widths: tuple[int, ...]):
+    """Zero padding with torch.nn.functional.pad's ``widths`` convention (last dim first)."""
+    if is_secure(x):
+        return x.pad(widths)
+    return torch.nn.functional.pad(x, widths)
+
+
 def gt_zero(x):
     """1 where x > 0 else 0, in x's own numeric kind (exact comparison in both)."""
     if is_secure(x):

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from mpc import approx
-from secptune.arch import Arch, arch_from_config, extract_weights
-from secptune.checkpoints import load_config, load_hf_model, load_tokenizer, resolve_model
+from secptune.arch import Arch, arch_from_config
+from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.errors import InputError
 from secptune.inputs import (
     Example,
@@ -28,7 +28,7 @@ from secptune.inputs import (
     verbalizer_ids,
     verbalizer_onehot,
 )
-from secptune.transformer import Batch, Nonlinear, Transformer
+from secptune.transformer import Batch
 
 
 @dataclass
@@ -75,6 +75,17 @@ def make_prompt(opts: InferOptions, hidden: int) -> torch.Tensor:
     return torch.randn(opts.prompt_len, hidden, generator=gen, dtype=torch.float64) * opts.prompt_std
 
 
+def pad_token(tokenizer, arch: Arch) -> int:
+    """Padding token.  Causal LMs pad after the scored token, so content is irrelevant;
+    EOS is used because a pad row is often all-zero, which would push RMSNorm far
+    outside its approximation range for no reason."""
+    order = ("eos_token_id", "pad_token_id") if arch.family == "causal" else ("pad_token_id", "eos_token_id")
+    for attr in order:
+        if getattr(tokenizer, attr, None) is not None:
+            return getattr(tokenizer, attr)
+    return 0
+
+
 def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepared:
     """Resolve the model, tokenize and lay out the owner's inputs (no weights loaded)."""
     if opts.mode not in ("plain", "secure"):
@@ -92,7 +103,7 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
     enc = encode(tokenizer, examples, template)
     prompt = make_prompt(opts, arch.hidden)
     check_lengths(enc, arch, prompt.shape[0], opts.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token(tokenizer, arch)
     rows = list(range(len(examples)))
     chunks = [rows[i : i + opts.batch_size] for i in range(0, len(rows), opts.batch_size)]
     batches = [build_batch(enc, chunk, prompt, arch, pad_id) for chunk in chunks]
@@ -101,32 +112,24 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
 
 def plain_scores(prep: Prepared, exact: bool, cfg: approx.ApproxConfig) -> tuple[torch.Tensor, dict]:
     """Scores from the plaintext model (exact, or with the secure run's approximations)."""
-    model = load_hf_model(prep.model_dir)
-    weights = extract_weights(model, arch_from_config(model.config))
-    del model
-    net = Transformer(prep.arch, weights, Nonlinear(exact=exact, cfg=cfg))
-    head = net.label_head(prep.verbalizer)
-    with torch.no_grad():
-        scores = [net.forward(net.embed_tokens(b.token_onehot, b.type_onehot), b, head) for b in prep.batches]
-    return torch.cat(scores), dict(net.nl.monitor.violations)
+    from secptune.plain import PlainSession
+    from secptune.secure import score_batches
+
+    session = PlainSession(prep.model_dir, prep.verbalizer, exact, cfg)
+    return score_batches(session, prep.batches), session.range_warnings
 
 
-def secure_scores(prep: Prepared, cfg: approx.ApproxConfig) -> tuple[torch.Tensor, dict]:
+def secure_scores(prep: Prepared, cfg: approx.ApproxConfig, canaries: dict | None = None):
+    """Scores from a local three-process secure run, with each party's traffic."""
     from dataclasses import asdict
 
     from secptune import secure
 
-    request = secure.OwnerRequest(
-        batches=[tuple(b.token_onehot.shape[:2]) for b in prep.batches],
-        labels=len(prep.label_ids),
-        with_types=prep.batches[0].type_onehot is not None,
-        cfg=asdict(cfg),
-        expected_vocab=prep.arch.vocab_size,
+    request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=asdict(cfg), expected_vocab=prep.arch.vocab_size)
+    results = secure.run_local(
+        str(prep.model_dir), secure.score_batches, (prep.batches,), request, prep.verbalizer, canaries
     )
-    private = secure.OwnerPrivate(prep.batches, prep.verbalizer)
-    results = secure.run_local(str(prep.model_dir), request, private)
-    comm = {role: r.traffic for role, r in results.items()}
-    return results["owner"].value["scores"], comm
+    return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 
 def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
@@ -149,7 +152,7 @@ def run_infer(opts: InferOptions) -> dict:
         scores, warnings = plain_scores(prep, opts.exact, opts.cfg)
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
     else:
-        scores, comm = secure_scores(prep, opts.cfg)
+        scores, comm, _ = secure_scores(prep, opts.cfg)
         warnings = {}
     out = summarize(prep, scores)
     out.update(

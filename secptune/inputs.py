@@ -151,7 +151,8 @@ def build_batch(
     n = max(len(s) for s in seqs) + P
     B, V, H = len(rows), arch.vocab_size, arch.hidden
     token = torch.zeros(B, n, V, dtype=torch.float64)
-    prompt_full = torch.zeros(B, n, H, dtype=torch.float64)
+    if len({enc.lead[r] for r in rows}) != 1:
+        raise InputError("examples disagree on leading special tokens; the tokenizer is inconsistent")
     pred = torch.zeros(B, n, dtype=torch.float64)
     pad = torch.zeros(B, n, dtype=torch.float64)
     types = torch.zeros(B, n, max(arch.type_vocab, 1), dtype=torch.float64) if arch.type_vocab > 1 else None
@@ -165,14 +166,20 @@ def build_batch(
         for j in range(len(layout), n):
             token[b, j, pad_id] = 1.0
             pad[b, j] = 1.0
-        prompt_full[b, start : start + P] = prompts[b].double()
         pred[b, enc.pred[r] + (P if enc.pred[r] >= start else 0)] = 1.0
         if types is not None:
             ty = enc.types[r]
             layout_types = ty[:start] + [0] * P + ty[start:] + [0] * (n - len(layout))
             types[b, torch.arange(n), torch.tensor(layout_types)] = 1.0
     key_penalty = pad if arch.family == "encoder" else None
-    return Batch(token_onehot=token, prompt=prompt_full, pred_onehot=pred, key_penalty=key_penalty, type_onehot=types)
+    return Batch(
+        token_onehot=token,
+        prompt=prompts.double().contiguous(),
+        pred_onehot=pred,
+        key_penalty=key_penalty,
+        type_onehot=types,
+        prompt_start=enc.lead[rows[0]],
+    )
 
 
 def verbalizer_onehot(ids: list[int], vocab_size: int) -> torch.Tensor:

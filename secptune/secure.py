@@ -1,24 +1,26 @@
-"""The secure forward pass as run by the data owner's and the model server's processes.
+"""The secure model as a session between the data owner's and the server's processes.
 
-Both parties run the same program (CrypTen is SPMD); each provides the inputs it
-owns and a zero placeholder of the right shape for the other's.  What crosses
-between them before the computation is public by design:
+Both parties run the same code (CrypTen is SPMD); each provides the inputs it owns
+and a zero placeholder of the right shape for the other's.  The owner drives:
+it sends a public *command* (``texts``, ``forward``, ``stop``) and both sides
+then execute it.  What crosses in the clear is public by design:
 
-* owner -> server: batch shapes, the number of label words, the approximation
-  settings and protocol version;
+* owner -> server: commands with shapes (batch size, padded length, prompt
+  length, population size), the number of label words, approximation settings,
+  protocol version;
 * server -> owner: the public architecture (:class:`secptune.arch.Arch`) and the
   weight shapes.
 
-Weights are shared by the server, inputs by the owner, and the label-word scores
-are revealed to the owner only.  Text-token embeddings are a secure one-hot
-product with the server's secret embedding table; label-word output rows are
-selected the same way, so the server learns neither the text nor the label words.
+Weights are shared once per session, text inputs once per text set (training
+texts do not change during tuning), prompts once per forward; scores are
+revealed to the owner only.  See docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -29,7 +31,7 @@ from mpc.session import RANK
 from secptune import __version__
 from secptune.arch import Arch, arch_from_config, extract_weights
 from secptune.errors import SecptuneError
-from secptune.transformer import Batch, Nonlinear, Transformer
+from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
@@ -47,20 +49,10 @@ class SecureComputationError(SecptuneError):
 class OwnerRequest:
     """The public part of the owner's job, sent to the server at start-up."""
 
-    batches: list[tuple[int, int]]  # (batch size, padded length) per forward pass
     labels: int
-    with_types: bool
     cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
     expected_vocab: int | None = None
     version: str = __version__
-
-
-@dataclass
-class OwnerPrivate:
-    """The owner's secrets: one Batch per forward pass and the label-word one-hots."""
-
-    batches: list[Batch]
-    verbalizer_onehot: torch.Tensor
 
 
 def _rank() -> int:
@@ -93,7 +85,7 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
     elif request.expected_vocab is not None and request.expected_vocab != info["arch"]["vocab_size"]:
         problem = (
             f"model mismatch: the owner's tokenizer has {request.expected_vocab} tokens but the "
-            f"server's model has {info['arch']['vocab_size']}; both sides must use the same checkpoint family"
+            f"server's model has {info['arch']['vocab_size']}; both sides must use the same checkpoint"
         )
     verdict = _broadcast(problem or "ok", OWNER)
     if verdict != "ok":
@@ -101,45 +93,94 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
     return request, info
 
 
-def _secure_weights(shapes: dict, weights: dict | None) -> dict:
-    return {name: _share(weights[name] if weights else None, shape, SERVER) for name, shape in sorted(shapes.items())}
+def _config(d: dict) -> approx.ApproxConfig:
+    return approx.ApproxConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _secure_batch(arch: Arch, request: OwnerRequest, index: int, batch: Batch | None) -> Batch:
-    B, n = request.batches[index]
-    get = (lambda name: getattr(batch, name)) if batch else (lambda name: None)  # noqa: E731
-    return Batch(
-        token_onehot=_share(get("token_onehot"), (B, n, arch.vocab_size), OWNER),
-        prompt=_share(get("prompt"), (B, n, arch.hidden), OWNER),
-        pred_onehot=_share(get("pred_onehot"), (B, n), OWNER),
-        key_penalty=_share(get("key_penalty"), (B, n), OWNER) if arch.family == "encoder" else None,
-        type_onehot=_share(get("type_onehot"), (B, n, arch.type_vocab), OWNER) if request.with_types else None,
-    )
+@dataclass
+class _TextSet:
+    embeds: Any  # shared [B, n, H]
+    batch: Batch  # shared pred/penalty, public prompt_start
 
 
-def _run(request, private: OwnerPrivate | None, server_info, weights) -> dict:
-    request, info = _handshake(request, server_info)
-    arch = Arch.from_dict(info["arch"])
-    cfg = approx.ApproxConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in request.cfg.items()})
-    model = Transformer(arch, _secure_weights(info["shapes"], weights), Nonlinear(exact=False, cfg=cfg))
-    verbalizer = _share(
-        private.verbalizer_onehot if private else None, (request.labels, arch.vocab_size), OWNER
-    )
-    head = model.label_head(verbalizer)
-    scores, times = [], []
-    for i in range(len(request.batches)):
+class SecureSession:
+    """A live secure model; the owner calls its methods, the server mirrors them in :meth:`serve`."""
+
+    def __init__(self, request: OwnerRequest | None, verbalizer=None, server_info=None, weights=None):
+        self.is_owner = _rank() == OWNER
+        request, info = _handshake(request, server_info)
+        self.arch = Arch.from_dict(info["arch"])
+        shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
+        self.model = Transformer(self.arch, shared, Nonlinear(exact=False, cfg=_config(request.cfg)))
+        self.head = self.model.label_head(_share(verbalizer, (request.labels, self.arch.vocab_size), OWNER))
+        self.texts: list[_TextSet] = []
+        self.forward_log: list[dict] = []
+
+    # -- commands --------------------------------------------------------------
+    def _command(self, cmd: dict | None) -> dict:
+        return _broadcast(cmd, OWNER)
+
+    def load_texts(self, batch: Batch | None = None, cmd: dict | None = None) -> int:
+        """Share a set of texts and embed them once; returns its id for :meth:`scores`."""
+        if self.is_owner:
+            B, n = batch.token_onehot.shape[:2]
+            cmd = self._command(
+                {"op": "texts", "B": B, "n": n, "types": batch.type_onehot is not None, "start": batch.prompt_start}
+            )
+        a, (B, n) = self.arch, (cmd["B"], cmd["n"])
+        get = (lambda name: getattr(batch, name)) if batch is not None else (lambda name: None)  # noqa: E731
+        token = _share(get("token_onehot"), (B, n, a.vocab_size), OWNER)
+        types = _share(get("type_onehot"), (B, n, a.type_vocab), OWNER) if cmd["types"] else None
+        shared = Batch(
+            token_onehot=None,
+            prompt=None,
+            pred_onehot=_share(get("pred_onehot"), (B, n), OWNER),
+            key_penalty=_share(get("key_penalty"), (B, n), OWNER) if a.family == "encoder" else None,
+            prompt_start=cmd["start"],
+        )
+        self.texts.append(_TextSet(self.model.embed_tokens(token, types), shared))
+        return len(self.texts) - 1
+
+    def scores(self, text_id: int | None = None, prompts: torch.Tensor | None = None, cmd: dict | None = None):
+        """Scores [R*B, L] of R prompts [R, P, H] on text set ``text_id`` (owner gets them)."""
         started = time.perf_counter()
-        batch = _secure_batch(arch, request, i, private.batches[i] if private else None)
-        out = model.forward(model.embed_tokens(batch.token_onehot, batch.type_onehot), batch, head)
+        before = accounting.log().as_dict()
+        if self.is_owner:
+            cmd = self._command({"op": "forward", "texts": text_id, "R": prompts.shape[0], "P": prompts.shape[1]})
+        text = self.texts[cmd["texts"]]
+        prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER)
+        embeds, batch = population_inputs(text.embeds, text.batch, prompt)
+        out = self.model.forward(embeds, batch, self.head)
         revealed = reveal_to(out, OWNER)
-        times.append(time.perf_counter() - started)
+        after = accounting.log().as_dict()
+        self.forward_log.append(
+            {
+                "sequences": out.size(0),
+                "wall_s": time.perf_counter() - started,
+                "bytes": after["bytes"] - before["bytes"],
+                "rounds": after["rounds"] - before["rounds"],
+            }
+        )
         if revealed is not None:
-            scores.append(revealed)
-    result = {"forward_s": times}
-    if private is not None:
-        result["scores"] = torch.cat(scores)
-        _check_wild(result["scores"])
-    return result
+            _check_wild(revealed)
+        return revealed
+
+    def close(self) -> None:
+        if self.is_owner:
+            self._command({"op": "stop"})
+
+    def serve(self) -> None:
+        """Server side: execute the owner's commands until it says stop."""
+        while True:
+            cmd = self._command(None)
+            if cmd["op"] == "stop":
+                return
+            if cmd["op"] == "texts":
+                self.load_texts(cmd=cmd)
+            elif cmd["op"] == "forward":
+                self.scores(cmd=cmd)
+            else:
+                raise SecureComputationError(f"unknown command from the data owner: {cmd['op']!r}")
 
 
 def _check_wild(scores: torch.Tensor) -> None:
@@ -151,13 +192,20 @@ def _check_wild(scores: torch.Tensor) -> None:
         )
 
 
-def owner_party(request: OwnerRequest, private: OwnerPrivate, canaries: torch.Tensor | None = None) -> dict:
-    """The data owner's process: shares inputs, receives the scores."""
+def owner_party(
+    program: Callable, args: tuple, request: OwnerRequest, verbalizer: torch.Tensor, canaries=None
+):
+    """The data owner's process: runs ``program(session, *args)`` against the secure model."""
     accounting.set_canaries(canaries)
-    return _run(request, private, None, None)
+    session = SecureSession(request, verbalizer=verbalizer)
+    try:
+        result = program(session, *args)
+    finally:
+        session.close()
+    return {"result": result, "forwards": session.forward_log}
 
 
-def server_party(model_dir: str, canaries: torch.Tensor | None = None) -> dict:
+def server_party(model_dir: str, canaries=None) -> dict:
     """The model server's process: loads and shares the weights, learns nothing."""
     from secptune.checkpoints import load_hf_model
 
@@ -171,20 +219,33 @@ def server_party(model_dir: str, canaries: torch.Tensor | None = None) -> dict:
         "arch": arch.to_dict(),
         "shapes": {name: tuple(t.shape) for name, t in weights.items()},
     }
-    return _run(None, None, info, weights)
+    session = SecureSession(None, server_info=info, weights=weights)
+    session.serve()
+    return {"forwards": session.forward_log}
 
 
 def run_local(
     model_dir: str,
+    program: Callable,
+    args: tuple,
     request: OwnerRequest,
-    private: OwnerPrivate,
+    verbalizer: torch.Tensor,
     canaries: dict | None = None,
-    timeout_s: float = 3600.0,
+    timeout_s: float = 24 * 3600.0,
 ) -> dict[str, launcher.PartyResult]:
-    """Launch owner, server and dealer locally and run the secure forward passes."""
+    """Launch owner, server and dealer on this machine and run ``program`` on the owner."""
     canaries = canaries or {}
     return launcher.run_local(
-        owner=launcher.PartyJob(owner_party, (request, private, canaries.get("owner"))),
+        owner=launcher.PartyJob(owner_party, (program, args, request, verbalizer, canaries.get("owner"))),
         server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"))),
         timeout_s=timeout_s,
     )
+
+
+def score_batches(session, batches: list[Batch]) -> torch.Tensor:
+    """Owner program for `infer`: each batch's texts with its own prompt."""
+    out = []
+    for batch in batches:
+        text_id = session.load_texts(batch)
+        out.append(session.scores(text_id, batch.prompt[:1]))
+    return torch.cat(out) if out and out[0] is not None else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import approx
-from mpc.tensorops import cat
+from mpc.tensorops import cat, pad
 from rfa.softmax_attention import attention
 from secptune.arch import Arch
 
@@ -64,7 +64,8 @@ class Batch:
     """The data owner's inputs for one forward pass (plaintext or shares).
 
     token_onehot  [B, n, V]  one-hot token ids (zero rows at prompt slots)
-    prompt        [B, n, H]  prompt embeddings at prompt slots, zero elsewhere
+    prompt        [B, P, H]  prompt embeddings, placed at positions
+                             prompt_start .. prompt_start + P - 1 (public layout)
     pred_onehot   [B, n]     1 at the position whose output is scored
     key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
     type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
@@ -75,6 +76,30 @@ class Batch:
     pred_onehot: object
     key_penalty: object = None
     type_onehot: object = None
+    prompt_start: int = 0
+
+
+def insert_prompt(token_embeds, prompt, start: int):
+    """Add the prompt at its slots (whose token rows are zero), keeping type embeddings."""
+    P, n = prompt.size(1), token_embeds.size(1)
+    if P == 0:
+        return token_embeds
+    return token_embeds + pad(prompt, (0, 0, start, n - start - P))
+
+
+def population_inputs(text_embeds, text_batch: Batch, prompts):
+    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r."""
+    R, P, H = prompts.size(0), prompts.size(1), prompts.size(2)
+    B = text_embeds.size(0)
+    penalty = text_batch.key_penalty
+    batch = Batch(
+        token_onehot=None,
+        prompt=prompts.unsqueeze(1).expand(R, B, P, H).reshape(R * B, P, H),
+        pred_onehot=text_batch.pred_onehot.repeat(R, 1),
+        key_penalty=None if penalty is None else penalty.repeat(R, 1),
+        prompt_start=text_batch.prompt_start,
+    )
+    return text_embeds.repeat(R, 1, 1), batch
 
 
 def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +136,8 @@ class Transformer:
         emb = token_onehot @ self.w["emb.word"]
         if type_onehot is not None:
             emb = emb + type_onehot @ self.w["emb.type"]
+        elif "emb.type" in self.w:
+            emb = emb + self.w["emb.type"][0]  # encoders without pairs: token type 0
         return emb
 
     def label_head(self, verbalizer_onehot):
@@ -122,7 +149,7 @@ class Transformer:
     # -- the per-candidate forward pass ---------------------------------------
     def forward(self, token_embeds, batch: Batch, head):
         """Label-word scores [B, L] at each example's prediction position."""
-        h = token_embeds + batch.prompt
+        h = insert_prompt(token_embeds, batch.prompt, batch.prompt_start)
         if self.arch.family == "encoder":
             h = self._encoder(h, batch)
         else:
@@ -149,8 +176,6 @@ class Transformer:
         if n > a.max_positions:
             raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
         h = h + w["emb.pos"][a.position_offset : a.position_offset + n]
-        if batch.type_onehot is None and "emb.type" in w:
-            h = h + w["emb.type"][0]
         h = nl.layer_norm(h, w["emb.ln.w"], w["emb.ln.b"], a.norm_eps)
         penalty = None if batch.key_penalty is None else batch.key_penalty.unsqueeze(1).unsqueeze(1)
         scale = 1.0 / math.sqrt(a.head_dim)

@@ -1,0 +1,51 @@
+"""The plaintext model behind the same interface as the secure session.
+
+Used for ``--mode plain``: with ``exact=False`` it runs the secure run's
+approximations in float64 (the oracle); with ``exact=True`` the original
+non-linearities.  The caller holds the weights — plain mode is not private.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mpc import approx
+from secptune.arch import arch_from_config, extract_weights
+from secptune.checkpoints import load_hf_model
+from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs
+
+
+class PlainSession:
+    def __init__(self, model_dir, verbalizer: torch.Tensor, exact: bool, cfg: approx.ApproxConfig):
+        model = load_hf_model(model_dir)
+        self.arch = arch_from_config(model.config)
+        weights = extract_weights(model, self.arch)
+        del model
+        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg))
+        self.head = self.model.label_head(verbalizer)
+        self.texts: list[tuple[torch.Tensor, Batch]] = []
+        self.forward_log: list[dict] = []
+
+    @property
+    def range_warnings(self) -> dict:
+        return dict(self.model.nl.monitor.violations)
+
+    @torch.no_grad()
+    def load_texts(self, batch: Batch) -> int:
+        self.texts.append((self.model.embed_tokens(batch.token_onehot, batch.type_onehot), batch))
+        return len(self.texts) - 1
+
+    @torch.no_grad()
+    def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        embeds, batch = population_inputs(*self.texts[text_id], prompts.double())
+        out = self.model.forward(embeds, batch, self.head)
+        self.forward_log.append(
+            {"sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
+        )
+        return out
+
+    def close(self) -> None:
+        pass

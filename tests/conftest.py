@@ -1,0 +1,40 @@
+"""Shared fixtures: small prepared inputs for the tiny built-in models."""
+
+import pytest
+
+from secptune.infer import InferOptions, prepare
+from secptune.inputs import Example
+
+SENTENCES = [
+    Example("a great movie with fine acting", "the film was good", 1),
+    Example("the plot was bad and slow", "it was terrible", 0),
+    Example("it is a simple story about the world", "a story", 1),
+    Example("business news and sports", "tech", 0),
+]
+
+TEMPLATES = {
+    "tiny-roberta": ("{text} ? {mask} , {text_b}", ["No", "Yes", "great", "bad"]),
+    "tiny-bert": ("{text} ? {mask} , {text_b}", ["no", "yes", "great", "bad"]),
+    "tiny-llama": ("{text} It was {mask}", ["terrible", "great", "good"]),
+}
+
+TINY_MODELS = list(TEMPLATES)
+
+
+def prepared_inputs(model: str, prompt_len: int = 4, batch_size: int = 2, examples=SENTENCES):
+    template, words = TEMPLATES[model]
+    opts = InferOptions(
+        model=model,
+        data="",
+        template=template,
+        verbalizer=words,
+        prompt_len=prompt_len,
+        prompt_std=0.5,  # large enough that the prompt visibly moves the scores
+        batch_size=batch_size,
+    )
+    return opts, prepare(opts, examples)
+
+
+@pytest.fixture(params=TINY_MODELS)
+def tiny_model(request):
+    return request.param
