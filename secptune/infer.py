@@ -100,7 +100,7 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
     template = Template(opts.template, arch.family)
     label_ids = verbalizer_ids(tokenizer, opts.verbalizer, template)
     examples = examples if examples is not None else load_jsonl(opts.data, opts.limit)
-    enc = encode(tokenizer, examples, template)
+    enc = encode(tokenizer, examples, template, arch.prefix_tokens)
     prompt = make_prompt(opts, arch.hidden)
     check_lengths(enc, arch, prompt.shape[0], opts.model)
     pad_id = pad_token(tokenizer, arch)

@@ -108,7 +108,9 @@ def verbalizer_ids(tokenizer, words: list[str], template: Template) -> list[int]
     return ids
 
 
-def encode(tokenizer, examples: list[Example], template: Template) -> Encoded:
+def encode(tokenizer, examples: list[Example], template: Template, prefix: tuple[int, ...] = ()) -> Encoded:
+    """Token ids per example.  A causal model's fixed prefix (BOS) is dropped from the
+    owner's sequence: the server supplies it (see secptune.transformer.server_weights)."""
     mask_token = getattr(tokenizer, "mask_token", None)
     if template.family == "encoder" and not mask_token:
         raise TemplateError("this masked LM's tokenizer has no mask token")
@@ -123,6 +125,8 @@ def encode(tokenizer, examples: list[Example], template: Template) -> Encoded:
         else:
             if tokenizer.eos_token_id is not None and len(row) > 1 and row[-1] == tokenizer.eos_token_id:
                 row = row[:-1]  # a tokenizer that appends EOS would hide the next-token slot
+            if prefix and row[: len(prefix)] == list(prefix):
+                row = row[len(prefix) :]
             pos = len(row) - 1
         ids.append(row)
         pred.append(pos)
@@ -134,7 +138,7 @@ def encode(tokenizer, examples: list[Example], template: Template) -> Encoded:
 def check_lengths(enc: Encoded, arch: Arch, prompt_len: int, model_name: str) -> None:
     limit = arch.max_positions
     for i, row in enumerate(enc.ids):
-        total = len(row) + prompt_len
+        total = len(row) + prompt_len + len(arch.prefix_tokens)
         if total > limit:
             raise InputError(
                 f"example {i} needs {total} tokens ({len(row)} text + {prompt_len} prompt) but "

@@ -12,17 +12,13 @@ import time
 import torch
 
 from mpc import approx
-from secptune.arch import arch_from_config, extract_weights
 from secptune.checkpoints import load_hf_model
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs
+from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 
 class PlainSession:
     def __init__(self, model_dir, verbalizer: torch.Tensor, exact: bool, cfg: approx.ApproxConfig):
-        model = load_hf_model(model_dir)
-        self.arch = arch_from_config(model.config)
-        weights = extract_weights(model, self.arch)
-        del model
+        self.arch, weights = server_weights(load_hf_model(model_dir))
         self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg))
         self.head = self.model.label_head(verbalizer)
         self.texts: list[tuple[torch.Tensor, Batch]] = []

@@ -29,9 +29,9 @@ from mpc import accounting, approx, launcher
 from mpc.reveal import reveal_to
 from mpc.session import RANK
 from secptune import __version__
-from secptune.arch import Arch, arch_from_config, extract_weights
+from secptune.arch import Arch
 from secptune.errors import SecptuneError
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs
+from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
@@ -210,10 +210,7 @@ def server_party(model_dir: str, canaries=None) -> dict:
     from secptune.checkpoints import load_hf_model
 
     accounting.set_canaries(canaries)
-    model = load_hf_model(model_dir)
-    arch = arch_from_config(model.config)
-    weights = extract_weights(model, arch)
-    del model
+    arch, weights = server_weights(load_hf_model(model_dir))
     info = {
         "version": __version__,
         "arch": arch.to_dict(),

@@ -24,7 +24,7 @@ import torch
 from mpc import approx
 from mpc.tensorops import cat, pad
 from rfa.softmax_attention import attention
-from secptune.arch import Arch
+from secptune.arch import Arch, arch_from_config, extract_weights
 
 
 @dataclass
@@ -122,6 +122,26 @@ def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
     return future.repeat(repeat, 1)
 
 
+def server_weights(model) -> tuple[Arch, dict]:
+    """Server side, plaintext: the architecture and canonical weights of an HF model,
+    plus the keys/values of the fixed prefix tokens (causal models).
+
+    The prefix (BOS) never depends on the owner's input, so its per-layer keys and
+    values are computed here once, exactly, and shared like weights.  This also
+    keeps the attention-sink token — whose hidden state reaches mean squares near
+    1e6 in SmolLM2 — out of the fixed-point computation.
+    """
+    arch = arch_from_config(model.config)
+    weights = extract_weights(model, arch)
+    if arch.family == "causal" and arch.prefix_tokens:
+        ids = torch.tensor(arch.prefix_tokens)
+        embeds = weights["emb.word"][ids].unsqueeze(0)
+        capture: dict = {}
+        Transformer(arch, weights, Nonlinear(exact=True))._causal(embeds, capture)
+        weights.update(capture)
+    return arch, weights
+
+
 class Transformer:
     """Forward pass of an encoder masked LM or a Llama-style causal LM."""
 
@@ -190,14 +210,20 @@ class Transformer:
             h = nl.layer_norm(h + ff, w[p + "ln2.w"], w[p + "ln2.b"], a.norm_eps)
         return h
 
-    def _causal(self, h):
+    def _causal(self, h, capture: dict | None = None):
+        """Llama layers.  Keys/values of the fixed prefix (``l{i}.pk/.pv``), when present,
+        are prepended to every sequence's; ``capture`` collects this run's own k/v."""
         a, w, nl = self.arch, self.w, self.nl
         b, n = h.size(0), h.size(1)
-        if n > a.max_positions:
-            raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
-        cos, sin = rope_tables(a, n)
+        offset = w["l0.pk"].size(1) if "l0.pk" in w else 0
+        if offset + n > a.max_positions:
+            raise ValueError(f"sequence of {offset + n} tokens exceeds the model's {a.max_positions}")
+        cos, sin = rope_tables(a, offset + n)
+        cos, sin = cos[offset:], sin[offset:]
         rep = a.heads // a.kv_heads
         penalty = causal_penalty(n, rep)
+        if offset:
+            penalty = torch.cat([torch.zeros(rep * n, offset, dtype=torch.float64), penalty], dim=1)
         scale = 1.0 / math.sqrt(a.head_dim)
         for i in range(a.layers):
             p = f"l{i}."
@@ -207,6 +233,11 @@ class Transformer:
             v = self._heads(self._linear(x, p + "v"), a.kv_heads)
             q = (q * cos + _rotate_half(q) * sin) * scale
             k = k * cos + _rotate_half(k) * sin
+            if capture is not None:
+                capture[p + "pk"], capture[p + "pv"] = k[0], v[0]
+            if offset:
+                k = cat([w[p + "pk"].unsqueeze(0).expand(b, a.kv_heads, offset, a.head_dim), k], dim=2)
+                v = cat([w[p + "pv"].unsqueeze(0).expand(b, a.kv_heads, offset, a.head_dim), v], dim=2)
             # grouped-query attention without copying k/v: the `rep` query heads
             # sharing a kv head are stacked along the query axis.
             q = q.reshape(b, a.kv_heads, rep * n, a.head_dim)

@@ -28,11 +28,12 @@ def test_reciprocal_on_range(lo, hi):
     assert rel.max() < 1e-5
 
 
-def test_inv_sqrt_on_norm_range():
+def test_scaled_inv_sqrt_on_whole_norm_range():
     lo, hi = CFG.norm_range
-    x = torch.logspace(math.log10(lo), math.log10(hi), 400, dtype=torch.float64)
-    rel = (approx.inv_sqrt(x, lo, hi) * x.sqrt() - 1).abs()
-    assert rel.max() < 1e-6
+    v = torch.logspace(math.log10(lo), math.log10(hi), 500, dtype=torch.float64).unsqueeze(-1)
+    x = torch.full_like(v, 3.0)
+    rel = (approx.scaled_inv_sqrt_mul(x, v, lo, hi) * v.sqrt() / 3.0 - 1).abs()
+    assert rel.max() < 1e-9
 
 
 def test_sigmoid_silu_gelu():
