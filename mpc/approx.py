@@ -122,45 +122,62 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
 
 
 def power_of_two_scale(v, low: float, high: float):
-    """A secret power of two s with v * s^2 in [1, 4), for v in [low, high].
+    """Secret powers of two (s, s^2) with v * s^2 in [1, 4), for v in [low, high].
 
     One batched comparison of v against every power of 4 in the range gives the
-    interval; s is then a public linear combination of the comparison bits.
+    interval; s and s^2 are public linear combinations of the comparison bits.
     Exact powers of two keep the rescaling itself free of rounding.
     """
     k_lo, k_hi = math.floor(math.log(low, 4)), math.ceil(math.log(high, 4))
     levels = list(range(k_lo + 1, k_hi))
+    base_s, base_s2 = 2.0**-k_lo, 4.0**-k_lo
     if not levels:
-        return v * 0 + 2.0**-k_lo
-    thresholds = cat([v - 4.0**j for j in levels], dim=-1)
-    above = gt_zero(thresholds)  # one comparison round for all levels
+        return v * 0 + base_s, v * 0 + base_s2
+    above = gt_zero(cat([v - 4.0**j for j in levels], dim=-1))  # one comparison round
     steps = torch.tensor([2.0**-j - 2.0 ** -(j - 1) for j in levels], dtype=torch.float64)
-    return (above * steps).sum(-1, keepdim=True) + 2.0**-k_lo
+    steps2 = torch.tensor([4.0**-j - 4.0 ** -(j - 1) for j in levels], dtype=torch.float64)
+    return (above * steps).sum(-1, keepdim=True) + base_s, (above * steps2).sum(-1, keepdim=True) + base_s2
 
 
-def scaled_inv_sqrt_mul(x, v, low: float, high: float):
-    """x / sqrt(v) for v in [low, high] (v has a trailing dim of 1 broadcast over x).
+COARSE_SHIFT = 12
+REDUCED_RANGE = (0.25, 16.0)
 
-    Range reduction keeps fixed-point precision where v is huge (SmolLM2's
-    attention sink reaches v ~ 1e6) or tiny: with s = 2^-k and v s^2 in [1, 4),
-    x / sqrt(v) = (x s) / sqrt(v s^2), and Newton on [1, 4) needs 6 steps.
+
+def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR, name: str = "norm"):
+    """x / sqrt(mean(x^2) + eps) over the last dim, safe over a huge dynamic range.
+
+    Two-party truncation of a product v fails (error 2^32) with probability
+    ~|v| * 2^-32, so squaring an outlier channel (|x| ~ 2.5e4 in SmolLM2) directly
+    would fail often, while small inputs need full precision.  Three steps:
+
+    1. coarse = 2^12 mean(x * (x / 2^12)): safe for any x, accurate for large
+       mean squares (below ~1/4 it underflows, harmlessly);
+    2. a power of two s1 brings large rows to O(1); rows whose coarse value is
+       small are small elementwise (|x_i| <= sqrt(H/4)), so squaring x*s1 is safe
+       for every row, and r1 = mean((x s1)^2) is accurate everywhere;
+    3. a second power of two s2 puts r1 s2^2 in [1, 4); Newton's inverse square
+       root then runs on a fixed small range.  x / sqrt(ms) = x s1 s2 / sqrt(ms s1^2 s2^2).
     """
-    s = power_of_two_scale(v, low, high)
-    reduced = (v * s) * s
-    y = reduced * 0 + 0.5  # 1/sqrt(4): below the root on all of [1, 4)
-    for _ in range(6):
+    coarse = (x * (x * 2.0**-COARSE_SHIFT)).mean(-1, keepdim=True) * 2.0**COARSE_SHIFT
+    monitor.check(name, coarse + eps, *cfg.norm_range)
+    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1])
+    xs = x * s1
+    r1 = xs.square().mean(-1, keepdim=True)
+    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0)
+    xs = xs * s2
+    # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
+    reduced = xs.square().mean(-1, keepdim=True) + (s1_sq * s2_sq) * (eps * 2.0**10) * 2.0**-10
+    low, high = REDUCED_RANGE
+    y = reduced * 0 + 1.0 / math.sqrt(high)  # below the root on all of [low, high]
+    for _ in range(math.ceil(math.log(math.sqrt(high / low), 1.5)) + 5):
         y = y * (3 - (reduced * y) * y) * 0.5
-    return (x * s) * y
+    return xs * y
 
 
 def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     centred = x - x.mean(-1, keepdim=True)
-    var = centred.square().mean(-1, keepdim=True) + eps
-    monitor.check("layer_norm_variance", var, *cfg.norm_range)
-    return scaled_inv_sqrt_mul(centred, var, *cfg.norm_range) * weight + bias
+    return normalize(centred, eps, cfg, monitor, "layer_norm_variance") * weight + bias
 
 
 def rms_norm(x, weight, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
-    mean_square = x.square().mean(-1, keepdim=True) + eps
-    monitor.check("rms_norm_mean_square", mean_square, *cfg.norm_range)
-    return scaled_inv_sqrt_mul(x, mean_square, *cfg.norm_range) * weight
+    return normalize(x, eps, cfg, monitor, "rms_norm_mean_square") * weight

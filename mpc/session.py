@@ -83,14 +83,10 @@ def _with_timeout(init_process_group, timeout_s: float):
 
 
 def _install_hooks() -> None:
-    from mpc import accounting
+    from mpc import accounting, ring
 
     accounting.install()
-    try:  # TEMP
-        from mpc import ring
-        ring.install_into_crypten()
-    except ImportError:
-        pass
+    ring.install_into_crypten()
 
 
 def start(spec: SessionSpec, role: str) -> None:

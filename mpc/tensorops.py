@@ -31,9 +31,18 @@ def pad(x, widths: tuple[int, ...]):
 
 
 def gt_zero(x):
-    """1 where x > 0 else 0, in x's own numeric kind (exact comparison in both)."""
+    """1 where x > 0 else 0, in x's own numeric kind (exact comparison in both).
+
+    CrypTen returns comparison bits with scale 1 (unscaled integers); a product of
+    such a tensor with a public float would then be rounded to an integer, so the
+    bits are re-encoded at the standard fixed-point scale (a local shift).
+    """
     if is_secure(x):
-        return x > 0
+        from crypten.encoder import FixedPointEncoder
+
+        bits = x > 0
+        bits._tensor.encode_(FixedPointEncoder())
+        return bits
     return (x > 0).to(x.dtype)
 
 

@@ -19,6 +19,7 @@ from secptune.transformer import Batch, Nonlinear, Transformer, population_input
 class PlainSession:
     def __init__(self, model_dir, verbalizer: torch.Tensor, exact: bool, cfg: approx.ApproxConfig):
         self.arch, weights = server_weights(load_hf_model(model_dir))
+        self.embedding_std = float(weights["emb.word"].std())
         self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg))
         self.head = self.model.label_head(verbalizer)
         self.texts: list[tuple[torch.Tensor, Batch]] = []
@@ -39,9 +40,12 @@ class PlainSession:
         embeds, batch = population_inputs(*self.texts[text_id], prompts.double())
         out = self.model.forward(embeds, batch, self.head)
         self.forward_log.append(
-            {"sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
+            {"texts": text_id, "sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
         )
         return out
+
+    def traffic(self) -> tuple[int, int]:
+        return 0, 0
 
     def close(self) -> None:
         pass

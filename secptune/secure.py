@@ -110,6 +110,8 @@ class SecureSession:
         self.is_owner = _rank() == OWNER
         request, info = _handshake(request, server_info)
         self.arch = Arch.from_dict(info["arch"])
+        # public scalar the owner needs to scale its random projection (BBT); see docs/protocol.md
+        self.embedding_std = info["embedding_std"]
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
         self.model = Transformer(self.arch, shared, Nonlinear(exact=False, cfg=_config(request.cfg)))
         self.head = self.model.label_head(_share(verbalizer, (request.labels, self.arch.vocab_size), OWNER))
@@ -155,6 +157,7 @@ class SecureSession:
         after = accounting.log().as_dict()
         self.forward_log.append(
             {
+                "texts": cmd["texts"],
                 "sequences": out.size(0),
                 "wall_s": time.perf_counter() - started,
                 "bytes": after["bytes"] - before["bytes"],
@@ -164,6 +167,11 @@ class SecureSession:
         if revealed is not None:
             _check_wild(revealed)
         return revealed
+
+    def traffic(self) -> tuple[int, int]:
+        """Bytes and rounds this process has sent in this session (all channels)."""
+        log = accounting.log().as_dict()
+        return log["bytes"], log["rounds"]
 
     def close(self) -> None:
         if self.is_owner:
@@ -215,6 +223,7 @@ def server_party(model_dir: str, canaries=None) -> dict:
         "version": __version__,
         "arch": arch.to_dict(),
         "shapes": {name: tuple(t.shape) for name, t in weights.items()},
+        "embedding_std": float(weights["emb.word"].std()),
     }
     session = SecureSession(None, server_info=info, weights=weights)
     session.serve()

@@ -28,12 +28,14 @@ def test_reciprocal_on_range(lo, hi):
     assert rel.max() < 1e-5
 
 
-def test_scaled_inv_sqrt_on_whole_norm_range():
+def test_normalize_on_whole_norm_range():
     lo, hi = CFG.norm_range
-    v = torch.logspace(math.log10(lo), math.log10(hi), 500, dtype=torch.float64).unsqueeze(-1)
-    x = torch.full_like(v, 3.0)
-    rel = (approx.scaled_inv_sqrt_mul(x, v, lo, hi) * v.sqrt() / 3.0 - 1).abs()
-    assert rel.max() < 1e-9
+    ms = torch.logspace(math.log10(lo), math.log10(hi), 300, dtype=torch.float64)
+    torch.manual_seed(0)
+    x = torch.randn(300, 64, dtype=torch.float64)
+    x = x / x.square().mean(-1, keepdim=True).sqrt() * ms.sqrt().unsqueeze(-1)  # rows with mean square ms
+    want = x / (x.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    assert (approx.normalize(x, 1e-5, CFG) - want).abs().max() < 1e-8
 
 
 def test_sigmoid_silu_gelu():

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Time ring_matmul (float64 limbs) against torch's int64 and float32 matmul.
+
+    python scripts/bench_ringmatmul.py --m 256 --k 1024 --n 4096 --json
+
+All three run in the same process on the same shapes ([batch x] m x k times k x n);
+each time is the best of --repeat runs after one warm-up.  ``ring_s`` is the limb
+path forced (method="limbs"); ``auto_s`` is ring_matmul's default policy (which on
+the CPU keeps torch's int64 kernel); ``float64_s`` is one float64 GEMM of the same
+shape, the unit the limb path spends six of.  ``exact`` checks ring == int64 bit for
+bit.  ``speedup_vs_int64`` = int64_s / ring_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from mpc.ring import ring_matmul  # noqa: E402
+
+
+# (batch, m, k, n): small to large, square, narrow, long-K, and SmolLM2-135M-like
+# projections (hidden 576, MLP 1536) on 128 tokens
+SWEEP = [
+    (0, 16, 16, 16),
+    (0, 64, 64, 64),
+    (0, 128, 128, 128),
+    (0, 256, 256, 256),
+    (0, 512, 512, 512),
+    (0, 1024, 1024, 1024),
+    (0, 8, 4096, 4096),
+    (0, 4096, 64, 4096),
+    (0, 64, 8192, 64),
+    (0, 128, 576, 576),
+    (0, 128, 576, 1536),
+    (0, 128, 1536, 576),
+    (8, 128, 576, 1536),
+    (0, 256, 1024, 4096),
+]
+
+
+def best_time(fn, repeat: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench(m: int, k: int, n: int, batch: int, repeat: int, device: str) -> dict:
+    lead = (batch,) if batch else ()
+    gen = torch.Generator().manual_seed(0)
+    full = dict(low=-(2**63), high=2**63 - 1, dtype=torch.int64, generator=gen)
+    a = torch.randint(size=(*lead, m, k), **full).to(device)
+    b = torch.randint(size=(k, n), **full).to(device)
+    af, bf = torch.randn(a.shape, device=device), torch.randn(b.shape, device=device)
+    ad, bd = af.double(), bf.double()
+
+    exact = torch.equal(ring_matmul(a, b, method="limbs"), torch.matmul(a, b)) if device == "cpu" else None
+    ring_s = best_time(lambda: ring_matmul(a, b, method="limbs"), repeat)
+    int64_s = best_time(lambda: torch.matmul(a, b), repeat) if device == "cpu" else None
+    auto_s = best_time(lambda: ring_matmul(a, b), repeat)
+    float32_s = best_time(lambda: torch.matmul(af, bf), repeat)
+    float64_s = best_time(lambda: torch.matmul(ad, bd), repeat)
+    return {
+        "shape": [list(a.shape), list(b.shape)],
+        "ring_s": round(ring_s, 4),
+        "int64_s": None if int64_s is None else round(int64_s, 4),
+        "float32_s": round(float32_s, 4),
+        "speedup_vs_int64": None if int64_s is None else round(int64_s / ring_s, 3),
+        "auto_s": round(auto_s, 4),
+        "float64_s": round(float64_s, 4),
+        "exact": exact,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--m", type=int, default=256)
+    p.add_argument("--k", type=int, default=1024)
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=0, help="leading batch dim of a (0: none)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--sweep", action="store_true", help="run the preset SWEEP shapes (one JSON line each)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.sweep:
+        for batch, m, k, n in SWEEP:
+            print(json.dumps(bench(m, k, n, batch, args.repeat, args.device)), flush=True)
+        return 0
+    result = bench(args.m, args.k, args.n, args.batch, args.repeat, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>17}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Tuning reports (JSON + Markdown + curves) and side-by-side comparison of runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from secptune.errors import InputError
+
+
+def _per_call(train_forwards: list[dict], popsize: int) -> dict:
+    """Latency and traffic per API call (one candidate on the training texts)."""
+    if not train_forwards:
+        return {}
+    calls = len(train_forwards) * popsize
+    return {
+        "calls": calls,
+        "latency_s": sum(f["wall_s"] for f in train_forwards) / calls,
+        "bytes": sum(f["bytes"] for f in train_forwards) / calls,
+        "rounds": sum(f["rounds"] for f in train_forwards) / calls,
+    }
+
+
+def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    gens = result["history"]
+    data = {
+        "config": asdict(cfg),
+        "generations": gens,
+        "final": result["final"],
+        "totals": {"wall_s": wall_s, "parties": totals, "api_calls": len(gens) * cfg.popsize},
+        "per_call": _per_call(result["train_forwards"], cfg.popsize),
+    }
+    (out / "report.json").write_text(json.dumps(data, indent=1))
+    (out / "report.md").write_text(_markdown(data))
+    _plot_curves(out / "curves.png", [(f"{cfg.mode}", gens)])
+    return data
+
+
+def _markdown(d: dict) -> str:
+    c, f, t = d["config"], d["final"], d["totals"]
+    lines = [
+        f"# secptune tune: {c['task']} on {c['model']} ({c['mode']})",
+        "",
+        f"k={c['k']} seed={c['seed']} prompt_len={c['prompt_len']} d={c['intrinsic_dim']} "
+        f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']}",
+        "",
+        f"| split | zero-shot {f['metric']} | tuned {f['metric']} |",
+        "|---|---|---|",
+        f"| dev | {f['dev']['zero_shot']:.3f} | {f['dev']['tuned']:.3f} |",
+        f"| test | {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} |",
+        "",
+        f"Best generation {f['best_generation']} of {len(d['generations'])}; wall {t['wall_s']:.1f} s; "
+        f"{t['api_calls']} API calls.",
+        "",
+        "| party | bytes sent | rounds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {p} | {v['bytes']:,} | {v['rounds']:,} |" for p, v in t["parties"].items()]
+    if d.get("per_call"):
+        pc = d["per_call"]
+        lines += ["", f"Per API call: {pc['latency_s'] * 1e3:.1f} ms, {pc['bytes'] / 1e6:.2f} MB, {pc['rounds']:.1f} rounds."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(path: Path, runs: list[tuple[str, list[dict]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, gens in runs:
+        x = [g["gen"] for g in gens]
+        ax1.plot(x, [g["best_loss"] for g in gens], label=f"{name} best")
+        ax1.plot(x, [g["mean_loss"] for g in gens], "--", label=f"{name} mean")
+        dev = [(g["gen"], g["dev_accuracy"]) for g in gens if "dev_accuracy" in g]
+        if dev:
+            ax2.plot(*zip(*dev), label=name)
+    ax1.set(xlabel="generation", ylabel="training loss", title="CMA-ES loss")
+    ax2.set(xlabel="generation", ylabel="dev metric", title="dev metric of best candidate")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_run(path: str) -> dict:
+    p = Path(path)
+    p = p / "report.json" if p.is_dir() else p
+    if not p.is_file():
+        raise InputError(f"{path}: no report.json here; pass a run directory written by `secptune tune --out`")
+    return json.loads(p.read_text())
+
+
+def compare(paths: list[str], plot: str | None = None) -> str:
+    """A table of runs side by side (accuracy, wall time, traffic, time per call)."""
+    runs = [(p, load_run(p)) for p in paths]
+    header = "| run | mode | test zero-shot | test tuned | wall s | owner MB | server MB | dealer MB | ms/call | MB/call |"
+    lines = [header, "|" + "---|" * 10]
+    for path, d in runs:
+        f, parties, pc = d["final"], d["totals"]["parties"], d.get("per_call", {})
+        mb = lambda role: parties.get(role, {}).get("bytes", 0) / 1e6  # noqa: E731
+        lines.append(
+            f"| {Path(path).name} | {d['config']['mode']} | {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} | "
+            f"{d['totals']['wall_s']:.1f} | {mb('owner'):.1f} | {mb('server'):.1f} | {mb('dealer'):.1f} | "
+            f"{pc.get('latency_s', 0) * 1e3:.1f} | {pc.get('bytes', 0) / 1e6:.2f} |"
+        )
+    if plot:
+        _plot_curves(Path(plot), [(Path(p).name + ":" + d["config"]["mode"], d["generations"]) for p, d in runs])
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""Forward-only prompt tuning: CMA-ES on the data owner against the (secure) model.
+
+The owner keeps a latent z in R^d and a fixed random projection A (D x d,
+D = prompt_len x hidden); the prompt is A z.  Every generation, the whole
+population (R candidates) is scored on the training texts in one forward pass,
+the owner computes the losses from the revealed label-word scores, and CMA-ES
+``tell``s and ``ask``s.  Nothing about z, A, the data, the labels or the loss
+reaches the server: it only sees commands with shapes.
+
+The run is checkpointed after every generation (CMA-ES state, RNG states,
+history, best prompt); ``--resume`` continues from the last one and reaches the
+same result as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpc import approx
+from secptune.errors import InputError, SecptuneError
+from secptune.transformer import Batch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TuneConfig:
+    task: str = "sst2"
+    model: str = "smollm2"
+    mode: str = "secure"
+    data: str | None = None
+    train: str | None = None
+    test: str | None = None
+    template: str | None = None
+    verbalizer: list[str] | None = None
+    k: int = 16
+    seed: int = 42
+    prompt_len: int = 50
+    intrinsic_dim: int = 500
+    popsize: int = 20
+    budget: int = 8000  # candidate evaluations (API calls), BBT's default
+    sigma0: float = 1.0
+    alpha: float = 1.0
+    loss: str | None = None  # default per task: ce, or hinge for mrpc/rte
+    attention: str = "softmax"
+    device: str = "cpu"
+    test_limit: int | None = None
+    eval_every: int = 1
+    patience: int | None = None
+    batch_size: int = 32  # test/dev chunk size
+    cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
+
+    @property
+    def generations(self) -> int:
+        return max(1, self.budget // self.popsize)
+
+
+@dataclass
+class TextSets:
+    """Owner-side plaintext inputs; each Batch is one text set of the session."""
+
+    train: Batch
+    train_labels: list[int]
+    dev: list[Batch]
+    dev_labels: list[int]
+    test: list[Batch]
+    test_labels: list[int]
+    dev_zero: list[Batch]  # the same texts without prompt slots (zero-shot)
+    test_zero: list[Batch]
+    verbalizer: torch.Tensor
+    hidden: int
+    metric: str
+
+
+# -- losses and metrics (owner side, plaintext) ---------------------------------
+def losses(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-candidate loss from scores [R, B, L] and labels [B]."""
+    if kind == "ce":
+        logp = torch.log_softmax(scores, dim=-1)
+        return -logp.gather(-1, labels.expand(scores.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(-1)
+    if kind == "hinge":
+        gold = scores.gather(-1, labels.expand(scores.shape[0], -1).unsqueeze(-1))
+        margins = (1.0 - (gold - scores)).clamp(min=0)
+        margins = margins.scatter(-1, labels.expand(scores.shape[0], -1).unsqueeze(-1), 0.0)
+        return margins.sum(-1).mean(-1)
+    raise InputError(f"--loss must be ce or hinge, not {kind!r}")
+
+
+def metric(pred: list[int], labels: list[int], kind: str) -> float:
+    if kind == "f1":
+        tp = sum(p == 1 and y == 1 for p, y in zip(pred, labels))
+        fp = sum(p == 1 and y != 1 for p, y in zip(pred, labels))
+        fn = sum(p != 1 and y == 1 for p, y in zip(pred, labels))
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return sum(p == y for p, y in zip(pred, labels)) / len(labels)
+
+
+# -- the projection -------------------------------------------------------------
+def projection(cfg: TuneConfig, hidden: int, embedding_std: float) -> torch.Tensor:
+    """BBT's random projection A ~ N(0, sigma_A), sigma_A = alpha * std_emb / (sqrt(d) * sigma0).
+
+    Regenerated from the seed (never saved), so a checkpoint holds no large tensors.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    std = cfg.alpha * embedding_std / (math.sqrt(cfg.intrinsic_dim) * cfg.sigma0)
+    D = cfg.prompt_len * hidden
+    return torch.randn(D, cfg.intrinsic_dim, generator=gen, dtype=torch.float64) * std
+
+
+def prompts_from(A: torch.Tensor, zs, prompt_len: int, hidden: int) -> torch.Tensor:
+    z = torch.as_tensor(np.asarray(zs), dtype=torch.float64)
+    return (z @ A.T).reshape(len(z), prompt_len, hidden)
+
+
+# -- checkpoints ----------------------------------------------------------------
+def _save_checkpoint(out: Path, state: dict) -> None:
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)  # atomic: a kill never leaves a torn checkpoint
+
+
+def _load_checkpoint(out: Path, cfg: TuneConfig) -> dict | None:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    state["bytes"] += state.pop("session_bytes")  # traffic of the interrupted session
+    state["rounds"] += state.pop("session_rounds")
+    if state["config"] != asdict(cfg):
+        raise SecptuneError(
+            f"{path} belongs to a run with different settings; use another --out or the same flags"
+        )
+    return state
+
+
+# -- evaluation -----------------------------------------------------------------
+def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[int], kind: str) -> float:
+    pred: list[int] = []
+    for tid in text_ids:
+        pred += session.scores(tid, prompt.unsqueeze(0)).argmax(-1).tolist()
+    return metric(pred, labels, kind)
+
+
+def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume: bool, show_progress: bool = True):
+    """The owner's tuning loop; runs unchanged on a PlainSession or a SecureSession."""
+    import cma
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loss_kind = cfg.loss or "ce"
+    A = projection(cfg, texts.hidden, session.embedding_std)
+    train_id = session.load_texts(texts.train)  # always text set 0
+    dev_ids = [session.load_texts(b) for b in texts.dev]
+    labels = torch.tensor(texts.train_labels)
+    state = _load_checkpoint(out, cfg) if resume else None
+    if state is None:
+        np.random.seed(cfg.seed)
+        es = cma.CMAEvolutionStrategy(
+            np.zeros(cfg.intrinsic_dim), cfg.sigma0,
+            {"popsize": cfg.popsize, "seed": cfg.seed, "verbose": -9, "maxfevals": cfg.budget},
+        )
+        empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
+        zero_dev = _evaluate(session, [session.load_texts(b) for b in texts.dev_zero], empty, texts.dev_labels, texts.metric)
+        state = {"config": asdict(cfg), "gen": 0, "history": [], "best": None, "zero_shot_dev": zero_dev,
+                 "wall_s": 0.0, "bytes": 0, "rounds": 0, "since_best": 0}
+    else:
+        es = pickle.loads(state["es"])
+        np.random.set_state(state["np_state"])
+    bar = tqdm(total=cfg.generations, initial=state["gen"], desc=f"tune {cfg.task}", disable=not show_progress,
+               unit="gen", dynamic_ncols=True)
+    started = time.perf_counter() - state["wall_s"]
+    while state["gen"] < cfg.generations and not _early_stop(state, cfg):
+        zs = es.ask()
+        scores = session.scores(train_id, prompts_from(A, zs, cfg.prompt_len, texts.hidden))
+        per_candidate = losses(scores.view(len(zs), -1, scores.shape[-1]), labels, loss_kind)
+        es.tell(zs, per_candidate.tolist())
+        state["gen"] += 1
+        best_idx = int(per_candidate.argmin())
+        record = {"gen": state["gen"], "best_loss": float(per_candidate.min()), "mean_loss": float(per_candidate.mean())}
+        if state["gen"] % cfg.eval_every == 0 or state["gen"] == cfg.generations:
+            z_best = np.asarray(zs[best_idx])
+            dev = _evaluate(session, dev_ids, prompts_from(A, [z_best], cfg.prompt_len, texts.hidden)[0],
+                            texts.dev_labels, texts.metric)
+            record["dev_accuracy"] = dev
+            if state["best"] is None or dev > state["best"]["dev"]:
+                state["best"] = {"z": z_best.tolist(), "dev": dev, "gen": state["gen"]}
+                state["since_best"] = 0
+            else:
+                state["since_best"] += 1
+        sent, rounds = session.traffic()
+        record.update(bytes=state["bytes"] + sent, rounds=state["rounds"] + rounds,
+                      wall_s=time.perf_counter() - started)
+        state["history"].append(record)
+        state.update(es=pickle.dumps(es), np_state=np.random.get_state(), wall_s=record["wall_s"])
+        _save_checkpoint(out, {**state, "session_bytes": sent, "session_rounds": rounds})
+        bar.set_postfix(loss=f"{record['best_loss']:.3f}", dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
+                        MB=f"{record['bytes'] / 1e6:.0f}")
+        bar.update(1)
+    bar.close()
+    return _finish(session, cfg, texts, A, state)
+
+
+def _early_stop(state: dict, cfg: TuneConfig) -> bool:
+    return cfg.patience is not None and state["since_best"] >= cfg.patience
+
+
+def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict) -> dict:
+    best = state["best"]
+    prompt = prompts_from(A, [best["z"]], cfg.prompt_len, texts.hidden)[0]
+    test_ids = [session.load_texts(b) for b in texts.test]
+    zero_ids = [session.load_texts(b) for b in texts.test_zero]
+    empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
+    final = {
+        "dev": {"zero_shot": state["zero_shot_dev"], "tuned": best["dev"]},
+        "test": {
+            "zero_shot": _evaluate(session, zero_ids, empty, texts.test_labels, texts.metric),
+            "tuned": _evaluate(session, test_ids, prompt, texts.test_labels, texts.metric),
+        },
+        "best_generation": best["gen"],
+        "metric": texts.metric,
+    }
+    train_calls = [f for f in session.forward_log if f["texts"] == 0]  # text set 0 = training texts
+    return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": train_calls}

@@ -1,0 +1,107 @@
+"""`secptune tune`: prepare the owner's texts, run the tuner plain or secure, write reports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mpc import approx
+from secptune import report
+from secptune.arch import arch_from_config
+from secptune.checkpoints import load_config, load_tokenizer, resolve_model
+from secptune.errors import InputError
+from secptune.fewshot import held_out, sample_k_shot
+from secptune.infer import pad_token
+from secptune.inputs import Example, Template, build_batch, check_lengths, encode, load_jsonl, verbalizer_ids, verbalizer_onehot
+from secptune.tasks import get_task, task_file
+from secptune.transformer import Batch
+from secptune.tune import TextSets, TuneConfig, tune_program
+
+
+def _task_examples(cfg: TuneConfig) -> tuple[list[Example], list[Example], list[Example]]:
+    pool = load_jsonl(cfg.train or task_file(cfg.task, "train", cfg.data))
+    train, dev = sample_k_shot(pool, cfg.k, cfg.seed)
+    if cfg.test:
+        test = load_jsonl(cfg.test, cfg.test_limit)
+    else:
+        try:
+            test = load_jsonl(task_file(cfg.task, "test", cfg.data), cfg.test_limit)
+        except InputError:  # Yelp ships a few-shot pool only: test on the rest of it
+            test = held_out(pool, train + dev, cfg.test_limit or 500, cfg.seed)
+    return train, dev, test
+
+
+def build_texts(cfg: TuneConfig) -> tuple[Path, TextSets, str]:
+    """Owner side: tokenizer + config only; returns (model dir, text sets, loss kind)."""
+    spec = get_task(cfg.task)
+    model_dir = resolve_model(cfg.model)
+    arch = arch_from_config(load_config(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    template = Template(cfg.template or spec.templates[arch.family], arch.family)
+    words = cfg.verbalizer or list(spec.verbalizers[arch.family])
+    label_ids = verbalizer_ids(tokenizer, words, template)
+    train, dev, test = _task_examples(cfg)
+    pad_id = pad_token(tokenizer, arch)
+    prompt = torch.zeros(cfg.prompt_len, arch.hidden, dtype=torch.float64)
+    empty = torch.zeros(0, arch.hidden, dtype=torch.float64)
+
+    def batches(examples: list[Example], with_prompt: bool, whole: bool = False) -> list[Batch]:
+        enc = encode(tokenizer, examples, template, arch.prefix_tokens)
+        check_lengths(enc, arch, cfg.prompt_len if with_prompt else 0, cfg.model)
+        rows = list(range(len(examples)))
+        size = len(rows) if whole else cfg.batch_size
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        return [build_batch(enc, c, prompt if with_prompt else empty, arch, pad_id) for c in chunks]
+
+    texts = TextSets(
+        train=batches(train, True, whole=True)[0],  # one text set: one forward per generation
+        train_labels=[int(e.label) for e in train],
+        dev=batches(dev, True),
+        dev_labels=[int(e.label) for e in dev],
+        test=batches(test, True),
+        test_labels=[int(e.label) for e in test],
+        dev_zero=batches(dev, False),
+        test_zero=batches(test, False),
+        verbalizer=verbalizer_onehot(label_ids, arch.vocab_size),
+        hidden=arch.hidden,
+        metric=spec.metric,
+    )
+    return model_dir, texts, cfg.loss or spec.loss
+
+
+def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress: bool = True) -> dict:
+    """Run one tuning job and write report.json / report.md / curves.png into ``out_dir``."""
+    if cfg.mode not in ("plain", "secure"):
+        raise InputError(f"--mode must be plain or secure, not {cfg.mode!r}")
+    if cfg.attention != "softmax":
+        raise InputError(f"--attention {cfg.attention} is not available in this version; use softmax")
+    if cfg.device != "cpu":
+        raise InputError("--device cuda is not available in this version; use cpu")
+    model_dir, texts, loss = build_texts(cfg)
+    cfg.loss = loss
+    started = time.perf_counter()
+    args = (cfg, texts, out_dir, resume, show_progress)
+    if cfg.mode == "plain":
+        from secptune.plain import PlainSession
+
+        session = PlainSession(model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig(**_cfg(cfg.cfg)))
+        result = tune_program(session, *args)
+        totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}
+    else:
+        from secptune import secure
+
+        request = secure.OwnerRequest(labels=texts.verbalizer.shape[0], cfg=cfg.cfg, expected_vocab=texts.verbalizer.shape[1])
+        results = secure.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
+        result = results["owner"].value["result"]
+        totals = {role: r.traffic for role, r in results.items()}
+    wall = time.perf_counter() - started
+    out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall)
+    torch.save(result["prompt"], Path(out_dir) / "prompt.pt")
+    return out
+
+
+def _cfg(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
