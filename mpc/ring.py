@@ -22,19 +22,23 @@ needs 6 products for any K.
 Memory
 ------
 Peak extra memory, in units of the int64 operands (float64 is the same 8 bytes):
-about 3x each input for the float64 limbs (plus ~2x the larger input in int64
-temporaries while it is being split, freed before the products), and about 7x the
-int64 output (a 3x float64 product buffer reused by the three GEMMs, three int64
-accumulators, one temporary).  Broadcast batch dimensions are materialised in the
-limbs, as torch.matmul itself does.
+3x each input for the float64 limbs, plus ~2x the larger input in int64
+temporaries while it is split (freed before the products), plus ~7x the int64
+output (a 3x float64 product buffer reused by the three GEMMs, three int64
+accumulators, one temporary).  Measured for [256x1024]x[1024x4096] (34 MiB of
+inputs, 8 MiB output): 211 MiB peak RSS growth, MKL's buffers included.  Broadcast
+batch dimensions are materialised in the limbs, as torch.matmul itself does.
 
 Speed (see BENCHMARKS_ring.md)
 ------------------------------
-On GPUs torch has no int64 GEMM, so the float64 path is the way to multiply shares.
-On *this* CPU (2-core AMD EPYC, AVX-512, torch 2.13) torch's own int64 matmul is a
-vectorised kernel that is ~2-4x *faster* than the six float64 MKL products, so
-``method="auto"`` keeps torch's int64 matmul on CPU and uses limbs on CUDA.  Force
-either path with ``method=`` or the environment variable ``MPC_RING_MATMUL``
+The limb path costs six float64 GEMMs plus ~25 elementwise passes.  On GPUs CrypTen
+already treats int64 GEMM as unavailable and multiplies shares through float64
+blocks in its CUDALongTensor wrapper, spending 9-16 float64 products where this
+spends six (untested here: no GPU).  On *this* CPU (2-core AMD EPYC with AVX-512,
+torch 2.13) torch's own int64 matmul is a vectorised kernel about as fast as ONE
+float64 MKL GEMM (0.10-0.2 s for [256x1024]x[1024x4096] here), so the limb path is 3-10x slower there on every shape measured and
+``method="auto"`` keeps torch's int64 matmul on the CPU and uses limbs elsewhere.
+Force either path with ``method=`` or the environment variable ``MPC_RING_MATMUL``
 (``auto`` | ``limbs`` | ``torch``).
 
 CrypTen
@@ -188,7 +192,8 @@ def _limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _use_limbs(a: torch.Tensor, b: torch.Tensor, method: str) -> bool:
     if method != "auto":
         return method == "limbs"
-    # auto.  On CUDA torch has no int64 GEMM: limbs whatever the size.  On the CPU
+    # auto.  Off the CPU (CUDA: CrypTen's CUDALongTensor exists because int64 GEMM
+    # is not available there) limbs whatever the size.  On the CPU
     # torch's vectorised int64 kernel beat the six float64 GEMMs on every shape
     # measured (BENCHMARKS_ring.md), so it is kept there.
     return a.device.type != "cpu"
@@ -200,9 +205,9 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, *, method: str | None = None) 
     Supports torch.matmul's shapes: 1-D vectors, 2-D, and batched N-D with
     broadcasting.  ``method``: ``"limbs"`` (float64 BLAS on 22-bit limbs),
     ``"torch"`` (torch's int64 matmul) or ``"auto"`` (default, or the environment
-    variable ``MPC_RING_MATMUL``): limbs on GPUs, torch's kernel on the CPU, where it
-    is faster for every shape measured (so there is no size crossover to apply on the
-    CPU; on GPUs torch has no int64 GEMM, so limbs are used whatever the size).
+    variable ``MPC_RING_MATMUL``): limbs on GPUs (whatever the size), torch's kernel
+    on the CPU, where it is faster for every shape measured, so there is no size
+    crossover to apply there.
     ``"limbs"`` always takes the limb path.  Raises TypeError unless both inputs are
     int64 tensors; shape errors are torch.matmul's own.
     """

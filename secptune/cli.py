@@ -88,14 +88,73 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="prompt-tune with CMA-ES against the secure (or plain) forward pass")
+    p.add_argument("--task", choices=["sst2", "yelp", "agnews", "mrpc", "rte"], default="sst2")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--mode", choices=["secure", "plain"])
+    p.add_argument("--data", help="data directory with <task>/train.jsonl, test.jsonl")
+    p.add_argument("--train")
+    p.add_argument("--test")
+    p.add_argument("--template")
+    p.add_argument("--verbalizer")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--prompt-len", type=int)
+    p.add_argument("--intrinsic-dim", type=int, default=500)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
+    p.add_argument("--loss", choices=["ce", "hinge"])
+    p.add_argument("--attention", choices=["rfa", "softmax"], default="softmax")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
+    p.add_argument("--out", help="run directory (default runs/<task>-<model>-<mode>)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_tune(args) -> int:
+    from secptune.tune_defaults import plan_runs
+    from secptune.tune_job import run_tune
+
+    runs = plan_runs(args)
+    for cfg, out, note in runs:
+        print(f"secptune: {note}", file=sys.stderr)
+        result = run_tune(cfg, out, resume=args.resume, show_progress=not args.quiet)
+        f = result["final"]
+        print(f"{cfg.mode:>6} {cfg.task}: test {f['metric']} zero-shot {f['test']['zero_shot']:.3f} -> "
+              f"tuned {f['test']['tuned']:.3f}  ({result['totals']['wall_s']:.0f} s)  report: {out}/report.md")
+    if len(runs) > 1:
+        from secptune.report import compare
+
+        print(compare([out for _, out, _ in runs], plot=str(Path(runs[0][1]).parent / "compare.png")))
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="secure vs plain runs side by side")
+    p.add_argument("runs", nargs="+", help="run directories written by `secptune tune --out`")
+    p.add_argument("--plot", help="write a PNG of the loss and dev curves")
+
+
+def cmd_compare(args) -> int:
+    from secptune.report import compare
+
+    print(compare(args.runs, plot=args.plot))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_infer(sub)
+    _add_tune(sub)
+    _add_compare(sub)
     return parser
 
 
-COMMANDS = {"infer": cmd_infer}
+COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

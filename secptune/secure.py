@@ -35,6 +35,7 @@ from secptune.transformer import Batch, Nonlinear, Transformer, population_input
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
+MAX_ATTEMPTS = 3  # a wild forward is recomputed; three in a row is an error
 
 
 class HandshakeError(SecptuneError):
@@ -152,20 +153,30 @@ class SecureSession:
         text = self.texts[cmd["texts"]]
         prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER)
         embeds, batch = population_inputs(text.embeds, text.batch, prompt)
-        out = self.model.forward(embeds, batch, self.head)
-        revealed = reveal_to(out, OWNER)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            out = self.model.forward(embeds, batch, self.head)
+            revealed = reveal_to(out, OWNER)
+            # the owner tells the server whether to recompute (fresh triples, fresh
+            # truncation randomness); the verdict is a single public bit per forward
+            verdict = _broadcast("ok" if revealed is None or not _is_wild(revealed) else "retry", OWNER)
+            if verdict == "ok":
+                break
         after = accounting.log().as_dict()
         self.forward_log.append(
             {
                 "texts": cmd["texts"],
                 "sequences": out.size(0),
+                "attempts": attempt,
                 "wall_s": time.perf_counter() - started,
                 "bytes": after["bytes"] - before["bytes"],
                 "rounds": after["rounds"] - before["rounds"],
             }
         )
-        if revealed is not None:
-            _check_wild(revealed)
+        if verdict != "ok":
+            raise SecureComputationError(
+                f"the secure forward pass produced out-of-range scores {MAX_ATTEMPTS} times in a row "
+                "(fixed-point overflow); check the plain approximate mode's range warnings for this model"
+            )
         return revealed
 
     def traffic(self) -> tuple[int, int]:
@@ -191,13 +202,10 @@ class SecureSession:
                 raise SecureComputationError(f"unknown command from the data owner: {cmd['op']!r}")
 
 
-def _check_wild(scores: torch.Tensor) -> None:
-    if not torch.isfinite(scores).all() or scores.abs().max() > WILD_SCORE:
-        raise SecureComputationError(
-            "the secure forward pass produced out-of-range scores (a fixed-point overflow or a "
-            "rare truncation wrap); rerun, and if it repeats check the plain approximate mode's "
-            "range warnings for this model"
-        )
+def _is_wild(scores: torch.Tensor) -> bool:
+    """Scores no honest computation produces: a two-party truncation wrapped (an error
+    of ~2^32, probability ~|v| 2^-32 per product) or a value overflowed the ring."""
+    return bool(not torch.isfinite(scores).all() or scores.abs().max() > WILD_SCORE)
 
 
 def owner_party(

@@ -27,11 +27,11 @@ SENTENCE = "The movie was great, but the ending was terrible. It was"
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    """One temporary cache with all tiny models, built once for this module."""
+    """One temporary cache with all tiny models, built once for this module (env restored after)."""
     root = tmp_path_factory.mktemp("secptune-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SECPTUNE_CACHE", str(root))
-        yield {name: resolve_model(name) for name in TINY}
+        return {name: resolve_model(name) for name in TINY}
 
 
 @pytest.fixture
@@ -159,7 +159,27 @@ def test_owner_side_never_reads_weights(tiny_cache, tmp_path):
         load_hf_model(broken)
 
 
+def test_missing_weight_tensors_are_an_error(tiny_cache, tmp_path):
+    """transformers only warns and fills missing tensors with random values; we refuse."""
+    from safetensors.torch import load_file, save_file
+
+    for f in tiny_cache["tiny-llama"].iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="tensors are missing .*model.norm.weight"):
+        load_hf_model(tmp_path)
+
+
 # -- user errors -------------------------------------------------------------------
+
+
+def test_unwritable_cache(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SECPTUNE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(CheckpointError, match="cannot write the model cache .*SECPTUNE_CACHE"):
+        resolve_model("tiny-llama")
 
 
 def test_missing_directory(empty_cache):

@@ -1,0 +1,57 @@
+"""What `secptune tune` runs when flags are left out: chosen for the machine it finds.
+
+BBT's settings (prompt 50 tokens, d = 500, popsize 20, budget 8000) are the
+defaults wherever a flag is given or a GPU is present.  On a CPU-only machine a
+secure forward of SmolLM2 costs tens of seconds per sequence, so with no --mode
+the job runs a *short* secure run plus the plain run at the same settings and
+prints them side by side — enough to show latency and bytes per call in about
+ten minutes — and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+
+from secptune.tune import TuneConfig
+
+# the short CPU demonstration: a few candidates on a few examples
+CPU_SHORT = dict(k=2, popsize=4, budget=8, prompt_len=4, intrinsic_dim=50, test_limit=8, batch_size=8)
+
+
+def _explicit(args) -> dict:
+    keys = ("data", "train", "test", "template", "k", "seed", "prompt_len", "intrinsic_dim", "popsize",
+            "budget", "loss", "attention", "test_limit", "patience")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if args.verbalizer:
+        out["verbalizer"] = [w.strip() for w in args.verbalizer.split(",") if w.strip()]
+    return out
+
+
+def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
+    """[(config, out dir, what was chosen and why)] for this invocation."""
+    device = args.device or "cpu"  # GPU execution is not implemented yet
+    base = TuneConfig(task=args.task, model=args.model, device=device, **_explicit(args))
+    out_root = Path("runs")
+
+    def out_for(cfg: TuneConfig) -> str:
+        return args.out if args.out and args.mode else str(out_root / f"{cfg.task}-{cfg.model}-{cfg.mode}")
+
+    if args.mode:
+        cfg = replace(base, mode=args.mode)
+        return [(cfg, out_for(cfg), f"{cfg.mode} tuning of {cfg.model} on {cfg.task}, budget {cfg.budget}")]
+    if device == "cpu":
+        short = {k: v for k, v in CPU_SHORT.items() if k not in _explicit(args)}
+        secure = replace(base, mode="secure", **short)
+        plain = replace(secure, mode="plain")
+        if args.out:
+            out_root = Path(args.out)
+        note = (
+            f"no GPU and no --mode: a short secure run (k={secure.k}, popsize={secure.popsize}, "
+            f"budget={secure.budget}, prompt_len={secure.prompt_len}) and the plain run at the same "
+            "settings, side by side; pass --mode and --budget for a full run"
+        )
+        return [(secure, out_for(secure), note), (plain, out_for(plain), "plain run at the same settings")]
+    cfg = replace(base, mode="secure")
+    return [(cfg, out_for(cfg), f"GPU found: secure tuning, budget {cfg.budget}")]

@@ -1,0 +1,99 @@
+"""Tuning: secure and plain agree generation by generation; a killed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from secptune.tune import TuneConfig, losses, metric
+from secptune.tune_job import run_tune
+
+POS = ["a great film", "good acting and a fine story", "great music", "a good and positive day", "fine and great"]
+NEG = ["a bad film", "terrible acting and a slow story", "bad music", "a terrible and negative day", "slow and bad"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rows = [{"text": t, "label": 1} for t in POS] + [{"text": t, "label": 0} for t in NEG]
+    for name in ("train", "test"):
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def small_config(model, mode, data, **kw):
+    return TuneConfig(
+        task="sst2", model=model, mode=mode, train=str(data / "train.jsonl"), test=str(data / "test.jsonl"),
+        k=2, popsize=4, budget=8, prompt_len=4, intrinsic_dim=10, test_limit=4, batch_size=4, seed=7, **kw,
+    )
+
+
+def test_losses_and_metrics():
+    scores = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [2.0, 0.0]]])
+    labels = torch.tensor([0, 1])
+    ce = losses(scores, labels, "ce")
+    assert ce[0] < ce[1]
+    hinge = losses(scores, labels, "hinge")
+    assert hinge[0] == 0 and hinge[1] == 3.0
+    assert metric([1, 1, 0], [1, 0, 0], "f1") == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-roberta"])
+def test_secure_and_plain_tuning_agree(model, data, tmp_path):
+    plain = run_tune(small_config(model, "plain", data), str(tmp_path / "plain"), show_progress=False)
+    secure = run_tune(small_config(model, "secure", data), str(tmp_path / "secure"), show_progress=False)
+    assert len(plain["generations"]) == len(secure["generations"]) == 2
+    for p, s in zip(plain["generations"], secure["generations"]):
+        for key in ("best_loss", "mean_loss"):
+            assert abs(p[key] - s[key]) <= 1e-2 * max(1.0, abs(p[key])), (key, p, s)
+    assert secure["totals"]["parties"]["owner"]["bytes"] > 0
+    assert secure["per_call"]["bytes"] > 0 and plain["per_call"]["bytes"] == 0
+    for name in ("report.json", "report.md", "curves.png", "prompt.pt"):
+        assert (tmp_path / "secure" / name).is_file()
+
+
+def _cli(args, **kw):
+    cmd = [sys.executable, "-m", "secptune.cli", "tune", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_killed_run_resumes_to_the_same_result(data, tmp_path):
+    args = ["--model", "tiny-llama", "--mode", "plain", "--train", str(data / "train.jsonl"),
+            "--test", str(data / "test.jsonl"), "--k", "2", "--popsize", "4", "--budget", "48",
+            "--prompt-len", "4", "--intrinsic-dim", "10", "--test-limit", "4", "--seed", "3", "--quiet"]
+    whole = _cli(args + ["--out", str(tmp_path / "whole")])
+    assert whole.wait(timeout=600) == 0, whole.stderr.read().decode()[-2000:]
+
+    killed = _cli(args + ["--out", str(tmp_path / "killed")])
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["gen"] >= 3:
+            break
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (tmp_path / "killed" / "report.json").exists()  # it really was interrupted
+
+    resumed = _cli(args + ["--out", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    a = json.loads((tmp_path / "whole" / "report.json").read_text())
+    b = json.loads((tmp_path / "killed" / "report.json").read_text())
+    strip = lambda gens: [{k: v for k, v in g.items() if k not in ("wall_s",)} for g in gens]  # noqa: E731
+    assert strip(a["generations"]) == strip(b["generations"])
+    assert a["final"] == b["final"]
+
+
+def test_resume_refuses_a_different_run(data, tmp_path):
+    out = tmp_path / "run"
+    run_tune(small_config("tiny-llama", "plain", data), str(out), show_progress=False)
+    from secptune.errors import SecptuneError
+
+    with pytest.raises(SecptuneError, match="different settings"):
+        run_tune(small_config("tiny-llama", "plain", data, alpha=0.5), str(out), resume=True, show_progress=False)
