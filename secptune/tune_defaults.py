@@ -17,7 +17,7 @@ from pathlib import Path
 from secptune.tune import TuneConfig
 
 # the short CPU demonstration: a few candidates on a few examples
-CPU_SHORT = dict(k=2, popsize=4, budget=8, prompt_len=4, intrinsic_dim=50, test_limit=8, batch_size=8)
+CPU_SHORT = dict(k=1, popsize=2, budget=4, prompt_len=2, intrinsic_dim=20, test_limit=4, batch_size=4)
 
 
 def _explicit(args) -> dict:
