@@ -77,42 +77,38 @@ def arch_from_config(config) -> Arch:
     """Public architecture description from a transformers config object."""
     family = family_of(config.model_type)
     heads = config.num_attention_heads
-    if family == "encoder":
-        offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
-        return Arch(
-            family=family,
-            model_type=config.model_type,
-            vocab_size=config.vocab_size,
-            hidden=config.hidden_size,
-            layers=config.num_hidden_layers,
-            heads=heads,
-            kv_heads=heads,
-            head_dim=config.hidden_size // heads,
-            intermediate=config.intermediate_size,
-            max_positions=config.max_position_embeddings - offset,
-            position_offset=offset,
-            type_vocab=config.type_vocab_size,
-            norm_eps=config.layer_norm_eps,
-            act=config.hidden_act,
-            rope_theta=0.0,
-            attention_bias=True,
-            mlp_bias=True,
-        )
-    return Arch(
+    shared = dict(
         family=family,
         model_type=config.model_type,
         vocab_size=config.vocab_size,
         hidden=config.hidden_size,
         layers=config.num_hidden_layers,
         heads=heads,
+        intermediate=config.intermediate_size,
+        act=config.hidden_act,
+    )
+    if family == "encoder":
+        offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
+        return Arch(
+            **shared,
+            kv_heads=heads,
+            head_dim=config.hidden_size // heads,
+            max_positions=config.max_position_embeddings - offset,
+            position_offset=offset,
+            type_vocab=config.type_vocab_size,
+            norm_eps=config.layer_norm_eps,
+            rope_theta=0.0,
+            attention_bias=True,
+            mlp_bias=True,
+        )
+    return Arch(
+        **shared,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        intermediate=config.intermediate_size,
         max_positions=config.max_position_embeddings,
         position_offset=0,
         type_vocab=0,
         norm_eps=config.rms_norm_eps,
-        act=config.hidden_act,
         rope_theta=_rope_theta(config),
         attention_bias=bool(getattr(config, "attention_bias", False)),
         mlp_bias=bool(getattr(config, "mlp_bias", False)),
