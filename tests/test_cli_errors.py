@@ -76,3 +76,14 @@ def test_exact_secure_is_refused(capsys, data_file):
     code, lines = run_cli(capsys, "--model", "tiny-llama", "--data", data_file, "--mode", "secure", "--exact",
                           "--template", "{text} It was {mask}", "--verbalizer", "bad,great")
     assert_one_line_error(code, lines, "--exact")
+
+
+def test_infer_json_output(capsys, data_file):
+    code = main(["infer", "--model", "tiny-roberta", "--data", data_file, "--template", "{text} It was {mask} .",
+                 "--verbalizer", "bad,great", "--mode", "plain", "--exact", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert len(out["scores"]) == 1 and len(out["scores"][0]) == 2
+    assert out["pred"] == [int(out["scores"][0][1] > out["scores"][0][0])]
+    assert out["labels"] == [1] and out["accuracy"] in (0.0, 1.0)
+    assert out["wall_s"] > 0 and set(out["comm"]) == {"owner", "server", "dealer"}
