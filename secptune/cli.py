@@ -98,11 +98,13 @@ def _add_tune(sub) -> None:
     p.add_argument("--test")
     p.add_argument("--template")
     p.add_argument("--verbalizer")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--prompt-len", type=int)
-    p.add_argument("--intrinsic-dim", type=int, default=500)
-    p.add_argument("--popsize", type=int, default=20)
+    # defaults (None) come from TuneConfig or, for a CPU demo, tune_defaults: a flag
+    # given here always wins
+    p.add_argument("--k", type=int, help="examples per class for train and for dev (16)")
+    p.add_argument("--seed", type=int, help="(42)")
+    p.add_argument("--prompt-len", type=int, help="(50)")
+    p.add_argument("--intrinsic-dim", type=int, help="(500)")
+    p.add_argument("--popsize", type=int, help="(20)")
     p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
     p.add_argument("--loss", choices=["ce", "hinge"])
     p.add_argument("--attention", choices=["rfa", "softmax"], default="softmax")
