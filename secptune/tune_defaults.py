@@ -16,8 +16,9 @@ from pathlib import Path
 
 from secptune.tune import TuneConfig
 
-# the short CPU demonstration: a few candidates on a few examples
-CPU_SHORT = dict(k=1, popsize=2, budget=4, prompt_len=2, intrinsic_dim=20, test_limit=4, batch_size=4)
+# the short CPU demonstration: one generation of two candidates on two examples (~10 min
+# on 2 cores, where one secure SmolLM2 call costs ~50 s and ~1 GB per party)
+CPU_SHORT = dict(k=1, popsize=2, budget=2, prompt_len=2, intrinsic_dim=20, test_limit=2, batch_size=4)
 
 
 def _explicit(args) -> dict:
