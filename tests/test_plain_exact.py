@@ -1,6 +1,5 @@
 """Plain exact mode reproduces Hugging Face transformers' logits."""
 
-import torch
 
 from secptune.infer import plain_scores
 

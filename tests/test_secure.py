@@ -10,7 +10,6 @@ import torch
 
 from mpc import launcher
 from mpc.session import InsecureProviderError, assert_secure_provider
-from secptune import secure
 from secptune.infer import plain_scores, secure_scores
 
 from conftest import TINY_MODELS, prepared_inputs

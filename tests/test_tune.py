@@ -1,12 +1,10 @@
 """Tuning: secure and plain agree generation by generation; a killed run resumes exactly."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
