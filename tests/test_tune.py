@@ -63,7 +63,7 @@ def _cli(args, **kw):
 
 def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     args = ["--model", "tiny-llama", "--mode", "plain", "--train", str(data / "train.jsonl"),
-            "--test", str(data / "test.jsonl"), "--k", "2", "--popsize", "4", "--budget", "48",
+            "--test", str(data / "test.jsonl"), "--k", "2", "--popsize", "4", "--budget", "400",
             "--prompt-len", "4", "--intrinsic-dim", "10", "--test-limit", "4", "--seed", "3", "--quiet"]
     whole = _cli(args + ["--out", str(tmp_path / "whole")])
     assert whole.wait(timeout=600) == 0, whole.stderr.read().decode()[-2000:]
@@ -74,7 +74,7 @@ def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     while time.monotonic() < deadline:
         if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["gen"] >= 3:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)  # 100 generations: the kill lands long before the run could end
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
     assert not (tmp_path / "killed" / "report.json").exists()  # it really was interrupted
