@@ -37,6 +37,11 @@ class ApproxConfig:
     norm_range: tuple[float, float] = (1e-5, 2.0**28)
     sigmoid_bound: float = 60.0
 
+    @staticmethod
+    def from_dict(d: dict) -> "ApproxConfig":
+        """Inverse of dataclasses.asdict, also after a trip through pickle/JSON (lists)."""
+        return ApproxConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 @dataclass
 class RangeMonitor:

@@ -94,10 +94,6 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
     return request, info
 
 
-def _config(d: dict) -> approx.ApproxConfig:
-    return approx.ApproxConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
 @dataclass
 class _TextSet:
     embeds: Any  # shared [B, n, H]
@@ -114,7 +110,7 @@ class SecureSession:
         # public scalar the owner needs to scale its random projection (BBT); see docs/protocol.md
         self.embedding_std = info["embedding_std"]
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
-        self.model = Transformer(self.arch, shared, Nonlinear(exact=False, cfg=_config(request.cfg)))
+        self.model = Transformer(self.arch, shared, Nonlinear(exact=False, cfg=approx.ApproxConfig.from_dict(request.cfg)))
         self.head = self.model.label_head(_share(verbalizer, (request.labels, self.arch.vocab_size), OWNER))
         self.texts: list[_TextSet] = []
         self.forward_log: list[dict] = []

@@ -86,7 +86,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     if cfg.mode == "plain":
         from secptune.plain import PlainSession
 
-        session = PlainSession(model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig(**_cfg(cfg.cfg)))
+        session = PlainSession(model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg))
         result = tune_program(session, *args)
         totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}
     else:
@@ -100,7 +100,3 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall)
     torch.save(result["prompt"], Path(out_dir) / "prompt.pt")
     return out
-
-
-def _cfg(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
