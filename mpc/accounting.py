@@ -18,8 +18,10 @@ Z_2^64, so a canary hit means plaintext crossed the wire.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +47,8 @@ class TrafficLog:
     received_elements: int = 0
     canary_hits: int = 0
     canaries: torch.Tensor | None = None
+    sections: dict[str, "SectionStats"] = field(default_factory=dict)
+    current: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -52,6 +56,7 @@ class TrafficLog:
             "dealer": self.dealer.as_dict(),
             "bytes": self.online.bytes + self.dealer.bytes,
             "rounds": self.online.rounds + self.dealer.rounds,
+            "ops": {name: s.as_dict() for name, s in self.sections.items()},
         }
 
     def reset(self) -> None:
@@ -59,6 +64,25 @@ class TrafficLog:
         self.dealer = ChannelStats()
         self.received_elements = 0
         self.canary_hits = 0
+        self.sections = {}
+
+
+@dataclass
+class SectionStats:
+    """Traffic and wall time of one kind of operation (linear, attention, norm, ...)."""
+
+    online: ChannelStats = field(default_factory=ChannelStats)
+    dealer: ChannelStats = field(default_factory=ChannelStats)
+    wall_s: float = 0.0
+    calls: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "online": self.online.as_dict(),
+            "dealer": self.dealer.as_dict(),
+            "wall_s": round(self.wall_s, 4),
+            "calls": self.calls,
+        }
 
 
 _LOG = TrafficLog()
@@ -74,6 +98,28 @@ def log() -> TrafficLog:
 def set_canaries(values: torch.Tensor | None) -> None:
     """Audit received payloads against these int64 ring elements (None: off)."""
     _LOG.canaries = None if values is None else torch.unique(values.long().flatten())
+
+
+@contextlib.contextmanager
+def section(name: str):
+    """Attribute the traffic and time inside to op type ``name`` (innermost wins).
+
+    Time spent in a nested section counts only there, so the per-op times add up.
+    """
+    log_ = _LOG
+    outer = log_.sections.get(log_.current[-1]) if log_.current else None
+    stats = log_.sections.setdefault(name, SectionStats())
+    log_.current.append(name)
+    start = time.perf_counter()
+    try:
+        yield stats
+    finally:
+        spent = time.perf_counter() - start
+        log_.current.pop()
+        stats.wall_s += spent
+        stats.calls += 1
+        if outer is not None:
+            outer.wall_s -= spent
 
 
 def _nbytes(x) -> int:
@@ -115,6 +161,11 @@ def _record(channel: ChannelStats, nbytes: int) -> None:
     with _LOCK:
         channel.bytes += nbytes
         channel.rounds += 1
+        if _LOG.current:
+            stats = _LOG.sections[_LOG.current[-1]]
+            part = stats.online if channel is _LOG.online else stats.dealer
+            part.bytes += nbytes
+            part.rounds += 1
 
 
 def _wrap(cls, name, account):

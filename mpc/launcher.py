@@ -46,6 +46,9 @@ class PartyResult:
     audit: dict = field(default_factory=dict)
 
 
+LOST_CONNECTION = "lost the connection to another party (it stopped, hung, or the network failed)"
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("gloo" in text or "Connection" in text or "Timed out" in text)
@@ -53,7 +56,7 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 def _report_error(conn, role: str, exc: BaseException) -> None:
     if _is_transport_error(exc):
-        detail = "lost the connection to another party (it stopped, hung, or the network failed)"
+        detail = LOST_CONNECTION
     elif type(exc).__module__.startswith(("secptune", "mpc")):
         detail = str(exc)
     else:
@@ -165,11 +168,8 @@ def _collect(pipes, procs, timeout_s: float) -> dict[str, PartyResult]:
                     results[role] = message[1]
                     continue
                 if message and message[0] == "error":
-                    _, _, detail, trace = message
-                    if os.environ.get("SECPTUNE_DEBUG"):
-                        detail += "\n" + trace
                     _raise_if_another_died(pipes, procs, results, role)
-                    raise PartyFailedError(f"the {role} process failed: {detail}")
+                    raise PartyFailedError(f"the {role} process failed: {_detail(message)}")
                 raise PartyFailedError(_death_message(role, procs[role]))
             if not procs[role].is_alive() and not conn.poll(0):
                 raise PartyFailedError(_death_message(role, procs[role]))
@@ -193,7 +193,14 @@ def _raise_if_another_died(pipes, procs, results, reporter: str, grace_s: float 
                     pass
             if message is None:
                 raise PartyFailedError(_death_message(role, proc))
+            if message[0] == "error" and message[2] != LOST_CONNECTION:
+                raise PartyFailedError(f"the {role} process failed: {_detail(message)}")
         time.sleep(0.05)
+
+
+def _detail(message) -> str:
+    _, _, detail, trace = message
+    return detail + ("\n" + trace if os.environ.get("SECPTUNE_DEBUG") else "")
 
 
 def _death_message(role: str, proc: mp.Process) -> str:

@@ -113,12 +113,14 @@ def run_dealer(spec: SessionSpec) -> None:
     _install_hooks()
     import crypten  # noqa: F401
     import torch.distributed as dist
-    from crypten.mpc.provider.ttp_provider import TTPServer
 
+    from mpc.dealer import make_server_class
+
+    server_class = make_server_class()
     original = dist.init_process_group
     dist.init_process_group = _with_timeout(original, spec.timeout_s)
     try:
-        TTPServer()
+        server_class()
     finally:
         dist.init_process_group = original
 

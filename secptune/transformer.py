@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import approx
+from mpc.accounting import section
 from mpc.tensorops import cat, pad
 from rfa.softmax_attention import attention
 from secptune.arch import Arch, arch_from_config, extract_weights
@@ -36,6 +37,10 @@ class Nonlinear:
     monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
 
     def act(self, x, name: str):
+        with section("activation"):
+            return self._act(x, name)
+
+    def _act(self, x, name: str):
         if self.exact:
             if name == "silu":
                 return torch.nn.functional.silu(x)
@@ -49,14 +54,16 @@ class Nonlinear:
         return approx.gelu(x, self.cfg, self.monitor)
 
     def layer_norm(self, x, w, b, eps):
-        if self.exact:
-            return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
-        return approx.layer_norm(x, w, b, eps, self.cfg, self.monitor)
+        with section("norm"):
+            if self.exact:
+                return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
+            return approx.layer_norm(x, w, b, eps, self.cfg, self.monitor)
 
     def rms_norm(self, x, w, eps):
-        if self.exact:
-            return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
-        return approx.rms_norm(x, w, eps, self.cfg, self.monitor)
+        with section("norm"):
+            if self.exact:
+                return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
+            return approx.rms_norm(x, w, eps, self.cfg, self.monitor)
 
 
 @dataclass
@@ -178,9 +185,10 @@ class Transformer:
         return self._score(pooled, head)
 
     def _linear(self, x, name: str):
-        y = x @ self.w[f"{name}.w"]
-        bias = self.w.get(f"{name}.b")
-        return y if bias is None else y + bias
+        with section("linear"):
+            y = x @ self.w[f"{name}.w"]
+            bias = self.w.get(f"{name}.b")
+            return y if bias is None else y + bias
 
     def _heads(self, x, count: int):
         b, n = x.size(0), x.size(1)

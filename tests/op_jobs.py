@@ -1,0 +1,64 @@
+"""Run one secure op on owner-provided inputs and reveal the result to the owner.
+
+Module level so spawned party processes can import it.  ``op`` names a function
+in :data:`OPS`; every input tensor is secret-shared by the owner (the server
+passes ``None`` placeholders of the same shapes).
+"""
+
+import torch
+
+
+def _sincos(x):
+    from mpc.trig import sincos_turns
+
+    s, c = sincos_turns(x)
+    return s.stack([s, c]) if hasattr(s, "stack") else torch.stack([s, c])
+
+
+def _crypten_sincos(x):
+    import crypten
+
+    s, c = x.sin(), x.cos()
+    return crypten.stack([s, c])
+
+
+def _rfa(q, k, v, penalty, features, causal):
+    from rfa.random_features import rfa_attention
+
+    return rfa_attention(q, k, v, features, causal=causal, key_penalty=penalty)
+
+
+OPS = {"sincos": _sincos, "crypten_sincos": _crypten_sincos}
+
+
+def run_op(op, shapes, inputs, extra=None):
+    """Party job: share ``inputs`` from the owner, run OPS[op], reveal to the owner."""
+    import crypten
+    import crypten.communicator as comm
+
+    from mpc import accounting
+    from mpc.reveal import reveal_to
+
+    rank = comm.get().get_rank()
+    shared = [
+        crypten.cryptensor(inputs[i] if rank == 0 else torch.zeros(shape, dtype=torch.float64), src=0)
+        for i, shape in enumerate(shapes)
+    ]
+    before = accounting.log().as_dict()
+    out = OPS[op](*shared, **(extra or {}))
+    after = accounting.log().as_dict()
+    cost = {k: after["online"][k] - before["online"][k] for k in ("bytes", "rounds")}
+    return reveal_to(out, 0), cost
+
+
+def run(op, *tensors, extra=None):
+    """Run ``op`` securely on owner tensors; returns (revealed result, owner online cost)."""
+    from mpc import launcher
+
+    shapes = [tuple(t.shape) for t in tensors]
+    results = launcher.run_local(
+        launcher.PartyJob(run_op, (op, shapes, list(tensors), extra)),
+        launcher.PartyJob(run_op, (op, shapes, [None] * len(tensors), extra)),
+        timeout_s=300,
+    )
+    return results["owner"].value
