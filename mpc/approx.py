@@ -29,6 +29,8 @@ class ApproxConfig:
                      2*bound + penalty <= 2^exp_iters).
     norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm
                      (power-of-4 range reduction, so a wide range is cheap).
+    rfa_exp_high:    largest RFA feature exponent (exp is accurate up to ~4).
+    rfa_den_range:   range of RFA's attention denominators (power-of-4 reduction).
     """
 
     exp_iters: int = 8
@@ -36,6 +38,8 @@ class ApproxConfig:
     mask_penalty: float = 100.0
     norm_range: tuple[float, float] = (1e-5, 2.0**28)
     sigmoid_bound: float = 60.0
+    rfa_exp_high: float = 4.0
+    rfa_den_range: tuple[float, float] = (2.0**-10, 2.0**20)
 
     @staticmethod
     def from_dict(d: dict) -> "ApproxConfig":
@@ -88,6 +92,17 @@ def reciprocal(x, low: float, high: float):
     for _ in range(newton_iterations(low, high, 2)):
         y = y * (2 - x * y)
     return y
+
+
+def divide_wide(num, den, low: float, high: float):
+    """num / den for den in a wide range [low, high] (den > 0).
+
+    A secret power of two s² (one batched comparison) brings den·s² into [1, 4);
+    Newton runs there, and num is rescaled by the same exact power of two, so
+    neither a tiny reciprocal nor a huge one is ever held in fixed point.
+    """
+    _, s2 = power_of_two_scale(den, low, high)
+    return (num * s2) * reciprocal(den * s2, 1.0, 4.0)
 
 
 def sigmoid(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):

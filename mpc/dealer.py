@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-EXTENSIONS = ("mpc.trig",)
+EXTENSIONS = ("mpc.trig", "mpc.fixed_weights")
 
 _FUNCTIONS: dict[str, Callable] = {}
 

@@ -1,16 +1,25 @@
-"""Start owner, server and dealer as three fresh local processes and collect results.
+"""Start owner, server and dealer as fresh processes and collect results.
 
 Parties are *spawned*, never forked: forking after multi-threaded torch work has
 deadlocked the dealer here before, and every process needs the CrypTen shim.
-The launcher watches all three; if one dies or reports an error, the others are
-stopped at once and the caller gets a :class:`PartyFailedError` naming the party
-— never a hang.
+
+* :func:`run_local`: all three on this machine over gloo (loopback).  The
+  launcher watches all three; if one dies or reports an error, the others are
+  stopped at once and the caller gets a :class:`PartyFailedError` naming the
+  party — never a hang.
+* :func:`run_party`: this host's one party of a run across machines, over the TLS
+  transport of :mod:`mpc.transport` (a :class:`mpc.net.Network` says where the
+  others are).  Nobody watches the other hosts' processes here: the transport
+  turns a dead, hung or unreachable peer into a :class:`PartyFailedError` within
+  the network's timeouts.  The party process dies with its parent (Linux), so a
+  killed command leaves no party behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import tempfile
 import time
 import traceback
@@ -46,6 +55,16 @@ class PartyResult:
     audit: dict = field(default_factory=dict)
 
 
+def _send(conn, message) -> None:
+    """Results cross as plain pickles: torch's fd-sharing pickler would need the child
+    alive until the parent has read them, and a party may exit right after sending."""
+    conn.send_bytes(pickle.dumps(message))
+
+
+def _recv(conn):
+    return pickle.loads(conn.recv_bytes())
+
+
 LOST_CONNECTION = "lost the connection to another party (it stopped, hung, or the network failed)"
 
 
@@ -61,15 +80,36 @@ def _report_error(conn, role: str, exc: BaseException) -> None:
         detail = str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}"
-    conn.send(("error", role, detail, traceback.format_exc()))
+    _send(conn, ("error", role, detail, traceback.format_exc()))
 
 
-def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn) -> None:
-    """Entry point of every spawned party process."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: SIGKILL this process when its parent dies, so no party outlives its command."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn, network=None,
+                parent_pid: int | None = None) -> None:
+    """Entry point of every spawned party process (``network``: a multi-host run, see run_party)."""
     from mpc import accounting, reveal
 
+    if network is not None and parent_pid is not None:
+        _die_with_parent(parent_pid)
     started = time.perf_counter()
+    finished, reason = False, None
     try:
+        if network is not None:
+            from mpc import transport
+
+            transport.install(network)
         if role == "dealer":
             session.run_dealer(spec)
             value = None
@@ -77,7 +117,8 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
             session.start(spec, role)
             value = job.fn(*job.args)
         log = accounting.log()
-        conn.send(
+        _send(
+            conn,
             (
                 "ok",
                 PartyResult(
@@ -92,10 +133,21 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
         )
         if role != "dealer":
             session.stop()
+        finished = True
     except BaseException as exc:  # reported to the launcher, which stops the others
         _report_error(conn, role, exc)
+        if network is not None:
+            from mpc.net import TransportError
+
+            # a network problem is passed on so the peers can name the cause; a job's
+            # error is not (its text may describe this party's private inputs)
+            reason = str(exc) if isinstance(exc, TransportError) else None
         raise SystemExit(1)
     finally:
+        if network is not None:
+            from mpc import transport
+
+            transport.shutdown(graceful=finished, reason=reason)  # no goodbye after a failure: peers stop at once
         conn.close()
 
 
@@ -161,7 +213,7 @@ def _collect(pipes, procs, timeout_s: float) -> dict[str, PartyResult]:
                 continue
             if conn.poll(0.05):
                 try:
-                    message = conn.recv()
+                    message = _recv(conn)
                 except EOFError:
                     message = None
                 if message and message[0] == "ok":
@@ -188,7 +240,7 @@ def _raise_if_another_died(pipes, procs, results, reporter: str, grace_s: float 
             message = None
             if pipes[role].poll(0):
                 try:
-                    message = pipes[role].recv()
+                    message = _recv(pipes[role])
                 except EOFError:
                     pass
             if message is None:
@@ -209,3 +261,74 @@ def _death_message(role: str, proc: mp.Process) -> str:
         f"the {role} process died unexpectedly (exit code {proc.exitcode}); "
         "the other parties were stopped — rerun, and check memory if this repeats"
     )
+
+
+def start_party(role: str, network, job: PartyJob | None = None):
+    """Spawn this host's ``role`` process of a multi-host run; returns (process, result pipe)."""
+    ctx = mp.get_context("spawn")
+    spec = session.SessionSpec(rendezvous=network.describe(), timeout_s=network.peer_timeout_s)
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    # the job travels as bytes, so the child arms its parent-death signal before the
+    # job's modules (torch, CrypTen, the model code) are imported
+    payload = pickle.dumps((spec, job, network))
+    proc = ctx.Process(
+        target=_network_party_main, args=(role, payload, child_end, os.getpid()), name=f"secptune-{role}"
+    )
+    proc.start()
+    child_end.close()
+    return proc, parent_end
+
+
+def _network_party_main(role: str, payload: bytes, conn, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    spec, job, network = pickle.loads(payload)
+    _party_main(role, spec, job, conn, network)
+
+
+def run_party(role: str, network, job: PartyJob | None = None, timeout_s: float | None = None) -> PartyResult:
+    """Run this host's party of a run across machines (``network``: a :class:`mpc.net.Network`).
+
+    Blocks until the run ends.  Raises PartyFailedError with the party's own
+    one-line reason (a peer lost or silent, a start-up problem, a failed job), or
+    when the run exceeds ``timeout_s``.
+    """
+    from mpc.net import check_listen
+
+    check_listen(network.validate())
+    proc, conn = start_party(role, network, job)
+    grace_s = 0.0
+    try:
+        result = _wait_one(role, proc, conn, timeout_s)
+        grace_s = 10.0  # it reported: let it close its channels cleanly
+        return result
+    finally:
+        _stop_all({role: proc}, grace_s)
+
+
+def wait_party(role: str, proc, conn, timeout_s: float | None = None) -> PartyResult:
+    """The result of a party started with :func:`start_party` (raises PartyFailedError)."""
+    return _wait_one(role, proc, conn, timeout_s)
+
+
+def stop_party(proc, grace_s: float = 0.0) -> None:
+    """Let a started party exit on its own for ``grace_s``, then stop it."""
+    _stop_all({"party": proc}, grace_s)
+
+
+def _wait_one(role: str, proc, conn, timeout_s: float | None) -> PartyResult:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise PartyFailedError(f"the secure run took longer than {timeout_s:.0f} s and was stopped")
+        if conn.poll(0.1):
+            try:
+                message = _recv(conn)
+            except EOFError:
+                message = None
+            if message and message[0] == "ok":
+                return message[1]
+            if message and message[0] == "error":
+                raise PartyFailedError(_detail(message))
+            raise PartyFailedError(_death_message(role, proc))
+        if not proc.is_alive() and not conn.poll(0):
+            raise PartyFailedError(_death_message(role, proc))

@@ -36,8 +36,9 @@ already treats int64 GEMM as unavailable and multiplies shares through float64
 blocks in its CUDALongTensor wrapper, spending 9-16 float64 products where this
 spends six (untested here: no GPU).  On *this* CPU (2-core AMD EPYC with AVX-512,
 torch 2.13) torch's own int64 matmul is a vectorised kernel about as fast as ONE
-float64 MKL GEMM (0.10-0.2 s for [256x1024]x[1024x4096] here), so the limb path is 3-10x slower there on every shape measured and
-``method="auto"`` keeps torch's int64 matmul on the CPU and uses limbs elsewhere.
+float64 MKL GEMM (0.10-0.2 s for [256x1024]x[1024x4096] here), so the limb path is 3-10x slower there; on an AVX2-only CPU the int64 kernel is
+scalar and the limbs are 9-13x faster.  ``method="auto"`` therefore keeps torch's
+int64 matmul on AVX-512 CPUs and uses limbs everywhere else.
 Force either path with ``method=`` or the environment variable ``MPC_RING_MATMUL``
 (``auto`` | ``limbs`` | ``torch``).
 
@@ -51,6 +52,7 @@ its docstring for exactly what is patched.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
 import types
@@ -193,10 +195,16 @@ def _use_limbs(a: torch.Tensor, b: torch.Tensor, method: str) -> bool:
     if method != "auto":
         return method == "limbs"
     # auto.  Off the CPU (CUDA: CrypTen's CUDALongTensor exists because int64 GEMM
-    # is not available there) limbs whatever the size.  On the CPU
-    # torch's vectorised int64 kernel beat the six float64 GEMMs on every shape
-    # measured (BENCHMARKS_ring.md), so it is kept there.
-    return a.device.type != "cpu"
+    # is not available there) limbs whatever the size.  On the CPU it depends on
+    # the vector unit: with AVX-512 torch's int64 kernel beat the six float64 GEMMs
+    # on every shape measured; with AVX2 only, limbs were 9-13x faster
+    # (BENCHMARKS.md, "Exact Z_2^64 products" and "Performance: secure forward").
+    return a.device.type != "cpu" or not _cpu_has_fast_int64()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_fast_int64() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor, *, method: str | None = None) -> torch.Tensor:

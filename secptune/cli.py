@@ -1,4 +1,4 @@
-"""Command line: `secptune infer | tune | compare | party`.
+"""Command line: `secptune infer | tune | compare | party | keygen`.
 
 Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
 no traceback unless SECPTUNE_DEBUG=1.
@@ -31,6 +31,47 @@ def _add_infer(sub) -> None:
     p.add_argument("--limit", type=int, help="use the first N examples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_network(p, owner=True)
+
+
+ROLES = ("owner", "server", "dealer")
+
+
+def _add_network(p, owner: bool) -> None:
+    g = p.add_argument_group("parties on other hosts (docs/deployment.md)")
+    what = " (this process is the data owner; server and dealer run `secptune party`)" if owner else ""
+    g.add_argument("--peers", metavar="OWNER,SERVER,DEALER",
+                   help=f"host:port of each party, the same list on all three hosts{what}")
+    g.add_argument("--tls-dir", help="this party's key and the three parties' certificates (`secptune keygen`)")
+    g.add_argument("--no-tls", action="store_true", help="plain TCP; refused unless every address is loopback")
+    g.add_argument("--listen", metavar="HOST:PORT", help="bind here instead of this party's --peers entry")
+    g.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds to wait for the other parties at start-up (60)")
+    g.add_argument("--peer-timeout", type=float, default=60.0,
+                   help="seconds a silent peer may take before the run stops as hung (60)")
+
+
+def _network(args, role: str, wait_for_owner: bool = False):
+    """The Network for --peers and its options, or None for a local run."""
+    from mpc.net import NetworkConfigError
+    from secptune.party import make_network
+
+    if not args.peers:
+        given = [flag for flag, v in (("--tls-dir", args.tls_dir), ("--no-tls", args.no_tls), ("--listen", args.listen)) if v]
+        if given:
+            raise NetworkConfigError(f"{', '.join(given)} only apply with --peers OWNER,SERVER,DEALER")
+        return None
+    return make_network(role, args.peers, args.tls_dir, args.no_tls, args.listen, args.connect_timeout,
+                        args.peer_timeout, wait_for_owner)
+
+
+def _network_flags(args) -> list[str]:
+    flags = ["--peers", args.peers, "--connect-timeout", str(args.connect_timeout),
+             "--peer-timeout", str(args.peer_timeout)]
+    flags += ["--tls-dir", args.tls_dir] if args.tls_dir else []
+    flags += ["--no-tls"] if args.no_tls else []
+    flags += ["--listen", args.listen] if args.listen else []
+    return flags
 
 
 def _infer_options(args):
@@ -63,6 +104,7 @@ def _infer_options(args):
         prompt_seed=args.prompt_seed,
         limit=args.limit,
         batch_size=args.batch_size,
+        network=_network(args, "owner"),
     )
 
 
@@ -79,6 +121,9 @@ def _print_infer(result: dict) -> None:
 
 def cmd_infer(args) -> int:
     from secptune.infer import run_infer
+
+    if args.peers and args.mode != "secure":
+        raise SecptuneError("--peers runs the secure mode against a remote server and dealer: add --mode secure")
 
     result = run_infer(_infer_options(args))
     if args.json:
@@ -114,16 +159,20 @@ def _add_tune(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/<task>-<model>-<mode>)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_network(p, owner=True)
 
 
 def cmd_tune(args) -> int:
     from secptune.tune_defaults import plan_runs
     from secptune.tune_job import run_tune
 
+    if args.peers and args.mode != "secure":
+        raise SecptuneError("--peers runs the secure mode against a remote server and dealer: add --mode secure")
+    network = _network(args, "owner")
     runs = plan_runs(args)
     for cfg, out, note in runs:
         print(f"secptune: {note}", file=sys.stderr)
-        result = run_tune(cfg, out, resume=args.resume, show_progress=not args.quiet)
+        result = run_tune(cfg, out, resume=args.resume, show_progress=not args.quiet, network=network)
         f = result["final"]
         print(f"{cfg.mode:>6} {cfg.task}: test {f['metric']} zero-shot {f['test']['zero_shot']:.3f} -> "
               f"tuned {f['test']['tuned']:.3f}  ({result['totals']['wall_s']:.0f} s)  report: {out}/report.md")
@@ -147,25 +196,85 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _add_party(sub) -> None:
+    p = sub.add_parser(
+        "party",
+        help="run one party of a secure run on this host (server, dealer; or owner + infer|tune)",
+        description="Model server and dealer wait for the data owner's runs and serve them one after another; "
+        "the owner drives each run with `secptune infer|tune --peers ...`. See docs/deployment.md.",
+    )
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--model", help="server only: the model it serves (the only thing the server is asked)")
+    p.add_argument("--runs", type=int, help="serve this many runs, then exit (default: until stopped)")
+    p.add_argument("--json", action="store_true", help="print one JSON line per finished run")
+    _add_network(p, owner=False)
+    p.add_argument("job", nargs=argparse.REMAINDER, help="owner only: `infer ...` or `tune ...` with their options")
+
+
+def cmd_party(args) -> int:
+    from mpc.net import NetworkConfigError
+
+    if not args.peers:
+        raise NetworkConfigError("secptune party needs --peers OWNER,SERVER,DEALER (host:port each)")
+    if args.role == "owner":
+        if args.model or args.runs is not None:
+            raise SecptuneError("the owner names its model and data in its infer/tune command, not with --model/--runs")
+        if not args.job or args.job[0] not in ("infer", "tune"):
+            raise SecptuneError("the owner drives a run: `secptune party --role owner --peers ... infer|tune OPTIONS`")
+        job = list(args.job)
+        if "--mode" not in job:
+            job += ["--mode", "secure"]
+        return main(job + _network_flags(args))
+    if args.job:
+        raise SecptuneError(f"unexpected arguments for the {args.role}: {' '.join(args.job)}")
+    if args.role == "server" and not args.model:
+        raise SecptuneError("the server needs --model (a built-in name or a local checkpoint directory)")
+    if args.role == "dealer" and args.model:
+        raise SecptuneError("the dealer holds no model: drop --model")
+    if args.runs is not None and args.runs < 1:
+        raise SecptuneError("--runs must be at least 1")
+    from secptune.party import serve
+
+    network = _network(args, args.role, wait_for_owner=True)
+    return serve(args.role, network, model=args.model, runs=args.runs, json_lines=args.json)
+
+
+def _add_keygen(sub) -> None:
+    p = sub.add_parser("keygen", help="make this party's TLS key pair for runs across hosts")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--out", required=True, help="directory for ROLE.key and ROLE.crt (this party's --tls-dir)")
+    p.add_argument("--days", type=int, default=3650, help="certificate validity (3650)")
+
+
+def cmd_keygen(args) -> int:
+    from secptune.party import keygen
+
+    print(keygen(args.role, args.out, args.days))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_infer(sub)
     _add_tune(sub)
     _add_compare(sub)
+    _add_party(sub)
+    _add_keygen(sub)
     return parser
 
 
-COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare}
+COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mpc.launcher import PartyFailedError
+    from mpc.net import TransportError
 
     try:
         return COMMANDS[args.command](args)
-    except (SecptuneError, PartyFailedError) as exc:
+    except (SecptuneError, PartyFailedError, TransportError) as exc:
         if os.environ.get("SECPTUNE_DEBUG"):
             raise
         print(f"secptune: error: {exc}", file=sys.stderr)

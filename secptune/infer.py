@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mpc import approx
+from rfa.config import SOFTMAX, AttentionConfig, attention_config
 from secptune.arch import Arch, arch_from_config
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.errors import InputError
@@ -47,6 +48,7 @@ class InferOptions:
     limit: int | None = None
     batch_size: int = 8
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
+    network: object = None  # mpc.net.Network: server and dealer on other hosts (secure mode)
 
 
 @dataclass
@@ -92,8 +94,7 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
         raise InputError(f"--mode must be plain or secure, not {opts.mode!r}")
     if opts.exact and opts.mode == "secure":
         raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
-    if opts.attention != "softmax":
-        raise InputError(f"--attention {opts.attention} is not available in this version; use softmax")
+    attention_config(opts.attention)  # a clear error for an unknown kind, before any work
     model_dir = resolve_model(opts.model)
     arch = arch_from_config(load_config(model_dir))
     tokenizer = load_tokenizer(model_dir)
@@ -110,25 +111,39 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
     return Prepared(model_dir, arch, examples, batches, verbalizer_onehot(label_ids, arch.vocab_size), label_ids)
 
 
-def plain_scores(prep: Prepared, exact: bool, cfg: approx.ApproxConfig) -> tuple[torch.Tensor, dict]:
+def plain_scores(
+    prep: Prepared, exact: bool, cfg: approx.ApproxConfig, attention: AttentionConfig = SOFTMAX, model=None
+) -> tuple[torch.Tensor, dict]:
     """Scores from the plaintext model (exact, or with the secure run's approximations)."""
     from secptune.plain import PlainSession
     from secptune.secure import score_batches
 
-    session = PlainSession(prep.model_dir, prep.verbalizer, exact, cfg)
+    session = PlainSession(prep.model_dir, prep.verbalizer, exact, cfg, attention, model)
     return score_batches(session, prep.batches), session.range_warnings
 
 
-def secure_scores(prep: Prepared, cfg: approx.ApproxConfig, canaries: dict | None = None):
-    """Scores from a local three-process secure run, with each party's traffic."""
+def secure_scores(
+    prep: Prepared,
+    cfg: approx.ApproxConfig,
+    canaries: dict | None = None,
+    network=None,
+    attention: AttentionConfig = SOFTMAX,
+):
+    """Scores from a secure run, with each party's traffic: three local processes, or
+    (``network``) this host as the data owner and the server and dealer elsewhere."""
     from dataclasses import asdict
 
     from secptune import secure
 
-    request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=asdict(cfg), expected_vocab=prep.arch.vocab_size)
-    results = secure.run_local(
-        str(prep.model_dir), secure.score_batches, (prep.batches,), request, prep.verbalizer, canaries
+    request = secure.OwnerRequest(
+        labels=len(prep.label_ids), cfg=asdict(cfg), attention=attention.as_dict(), expected_vocab=prep.arch.vocab_size
     )
+    if network is not None:
+        results = secure.run_remote(secure.score_batches, (prep.batches,), request, prep.verbalizer, network)
+    else:
+        results = secure.run_local(
+            str(prep.model_dir), secure.score_batches, (prep.batches,), request, prep.verbalizer, canaries
+        )
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 
@@ -149,10 +164,13 @@ def run_infer(opts: InferOptions) -> dict:
     started = time.perf_counter()
     prep = prepare(opts)
     if opts.mode == "plain":
-        scores, warnings = plain_scores(prep, opts.exact, opts.cfg)
+        scores, warnings = plain_scores(prep, opts.exact, opts.cfg, attention_config(opts.attention))
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
+        forward_s = 0.0
     else:
-        scores, comm, _ = secure_scores(prep, opts.cfg)
+        attention = attention_config(opts.attention)
+        scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
+        forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])
         warnings = {}
     out = summarize(prep, scores)
     out.update(
@@ -162,6 +180,7 @@ def run_infer(opts: InferOptions) -> dict:
         model=opts.model,
         examples=len(prep.examples),
         wall_s=time.perf_counter() - started,
+        forward_s=forward_s,
         comm=comm,
         range_warnings=warnings,
     )

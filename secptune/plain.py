@@ -12,15 +12,24 @@ import time
 import torch
 
 from mpc import approx
+from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
 from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 
 class PlainSession:
-    def __init__(self, model_dir, verbalizer: torch.Tensor, exact: bool, cfg: approx.ApproxConfig):
-        self.arch, weights = server_weights(load_hf_model(model_dir))
+    def __init__(
+        self,
+        model_dir,
+        verbalizer: torch.Tensor,
+        exact: bool,
+        cfg: approx.ApproxConfig,
+        attention: AttentionConfig = SOFTMAX,
+        model=None,
+    ):
+        self.arch, weights = server_weights(model if model is not None else load_hf_model(model_dir), attention)
         self.embedding_std = float(weights["emb.word"].std())
-        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg))
+        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=attention))
         self.head = self.model.label_head(verbalizer)
         self.texts: list[tuple[torch.Tensor, Batch]] = []
         self.forward_log: list[dict] = []

@@ -25,17 +25,20 @@ from typing import Any, Callable
 import torch
 
 import mpc  # noqa: F401  (CrypTen shim)
-from mpc import accounting, approx, launcher
+from mpc import accounting, approx, fixed_weights, launcher
 from mpc.reveal import reveal_to
 from mpc.session import RANK
 from secptune import __version__
 from secptune.arch import Arch
 from secptune.errors import SecptuneError
+from rfa.config import SOFTMAX, AttentionConfig
 from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
 MAX_ATTEMPTS = 3  # a wild forward is recomputed; three in a row is an error
+# linears the model applies to the same input: one fixed-mask product, one opening
+FUSED_LINEARS = (("q", "k", "v"), ("gate", "up"))
 
 
 class HandshakeError(SecptuneError):
@@ -52,8 +55,12 @@ class OwnerRequest:
 
     labels: int
     cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
+    attention: dict = field(default_factory=SOFTMAX.as_dict)
     expected_vocab: int | None = None
     version: str = __version__
+    # mask each weight once per session (mpc.fixed_weights); False: CrypTen's Beaver
+    # products, which open a weight-sized masked matrix on every product
+    fixed_weights: bool = True
 
 
 def _rank() -> int:
@@ -79,6 +86,8 @@ def _broadcast(obj, src: int):
 
 def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[OwnerRequest, dict]:
     request = OwnerRequest(**_broadcast(asdict(request) if request else None, OWNER))
+    if callable(server_info):  # the server prepares its weights for the requested attention
+        server_info = server_info(request)
     info = _broadcast(server_info, SERVER)
     problem = None
     if request.version != info["version"]:
@@ -109,11 +118,20 @@ class SecureSession:
         self.arch = Arch.from_dict(info["arch"])
         # public scalar the owner needs to scale its random projection (BBT); see docs/protocol.md
         self.embedding_std = info["embedding_std"]
+        weights = weights() if callable(weights) else weights
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
-        self.model = Transformer(self.arch, shared, Nonlinear(exact=False, cfg=approx.ApproxConfig.from_dict(request.cfg)))
+        if request.fixed_weights:  # once per session; then each linear opens only its input
+            shared = fixed_weights.prepare(shared, fuse=FUSED_LINEARS)
+        nonlinear = Nonlinear(
+            exact=False,
+            cfg=approx.ApproxConfig.from_dict(request.cfg),
+            attention=AttentionConfig.from_dict(request.attention),
+        )
+        self.model = Transformer(self.arch, shared, nonlinear)
         self.head = self.model.label_head(_share(verbalizer, (request.labels, self.arch.vocab_size), OWNER))
         self.texts: list[_TextSet] = []
         self.forward_log: list[dict] = []
+        self.server_traffic: dict | None = None
 
     # -- commands --------------------------------------------------------------
     def _command(self, cmd: dict | None) -> dict:
@@ -183,12 +201,16 @@ class SecureSession:
     def close(self) -> None:
         if self.is_owner:
             self._command({"op": "stop"})
+            # the server's own byte and round counts (public): on another host they are
+            # the owner's only view of the server's side of the traffic
+            self.server_traffic = _broadcast(None, SERVER)
 
     def serve(self) -> None:
         """Server side: execute the owner's commands until it says stop."""
         while True:
             cmd = self._command(None)
             if cmd["op"] == "stop":
+                _broadcast(accounting.log().as_dict(), SERVER)
                 return
             if cmd["op"] == "texts":
                 self.load_texts(cmd=cmd)
@@ -214,7 +236,7 @@ def owner_party(
         result = program(session, *args)
     finally:
         session.close()
-    return {"result": result, "forwards": session.forward_log}
+    return {"result": result, "forwards": session.forward_log, "server_traffic": session.server_traffic}
 
 
 def server_party(model_dir: str, canaries=None) -> dict:
@@ -222,14 +244,20 @@ def server_party(model_dir: str, canaries=None) -> dict:
     from secptune.checkpoints import load_hf_model
 
     accounting.set_canaries(canaries)
-    arch, weights = server_weights(load_hf_model(model_dir))
-    info = {
-        "version": __version__,
-        "arch": arch.to_dict(),
-        "shapes": {name: tuple(t.shape) for name, t in weights.items()},
-        "embedding_std": float(weights["emb.word"].std()),
-    }
-    session = SecureSession(None, server_info=info, weights=weights)
+    model = load_hf_model(model_dir)
+    prepared: dict = {}
+
+    def describe(request: OwnerRequest) -> dict:
+        arch, weights = server_weights(model, AttentionConfig.from_dict(request.attention))
+        prepared["weights"] = weights
+        return {
+            "version": __version__,
+            "arch": arch.to_dict(),
+            "shapes": {name: tuple(t.shape) for name, t in weights.items()},
+            "embedding_std": float(weights["emb.word"].std()),
+        }
+
+    session = SecureSession(None, server_info=describe, weights=lambda: prepared["weights"])
     session.serve()
     return {"forwards": session.forward_log}
 
@@ -250,6 +278,27 @@ def run_local(
         server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"))),
         timeout_s=timeout_s,
     )
+
+
+def run_remote(
+    program: Callable,
+    args: tuple,
+    request: OwnerRequest,
+    verbalizer: torch.Tensor,
+    network,
+    timeout_s: float | None = None,
+) -> dict[str, launcher.PartyResult]:
+    """Run ``program`` as the data owner against a server and dealer on other hosts.
+
+    ``network`` (:class:`mpc.net.Network`, role ``owner``) says where they are; they
+    run ``secptune party --role server|dealer``.  Returns the owner's PartyResult and,
+    under ``server``, the traffic the server reported at the end of the session.
+    """
+    owner = launcher.run_party(
+        "owner", network, launcher.PartyJob(owner_party, (program, args, request, verbalizer, None)), timeout_s
+    )
+    server = launcher.PartyResult(role="server", traffic=owner.value.get("server_traffic") or {})
+    return {"owner": owner, "server": server}
 
 
 def score_batches(session, batches: list[Batch]) -> torch.Tensor:

@@ -23,7 +23,10 @@ import torch
 
 from mpc import approx
 from mpc.accounting import section
-from mpc.tensorops import cat, pad
+from mpc.fixed_weights import FixedWeight
+from mpc.tensorops import cat, is_secure, pad
+from rfa.config import SOFTMAX, AttentionConfig
+from rfa.random_features import rfa_attention, server_feature_matrices
 from rfa.softmax_attention import attention
 from secptune.arch import Arch, arch_from_config, extract_weights
 
@@ -35,6 +38,7 @@ class Nonlinear:
     exact: bool = False
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
     monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
+    attention: AttentionConfig = SOFTMAX
 
     def act(self, x, name: str):
         with section("activation"):
@@ -123,15 +127,25 @@ def _rotate_half(x):
     return cat([x.narrow(-1, half, half) * -1, x.narrow(-1, 0, half)], dim=-1)
 
 
+def _onehot_product(onehot, table):
+    """onehot @ table; on plaintext a row lookup (same result, without a [n, V] x [V, H]
+    product), under MPC the secure product that hides both the ids and the table."""
+    if is_secure(onehot):
+        return onehot @ table
+    present = onehot.sum(-1, keepdim=True)
+    return table[onehot.argmax(-1)] * present
+
+
 def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
     """Public [repeat*n, n] penalty mask: 1 where a query would see a future key."""
     future = torch.triu(torch.ones(n, n, dtype=torch.float64), diagonal=1)
     return future.repeat(repeat, 1)
 
 
-def server_weights(model) -> tuple[Arch, dict]:
+def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, dict]:
     """Server side, plaintext: the architecture and canonical weights of an HF model,
-    plus the keys/values of the fixed prefix tokens (causal models).
+    plus the keys/values of the fixed prefix tokens (causal models) and, for RFA,
+    the feature matrices ``l{i}.rfa`` (the server's, fixed per model).
 
     The prefix (BOS) never depends on the owner's input, so its per-layer keys and
     values are computed here once, exactly, and shared like weights.  This also
@@ -146,6 +160,12 @@ def server_weights(model) -> tuple[Arch, dict]:
         capture: dict = {}
         Transformer(arch, weights, Nonlinear(exact=True))._causal(embeds, capture)
         weights.update(capture)
+    if attention.kind == "rfa" and attention.features == "fitted":
+        from secptune.feature_fit import fitted_feature_maps
+
+        weights.update(fitted_feature_maps(model, arch, weights, attention))
+    else:
+        weights.update(server_feature_matrices(attention, arch.layers, arch.head_dim, arch.kv_heads))
     return arch, weights
 
 
@@ -156,11 +176,12 @@ class Transformer:
         self.arch = arch
         self.w = weights
         self.nl = nonlinear
+        self.capture: list | None = None  # set to a list to record every layer's attention inputs
 
     # -- work that depends only on fixed inputs: done once per run ------------
     def embed_tokens(self, token_onehot, type_onehot=None):
         """Text-token embeddings by one-hot product (secure lookup of a secret table)."""
-        emb = token_onehot @ self.w["emb.word"]
+        emb = _onehot_product(token_onehot, self.w["emb.word"])
         if type_onehot is not None:
             emb = emb + type_onehot @ self.w["emb.type"]
         elif "emb.type" in self.w:
@@ -169,7 +190,7 @@ class Transformer:
 
     def label_head(self, verbalizer_onehot):
         """Output rows of the label words only: [L, H] (+ bias [L] for encoders)."""
-        rows = verbalizer_onehot @ self.w["head.out"]
+        rows = _onehot_product(verbalizer_onehot, self.w["head.out"])
         bias = verbalizer_onehot @ self.w["head.bias"] if "head.bias" in self.w else None
         return rows, bias
 
@@ -186,9 +207,27 @@ class Transformer:
 
     def _linear(self, x, name: str):
         with section("linear"):
-            y = x @ self.w[f"{name}.w"]
+            weight = self.w[f"{name}.w"]
+            # secure sessions replace shared weights by fixed-mask handles (mpc.fixed_weights)
+            y = weight.apply(x) if isinstance(weight, FixedWeight) else x @ weight
             bias = self.w.get(f"{name}.b")
             return y if bias is None else y + bias
+
+    def _attend(self, i: int, q, k, v, penalty, rep: int = 0, offset: int = 0):
+        """Layer i's attention: RFA or softmax as configured (rep > 0: causal, grouped)."""
+        nl = self.nl
+        if self.capture is not None:
+            self.capture.append({"layer": i, "q": q, "k": k, "v": v, "penalty": penalty, "rep": rep, "offset": offset})
+        with section("attention"):
+            if not nl.attention.uses_rfa(i):
+                return attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+            params = {name: self.w[f"l{i}.rfa.{name}"] for name in ("q", "k", "bq", "bk") if f"l{i}.rfa.{name}" in self.w}
+            if "q" not in params:
+                raise ValueError(f"layer {i} has no RFA feature matrices: build the weights with this attention config")
+            form = "prefix" if rep and params["q"].size(-1) * q.size(-1) < q.size(-2) else "quadratic"
+            return rfa_attention(
+                q, k, v, params, penalty, nl.attention, nl.cfg, nl.monitor, form=form, rep=rep, offset=offset
+            )
 
     def _heads(self, x, count: int):
         b, n = x.size(0), x.size(1)
@@ -212,7 +251,7 @@ class Transformer:
             q = self._heads(self._linear(h, p + "q") * scale, a.heads)
             k = self._heads(self._linear(h, p + "k"), a.heads)
             v = self._heads(self._linear(h, p + "v"), a.heads)
-            ctx = attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+            ctx = self._attend(i, q, k, v, penalty)
             h = nl.layer_norm(h + self._linear(self._merge(ctx), p + "o"), w[p + "ln1.w"], w[p + "ln1.b"], a.norm_eps)
             ff = self._linear(nl.act(self._linear(h, p + "ff1"), a.act), p + "ff2")
             h = nl.layer_norm(h + ff, w[p + "ln2.w"], w[p + "ln2.b"], a.norm_eps)
@@ -249,7 +288,7 @@ class Transformer:
             # grouped-query attention without copying k/v: the `rep` query heads
             # sharing a kv head are stacked along the query axis.
             q = q.reshape(b, a.kv_heads, rep * n, a.head_dim)
-            ctx = attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+            ctx = self._attend(i, q, k, v, penalty, rep=rep, offset=offset)
             ctx = ctx.reshape(b, a.heads, n, a.head_dim)
             h = h + self._linear(self._merge(ctx), p + "o")
             x = nl.rms_norm(h, w[p + "ln2.w"], a.norm_eps)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mpc import approx
+from rfa.config import attention_config
 from secptune import report
 from secptune.arch import arch_from_config
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
@@ -71,12 +72,14 @@ def build_texts(cfg: TuneConfig) -> tuple[Path, TextSets, str]:
     return model_dir, texts, cfg.loss or spec.loss
 
 
-def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress: bool = True) -> dict:
-    """Run one tuning job and write report.json / report.md / curves.png into ``out_dir``."""
+def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress: bool = True, network=None) -> dict:
+    """Run one tuning job and write report.json / report.md / curves.png into ``out_dir``.
+
+    ``network`` (:class:`mpc.net.Network`): secure mode with the server and dealer on
+    other hosts (``secptune party``); this process is the data owner."""
     if cfg.mode not in ("plain", "secure"):
         raise InputError(f"--mode must be plain or secure, not {cfg.mode!r}")
-    if cfg.attention != "softmax":
-        raise InputError(f"--attention {cfg.attention} is not available in this version; use softmax")
+    attention = attention_config(cfg.attention)
     if cfg.device != "cpu":
         raise InputError("--device cuda is not available in this version; use cpu")
     model_dir, texts, loss = build_texts(cfg)
@@ -86,14 +89,24 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     if cfg.mode == "plain":
         from secptune.plain import PlainSession
 
-        session = PlainSession(model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg))
+        session = PlainSession(
+            model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention
+        )
         result = tune_program(session, *args)
         totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}
     else:
         from secptune import secure
 
-        request = secure.OwnerRequest(labels=texts.verbalizer.shape[0], cfg=cfg.cfg, expected_vocab=texts.verbalizer.shape[1])
-        results = secure.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
+        request = secure.OwnerRequest(
+            labels=texts.verbalizer.shape[0],
+            cfg=cfg.cfg,
+            attention=attention.as_dict(),
+            expected_vocab=texts.verbalizer.shape[1],
+        )
+        if network is not None:
+            results = secure.run_remote(tune_program, args, request, texts.verbalizer, network)
+        else:
+            results = secure.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
         result = results["owner"].value["result"]
         totals = {role: r.traffic for role, r in results.items()}
     wall = time.perf_counter() - started

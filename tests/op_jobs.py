@@ -62,3 +62,15 @@ def run(op, *tensors, extra=None):
         timeout_s=300,
     )
     return results["owner"].value
+
+
+def _rfa_fourier(q, k, v):
+    from rfa.config import AttentionConfig
+    from rfa.random_features import rfa_attention, server_feature_matrices
+
+    cfg = AttentionConfig(features="fourier", num_features=8)
+    w = server_feature_matrices(cfg, 1, q.size(-1), q.size(1))
+    return rfa_attention(q, k, v, {"q": w["l0.rfa.q"], "k": w["l0.rfa.k"]}, None, cfg, __import__("mpc").approx.ApproxConfig())
+
+
+OPS["rfa_fourier"] = _rfa_fourier

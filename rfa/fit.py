@@ -1,0 +1,97 @@
+"""Fit RFA feature maps to a pretrained model's own attention (server side, once).
+
+Random features estimate exp(q·k) without bias, but with a variance that grows
+with |q|, |k|; a pretrained model's queries and keys are large (logits up to ~20
+in SmolLM2), so drop-in random features give attention outputs with ~100%
+relative error.  Instead the server learns, per layer and key/value head, maps
+φ(x) = exp(xW + b) (W [d, r], separate for queries and keys) so that
+φ(q)φ(k)ᵀ, normalised, matches the softmax attention weights of its own model
+on public text (attention distillation, as in Hedgehog, Zhang et al. 2024).
+
+The fit evaluates exp with the *same* fixed-iteration approximation the secure
+run uses and penalises exponent arguments and denominators outside the ranges
+the secure run supports, so what is fitted is what runs under MPC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mpc import approx
+from rfa.random_features import feature_matrix
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    steps: int = 100
+    lr: float = 0.02
+    range_weight: float = 1.0
+
+
+def _features(x, w, b, acfg: approx.ApproxConfig):
+    arg = x @ w + b
+    return approx.exp(arg.clamp(max=2.0 * acfg.rfa_exp_high), acfg.exp_iters), arg
+
+
+def _outside(x, low: float, high: float):
+    return torch.relu(x - high).square().mean() + torch.relu(low - x).square().mean()
+
+
+def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.ApproxConfig, opts: FitOptions) -> dict:
+    """Feature maps {"q","k": [h, d, r], "bq","bk": [h, 1, r]} for one layer.
+
+    ``samples``: the layer's captured attention inputs, each with q [b, h, m, d]
+    (pre-scaled), k, v [b, h, n, d] and a penalty mask (1 = hidden) broadcastable
+    to [b, h, m, n].  Keys and queries are balanced by d^¼ as in rfa_attention.
+    """
+    heads, d = samples[0]["q"].size(1), samples[0]["q"].size(-1)
+    root = d**0.25
+    data = []
+    for s in samples:
+        q, k = (s["q"] * root).float(), (s["k"] / root).float()
+        logits = q @ k.transpose(-2, -1)
+        keep = torch.ones_like(logits) if s["penalty"] is None else (1 - s["penalty"].float()).expand_as(logits)
+        target = torch.softmax(logits.masked_fill(keep < 0.5, float("-inf")), dim=-1)
+        data.append((q, k, keep, target))
+    init = feature_matrix(d, num_features, seed).float() / root
+    params = {
+        "q": init.unsqueeze(0).repeat(heads, 1, 1).requires_grad_(),
+        "k": init.unsqueeze(0).repeat(heads, 1, 1).requires_grad_(),
+        "bq": torch.full((heads, 1, num_features), -1.0).requires_grad_(),
+        "bk": torch.full((heads, 1, num_features), -1.0).requires_grad_(),
+    }
+    optimiser = torch.optim.Adam(params.values(), lr=opts.lr)
+    log_lo, log_hi = (math.log(v) for v in acfg.rfa_den_range)
+    for _ in range(opts.steps):
+        optimiser.zero_grad()
+        loss = 0.0
+        for q, k, keep, target in data:
+            fq, aq = _features(q, params["q"], params["bq"], acfg)
+            fk, ak = _features(k, params["k"], params["bk"], acfg)
+            scores = (fq @ fk.transpose(-2, -1)) * keep
+            den = scores.sum(-1, keepdim=True)
+            weights = scores / den
+            loss = loss - (target * torch.log(weights + 1e-9)).sum(-1).mean()
+            ranges = _outside(aq, -60.0, acfg.rfa_exp_high - 0.5) + _outside(ak, -60.0, acfg.rfa_exp_high - 0.5)
+            ranges = ranges + _outside(torch.log(den), log_lo + 2, log_hi - 2)
+            loss = loss + opts.range_weight * ranges
+        loss.backward()
+        optimiser.step()
+    return {name: p.detach().double() for name, p in params.items()}
+
+
+def attention_error(samples: list[dict], layer_params: dict, acfg: approx.ApproxConfig, cfg) -> float:
+    """Relative error ||RFA − softmax|| / ||softmax|| of this layer's attention outputs."""
+    from rfa.random_features import rfa_attention
+    from rfa.softmax_attention import attention
+
+    num = den = 0.0
+    for s in samples:
+        exact = attention(s["q"], s["k"], s["v"], s["penalty"], exact=True, cfg=acfg)
+        approx_out = rfa_attention(s["q"], s["k"], s["v"], layer_params, s["penalty"], cfg, acfg)
+        num += float((approx_out - exact).square().sum())
+        den += float(exact.square().sum())
+    return math.sqrt(num / den)

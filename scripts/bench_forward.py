@@ -1,0 +1,588 @@
+#!/usr/bin/env python3
+"""Time and count one secure (or plaintext) forward pass of a model.
+
+    python scripts/bench_forward.py --model roberta-large-shape --seq 512 --batch 1 \\
+        --mode secure --attention softmax --layers 1 --json
+
+Models: a built-in name (tiny-llama, tiny-roberta, tiny-bert, smollm2), a local
+checkpoint directory, or ``roberta-large-shape``: a randomly initialised
+RobertaForMaskedLM with RoBERTa-large shapes (24 layers, hidden 1024, FFN 4096, 16
+heads, 512 positions) but a small vocabulary (``--vocab``, default 4096) — the
+embedding lookup happens once per text set, outside the forward measured here,
+so the vocabulary size does not change the figures below.  ``--attention rfa``
+runs random-feature attention (rfa.config.AttentionConfig; ``--features``,
+``--num-features``) in place of the MPC softmax.
+
+Inputs are random token ids (the owner's), ``--prompt-len`` random prompt
+vectors after the first token, one scored position, no padding.  One forward =
+``--batch`` sequences of ``--seq`` tokens (causal models: after the BOS prefix).
+
+What is measured (secure mode), all for one forward pass after the session is set
+up (weights shared and, by default, masked once; texts embedded):
+
+* ``wall_s``: the owner's time for the forward (incl. revealing the scores);
+  ``plain_wall_s``: the same forward in plaintext float64 with the same
+  approximations, in this process, before the secure run (best of
+  ``--plain-repeat``); ``ratio`` = their ratio;
+* ``comm``: bytes and rounds each party *sent* (accounting at the transport):
+  owner and server on the owner<->server channel (owner also: its requests to the
+  dealer), dealer: the triples and masks it sent (counted as the owner receives
+  them; the whole-session count is cross-checked against the dealer process's own,
+  ``dealer_check``);
+* ``ops``: per op type (accounting sections linear, attention, norm, activation;
+  ``other``: the rest, e.g. the label-word product and the reveal): online bytes
+  and rounds (the owner's; the server's are the same), dealer bytes/rounds, wall_s;
+* ``lan_s``/``wan_s``: time the paper's LAN (3 Gbps, 0.8 ms) / WAN (100 Mbps,
+  80 ms) add for this traffic (mpc.costmodel: busier party's online bytes and rounds);
+* with ``--layers N`` (fewer than the model's), the same session also runs the
+  forward with 0 layers; ``extrapolation`` gives per layer = (N-layer − 0-layer)/N
+  and the full model = 0-layer + L × per layer, for comm, ops, wall_s, lan_s, wan_s.
+
+``--no-fixed-weights`` turns off the fixed weight masks (mpc.fixed_weights), i.e.
+CrypTen's Beaver products that open a weight-sized matrix per product: the
+"before" figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import mpc  # noqa: E402,F401  (CrypTen import shim)
+from mpc import accounting, approx, costmodel  # noqa: E402
+from secptune.errors import SecptuneError  # noqa: E402
+
+ROBERTA_LARGE = "roberta-large-shape"
+ROBERTA_LARGE_SHAPE = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+    max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    layer_norm_eps=1e-5, hidden_act="gelu",
+)
+OPS = ("linear", "attention", "norm", "activation")
+
+
+class BenchError(SecptuneError):
+    """A benchmark setting that cannot run here; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the server (and the plaintext baseline) build the model: deterministic."""
+
+    name: str
+    layers: int | None = None  # keep only the first N layers (None: all)
+    vocab: int = 4096  # roberta-large-shape only
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- model
+
+
+def full_layers(spec: ModelSpec) -> int:
+    return int(model_config(replace(spec, layers=None)).num_hidden_layers)
+
+
+def model_config(spec: ModelSpec):
+    """The model's config (public; no weights), with ``spec.layers`` layers when given."""
+    if spec.name == ROBERTA_LARGE:
+        import transformers as tf
+
+        config = tf.RobertaConfig(vocab_size=spec.vocab, **ROBERTA_LARGE_SHAPE)
+    else:
+        from secptune.checkpoints import load_config, resolve_model
+
+        config = load_config(resolve_model(spec.name))
+    if spec.layers is not None:
+        config.num_hidden_layers = spec.layers
+    return config
+
+
+def build_model(spec: ModelSpec):
+    """The HF model (server side), first ``spec.layers`` layers only when given."""
+    if spec.name == ROBERTA_LARGE:
+        import transformers as tf
+
+        shape = dict(ROBERTA_LARGE_SHAPE)
+        if spec.layers is not None:
+            shape["num_hidden_layers"] = spec.layers
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            return tf.RobertaForMaskedLM(tf.RobertaConfig(vocab_size=spec.vocab, **shape)).float().eval()
+    from secptune.checkpoints import load_hf_model, resolve_model
+
+    model = load_hf_model(resolve_model(spec.name))
+    if spec.layers is not None:
+        base = model.base_model
+        stack = base.encoder.layer if hasattr(base, "encoder") else base.layers
+        if spec.layers > len(stack):
+            raise BenchError(f"--layers {spec.layers}: {spec.name} has only {len(stack)} layers")
+        del stack[spec.layers :]
+        model.config.num_hidden_layers = spec.layers
+    return model
+
+
+def make_inputs(arch, seq: int, batch: int, prompt_len: int, seed: int):
+    """The owner's plaintext inputs: a Batch of random tokens, and a 2-word verbalizer."""
+    from secptune.transformer import Batch
+
+    if prompt_len + 2 > seq:
+        raise BenchError(f"--seq {seq} is too short for a {prompt_len}-token prompt")
+    limit = arch.max_positions - len(arch.prefix_tokens)
+    if seq > limit:
+        raise BenchError(f"--seq {seq} exceeds what the model takes ({limit} tokens)")
+    gen = torch.Generator().manual_seed(seed + 1)
+    V, H, start = arch.vocab_size, arch.hidden, 1
+    ids = torch.randint(0, V, (batch, seq), generator=gen)
+    token = torch.nn.functional.one_hot(ids, V).double()
+    token[:, start : start + prompt_len] = 0  # prompt slots
+    pred = torch.zeros(batch, seq, dtype=torch.float64)
+    pred[:, seq - 1 if arch.family == "causal" else seq // 2] = 1.0
+    prompt = torch.randn(batch, prompt_len, H, generator=gen, dtype=torch.float64) * 0.02
+    encoder = arch.family == "encoder"
+    inputs = Batch(
+        token_onehot=token,
+        prompt=prompt,
+        pred_onehot=pred,
+        key_penalty=torch.zeros(batch, seq, dtype=torch.float64) if encoder else None,
+        prompt_start=start,
+    )
+    verbalizer = torch.nn.functional.one_hot(torch.tensor([min(5, V - 2), min(6, V - 1)]), V).double()
+    return inputs, verbalizer
+
+
+def attention_config(args):
+    """The public attention setting (rfa.config.AttentionConfig)."""
+    from rfa.config import AttentionConfig
+
+    if args.attention == "softmax":
+        return AttentionConfig(kind="softmax")
+    try:
+        return AttentionConfig(kind="rfa", features=args.features, num_features=args.num_features)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- plain
+
+
+def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 3) -> tuple[torch.Tensor, float]:
+    """Scores and wall time (best of ``repeat``) of the plaintext forward with the secure
+    run's approximations."""
+    from secptune.transformer import Nonlinear, Transformer, population_inputs, server_weights
+
+    model = build_model(spec)
+    arch, weights = server_weights(model, attention)
+    del model
+    net = Transformer(arch, weights, Nonlinear(exact=False, attention=attention))
+    with torch.no_grad():
+        head = net.label_head(verbalizer)
+        embeds = net.embed_tokens(inputs.token_onehot, inputs.type_onehot)
+        batch = replace(inputs, token_onehot=None)
+        best = float("inf")
+        for _ in range(max(1, repeat)):
+            started = time.perf_counter()
+            x, b = population_inputs(embeds, batch, inputs.prompt[:1])
+            scores = net.forward(x, b, head)
+            best = min(best, time.perf_counter() - started)
+        return scores, best
+
+
+# --------------------------------------------------------------------------- secure
+
+_DEALER_SENT = {"total": [0, 0], "sections": {}}  # owner process: bytes the dealer sent it
+
+
+def _count_dealer_traffic() -> None:
+    """Owner only: count what the dealer sends (its sizes and tensors), per section."""
+    import pickle
+
+    import crypten.communicator as comm
+    from crypten.communicator.distributed_communicator import DistributedCommunicator as C
+
+    ttp = comm.get().get_ttp_rank()
+    broadcast, recv_obj = C.broadcast, C.recv_obj
+
+    def add(nbytes: int) -> None:
+        current = accounting.log().current
+        for key in ["total"] + ([current[-1]] if current else []):
+            slot = _DEALER_SENT["total"] if key == "total" else _DEALER_SENT["sections"].setdefault(key, [0, 0])
+            slot[0] += nbytes
+            slot[1] += 1
+
+    def counted_broadcast(self, input, src, *args, **kwargs):
+        result = broadcast(self, input, src, *args, **kwargs)
+        if src == ttp:
+            add(sum(t.numel() * t.element_size() for t in (result if isinstance(result, list) else [result])))
+        return result
+
+    def counted_recv_obj(self, src, *args, **kwargs):
+        result = recv_obj(self, src, *args, **kwargs)
+        if src == ttp:
+            add(len(pickle.dumps(result)) + 4)  # as mpc.accounting counts the dealer's send_obj
+        return result
+
+    C.broadcast, C.recv_obj = counted_broadcast, counted_recv_obj
+
+
+def _snapshot() -> dict:
+    log = accounting.log().as_dict()
+    return {
+        "log": log,
+        "dealer": list(_DEALER_SENT["total"]),
+        "dealer_ops": {k: list(v) for k, v in _DEALER_SENT["sections"].items()},
+        "t": time.perf_counter(),
+    }
+
+
+def _diff(before: dict, after: dict, attempts: int) -> dict:
+    """Per-forward traffic of this process between two snapshots."""
+    b, a = before["log"], after["log"]
+
+    def d(x, y):
+        return {k: (y[k] - x[k]) // attempts for k in ("bytes", "rounds")}
+
+    ops = {}
+    for name in sorted(set(a["ops"]) | set(b["ops"])):
+        zero = {"online": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}, "wall_s": 0.0}
+        x, y = b["ops"].get(name, zero), a["ops"].get(name, zero)
+        dx = before["dealer_ops"].get(name, [0, 0])
+        dy = after["dealer_ops"].get(name, [0, 0])
+        ops[name] = {
+            "online": d(x["online"], y["online"]),
+            "dealer_channel": d(x["dealer"], y["dealer"]),
+            "dealer_sent": {"bytes": (dy[0] - dx[0]) // attempts, "rounds": (dy[1] - dx[1]) // attempts},
+            "wall_s": round((y["wall_s"] - x["wall_s"]) / attempts, 4),
+        }
+    return {
+        "online": d(b["online"], a["online"]),
+        "dealer_channel": d(b["dealer"], a["dealer"]),
+        "dealer_sent": {
+            "bytes": (after["dealer"][0] - before["dealer"][0]) // attempts,
+            "rounds": (after["dealer"][1] - before["dealer"][1]) // attempts,
+        },
+        "ops": ops,
+        "wall_s": (after["t"] - before["t"]) / attempts,
+        "attempts": attempts,
+    }
+
+
+def _session_class():
+    from secptune.secure import SecureSession
+    from secptune.transformer import Transformer
+
+    class BenchSession(SecureSession):
+        """SecureSession that records each forward's traffic and can drop to k layers."""
+
+        def scores(self, *args, **kwargs):
+            before = _snapshot()
+            out = super().scores(*args, **kwargs)
+            attempts = self.forward_log[-1]["attempts"]
+            self.bench_log = getattr(self, "bench_log", []) + [_diff(before, _snapshot(), attempts)]
+            return out
+
+        def _use_layers(self, k: int) -> None:
+            net = self.model
+            self.model = Transformer(replace(self.arch, layers=k), net.w, net.nl)
+
+        def use_layers(self, k: int) -> None:
+            """Owner: both parties run only the first ``k`` layers from now on (public)."""
+            self._use_layers(super()._command({"op": "layers", "layers": k})["layers"])
+
+        def _command(self, cmd):
+            # the server applies "layers" commands here, so SecureSession.serve stays as it is
+            while True:
+                got = super()._command(cmd)
+                if self.is_owner or got["op"] != "layers":
+                    return got
+                self._use_layers(got["layers"])
+
+    return BenchSession
+
+
+def owner_job(request, inputs, verbalizer, zero_layers: bool):
+    _count_dealer_traffic()
+    start = _snapshot()
+    session = _session_class()(request, verbalizer=verbalizer)
+    text_id = session.load_texts(replace(inputs, prompt=None))
+    setup = _diff(start, _snapshot(), 1)
+    try:
+        scores = session.scores(text_id, inputs.prompt[:1])
+        if zero_layers:
+            session.use_layers(0)
+            session.scores(text_id, inputs.prompt[:1])
+    finally:
+        session.close()
+    return {
+        "scores": scores,
+        "forwards": session.bench_log,
+        "setup": setup,
+        "dealer_total": list(_DEALER_SENT["total"]),
+    }
+
+
+def server_job(spec: ModelSpec):
+    from rfa.config import AttentionConfig
+    from secptune import __version__
+    from secptune.transformer import server_weights
+
+    model = build_model(spec)
+    prepared: dict = {}
+
+    def describe(request) -> dict:  # the weights depend on the attention the owner asked for
+        arch, weights = server_weights(model, AttentionConfig.from_dict(request.attention))
+        prepared["weights"] = weights
+        return {
+            "version": __version__,
+            "arch": arch.to_dict(),
+            "shapes": {name: tuple(t.shape) for name, t in weights.items()},
+            "embedding_std": float(weights["emb.word"].std()),
+        }
+
+    session = _session_class()(None, server_info=describe, weights=lambda: prepared.pop("weights"))
+    session.serve()
+    return {"forwards": session.bench_log}
+
+
+def secure_forward(spec: ModelSpec, arch, inputs, verbalizer, attention, fixed: bool, zero_layers: bool, timeout_s):
+    from mpc import launcher
+    from secptune import secure
+
+    request = secure.OwnerRequest(
+        labels=verbalizer.shape[0], cfg=asdict(approx.ApproxConfig()), attention=attention.as_dict(),
+        expected_vocab=arch.vocab_size, fixed_weights=fixed,
+    )
+    return launcher.run_local(
+        owner=launcher.PartyJob(owner_job, (request, inputs, verbalizer, zero_layers)),
+        server=launcher.PartyJob(server_job, (spec,)),
+        timeout_s=timeout_s,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _party_comm(owner: dict, server: dict) -> dict:
+    def sent(f):
+        return {
+            "bytes": f["online"]["bytes"] + f["dealer_channel"]["bytes"],
+            "rounds": f["online"]["rounds"] + f["dealer_channel"]["rounds"],
+            "online": f["online"],
+            "dealer_channel": f["dealer_channel"],
+        }
+
+    return {
+        "owner": sent(owner),
+        "server": sent(server),
+        "dealer": {"bytes": owner["dealer_sent"]["bytes"], "rounds": owner["dealer_channel"]["rounds"]},
+    }
+
+
+def _op_table(forward: dict) -> dict:
+    """Per op type: online bytes/rounds (owner's = server's), dealer bytes sent, wall_s."""
+    table = {}
+    for name in OPS:
+        op = forward["ops"].get(name)
+        if op is None:
+            table[name] = {"bytes": 0, "rounds": 0, "dealer_bytes": 0, "dealer_rounds": 0, "wall_s": 0.0}
+            continue
+        table[name] = {
+            "bytes": op["online"]["bytes"],
+            "rounds": op["online"]["rounds"],
+            "dealer_bytes": op["dealer_sent"]["bytes"],
+            "dealer_rounds": op["dealer_channel"]["rounds"],
+            "wall_s": op["wall_s"],
+        }
+    keys = ("bytes", "rounds", "dealer_bytes", "dealer_rounds", "wall_s")
+    counted = {k: sum(t[k] for t in table.values()) for k in keys}
+    table["other"] = {
+        "bytes": forward["online"]["bytes"] - counted["bytes"],
+        "rounds": forward["online"]["rounds"] - counted["rounds"],
+        "dealer_bytes": forward["dealer_sent"]["bytes"] - counted["dealer_bytes"],
+        "dealer_rounds": forward["dealer_channel"]["rounds"] - counted["dealer_rounds"],
+        "wall_s": round(forward["wall_s"] - counted["wall_s"], 4),
+    }
+    return table
+
+
+def _links(comm: dict) -> dict:
+    online = {p: comm[p]["online"] for p in ("owner", "server")}
+    return {name: round(s, 4) for name, s in costmodel.link_times(online).items()}
+
+
+def _extrapolate(full: dict, zero: dict, n: int, total_layers: int) -> dict:
+    """Linear model in the layer count: per layer = (n-layer − 0-layer)/n."""
+
+    def walk(a, b, fn):
+        if isinstance(a, dict):
+            return {k: walk(a[k], b[k], fn) for k in a}
+        return fn(a, b)
+
+    per_layer = walk(full, zero, lambda a, b: (a - b) / n)
+    total = walk(zero, per_layer, lambda z, p: z + total_layers * p)
+    rnd = lambda d: walk(d, d, lambda a, _: round(a, 4) if isinstance(a, float) else a)  # noqa: E731
+    return {"per_layer": rnd(per_layer), "outside_layers": rnd(zero), "total": rnd(total)}
+
+
+def run(args) -> dict:
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(
+                f"--device cuda: CUDA is not available here (torch {torch.__version__}, "
+                f"cuda build: {torch.version.cuda or 'none'}); use --device cpu"
+            )
+        raise BenchError(
+            "--device cuda: the secure forward runs on the CPU only so far (CrypTen's CUDA path "
+            "is not wired); use --device cpu"
+        )
+    if args.mode not in ("secure", "plain"):
+        raise BenchError(f"--mode must be secure or plain, not {args.mode!r}")
+    if args.layers is not None and args.layers < 1:
+        raise BenchError("--layers must be at least 1")
+    attention = attention_config(args)
+    total_layers = full_layers(ModelSpec(args.model))
+    layers = args.layers if args.layers is not None and args.layers < total_layers else None
+    spec = ModelSpec(args.model, layers, args.vocab, args.seed)
+
+    from secptune.arch import arch_from_config
+
+    arch = arch_from_config(model_config(spec))
+    inputs, verbalizer = make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)
+    plain_scores, plain_s = plain_forward(spec, inputs, verbalizer, attention, args.plain_repeat)
+    out = {
+        "model": args.model,
+        "arch": {k: getattr(arch, k) for k in ("family", "hidden", "heads", "head_dim", "intermediate", "vocab_size")},
+        "layers_run": arch.layers,
+        "layers_full": total_layers,
+        "seq": args.seq,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "mode": args.mode,
+        "attention": attention.as_dict(),
+        "device": args.device,
+        "fixed_weights": bool(args.mode == "secure" and not args.no_fixed_weights),
+        "plain_wall_s": round(plain_s, 4),
+    }
+    if args.model == ROBERTA_LARGE:
+        out["note"] = (
+            f"random RobertaForMaskedLM, RoBERTa-large shapes, vocabulary {args.vocab} instead of 50265: the "
+            "embedding lookup is done once per text set, outside the measured forward"
+        )
+    if args.mode == "plain":
+        nothing = {"bytes": 0, "rounds": 0}
+        out.update(wall_s=out["plain_wall_s"], ratio=1.0, comm={p: dict(nothing) for p in ("owner", "server", "dealer")})
+        return out
+
+    started = time.perf_counter()
+    results = secure_forward(
+        spec, arch, inputs, verbalizer, attention, not args.no_fixed_weights, layers is not None, args.timeout
+    )
+    owner, server = results["owner"].value, results["server"].value
+    secure_scores = owner["scores"]
+    forward, server_forward = owner["forwards"][0], server["forwards"][0]
+    comm = _party_comm(forward, server_forward)
+    links = _links(comm)
+    ops = _op_table(forward)
+    out.update(
+        wall_s=round(forward["wall_s"], 4),
+        ratio=round(forward["wall_s"] / plain_s, 2),
+        attempts=forward["attempts"],
+        comm=comm,
+        ops=ops,
+        lan_s=links["LAN"],
+        wan_s=links["WAN"],
+        links_s=links,
+        max_abs_err=float((secure_scores - plain_scores).abs().max()),
+        rel_err=float((secure_scores - plain_scores).abs().max() / plain_scores.abs().max()),
+        setup={
+            "wall_s": round(owner["setup"]["wall_s"], 3),
+            "online": owner["setup"]["online"],
+            "dealer_sent": owner["setup"]["dealer_sent"],
+            "note": "session set-up on the owner: weights shared (and masked once), verbalizer head, text embedding",
+        },
+        dealer_check={
+            "counted_by_owner": owner["dealer_total"][0],
+            "dealer_process": results["dealer"].traffic["dealer"]["bytes"],
+        },
+        session_totals={role: r.traffic["online"] | {"dealer": r.traffic["dealer"]} for role, r in results.items()},
+        run_wall_s=round(time.perf_counter() - started, 2),
+    )
+    if layers is not None:
+        zero = owner["forwards"][1]
+        zero_server = server["forwards"][1]
+
+        def measures(f, fs):
+            c = _party_comm(f, fs)
+            flat = {p: {"bytes": c[p]["bytes"], "rounds": c[p]["rounds"]} for p in c}
+            return {"comm": flat, "ops": _op_table(f), "links_s": _links(c), "wall_s": f["wall_s"]}
+
+        ext = _extrapolate(measures(forward, server_forward), measures(zero, zero_server), layers, total_layers)
+        ext.update(
+            method=(
+                f"the same session ran the forward with {layers} and with 0 layers; per layer = "
+                f"({layers}-layer - 0-layer) / {layers}; total = 0-layer + {total_layers} x per layer"
+            ),
+            layers=total_layers,
+        )
+        ext["lan_s"], ext["wan_s"] = ext["total"]["links_s"]["LAN"], ext["total"]["links_s"]["WAN"]
+        out["extrapolation"] = ext
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help=f"built-in name, checkpoint directory, or {ROBERTA_LARGE}")
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--mode", default="secure", choices=("secure", "plain"))
+    p.add_argument("--attention", default="softmax", choices=("softmax", "rfa"))
+    p.add_argument("--features", default="positive", help="RFA feature map: positive or fourier")
+    p.add_argument("--num-features", type=int, default=64, help="RFA random features per head")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--layers", type=int, default=None, help="run only the first N layers (and extrapolate)")
+    p.add_argument("--vocab", type=int, default=4096, help=f"vocabulary of {ROBERTA_LARGE}")
+    p.add_argument("--prompt-len", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plain-repeat", type=int, default=3, help="plain forward: best of this many runs")
+    p.add_argument("--no-fixed-weights", action="store_true", help="CrypTen's Beaver products (the 'before')")
+    p.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds before the secure run is stopped")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="also write the JSON to this file")
+    args = p.parse_args(argv)
+    try:
+        result = run(args)
+    except SecptuneError as exc:
+        print(f"bench_forward: {exc}", file=sys.stderr)
+        return 2
+    kernel = os.environ.get("MPC_RING_MATMUL")
+    result["command"] = (f"MPC_RING_MATMUL={kernel} " if kernel else "") + "scripts/bench_forward.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    # which kernel every party's int64 products used (mpc.ring: auto keeps torch's on the CPU)
+    result["ring_matmul"] = kernel or "auto"
+    result["machine"] = {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    text = json.dumps(result, indent=None if args.json else 2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

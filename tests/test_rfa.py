@@ -1,0 +1,105 @@
+"""Random-feature attention: estimator, evaluation orders, and secure == plaintext RFA.
+
+Secure tolerance as everywhere: max |secure − plain| <= 1e-2 · max |plain score|.
+"""
+
+import math
+
+import pytest
+import torch
+
+from mpc import approx
+from rfa.config import AttentionConfig
+from rfa.random_features import feature_matrix, prefix_form, quadratic_form, rfa_attention, server_feature_matrices
+from rfa.softmax_attention import attention
+from secptune.infer import plain_scores, secure_scores
+from secptune.transformer import causal_penalty
+
+from conftest import prepared_inputs
+
+ACFG = approx.ApproxConfig()
+
+
+def _params(cfg, d, heads=1):
+    w = server_feature_matrices(cfg, 1, d, heads)
+    return {"q": w["l0.rfa.q"], "k": w["l0.rfa.k"]}
+
+
+def test_orthogonal_blocks_and_fixed_seed():
+    w = feature_matrix(16, 40, seed=3)
+    assert w.shape == (16, 40)
+    block = w[:, :16] / w[:, :16].norm(dim=0)
+    assert torch.allclose(block.T @ block, torch.eye(16, dtype=torch.float64), atol=1e-10)
+    assert torch.equal(w, feature_matrix(16, 40, seed=3)) and not torch.equal(w, feature_matrix(16, 40, seed=4))
+
+
+@pytest.mark.parametrize("features", ["positive", "fourier"])
+def test_estimator_approaches_softmax_with_more_features(features):
+    torch.manual_seed(0)
+    d, n = 16, 12
+    q = torch.randn(1, 1, n, d, dtype=torch.float64) * 0.3 / math.sqrt(d)
+    k = torch.randn(1, 1, n, d, dtype=torch.float64) * 0.3
+    v = torch.randn(1, 1, n, d, dtype=torch.float64)
+    exact = attention(q, k, v, None, exact=True, cfg=ACFG)
+    errors = []
+    for r in (16, 4096):
+        cfg = AttentionConfig(features=features, num_features=r)
+        out = rfa_attention(q, k, v, _params(cfg, d), None, cfg, ACFG)
+        errors.append(float((out - exact).norm() / exact.norm()))
+    assert errors[1] < 0.1 and errors[1] < errors[0] / 3
+
+
+def test_prefix_sums_equal_masked_quadratic_form_with_groups_and_prefix():
+    torch.manual_seed(1)
+    b, kvh, rep, n, offset, r, d = 2, 3, 2, 5, 1, 8, 4
+    fq = torch.rand(b, kvh, rep * n, r, dtype=torch.float64)
+    fk = torch.rand(b, kvh, offset + n, r, dtype=torch.float64)
+    v = torch.randn(b, kvh, offset + n, d, dtype=torch.float64)
+    penalty = torch.cat([torch.zeros(rep * n, offset, dtype=torch.float64), causal_penalty(n, rep)], dim=1)
+    num_q, den_q = quadratic_form(fq, fk, v, 1 - penalty)
+    num_p, den_p = prefix_form(fq, fk, v, rep, offset)
+    assert torch.allclose(num_q, num_p) and torch.allclose(den_q, den_p)
+
+
+def test_range_monitor_flags_out_of_range_attention():
+    cfg = AttentionConfig(num_features=8)
+    q = torch.full((1, 1, 2, 4), 3.0, dtype=torch.float64)
+    monitor = approx.RangeMonitor()
+    rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, ACFG, monitor)
+    assert monitor.violations.get("rfa_denominator", 0) > 0  # exp(-|x|^2/2) underflows the range
+    monitor = approx.RangeMonitor()
+    params = {**_params(cfg, 4), "bq": torch.full((1, 1, 8), 9.0, dtype=torch.float64)}
+    fitted = AttentionConfig(features="fitted", num_features=8)
+    rfa_attention(q * 0.1, q * 0.1, q, params, None, fitted, ACFG, monitor)
+    assert monitor.violations.get("rfa_exp_argument", 0) > 0
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="feature map"):
+        AttentionConfig(features="cosine")
+    with pytest.raises(ValueError, match="attention must be"):
+        AttentionConfig(kind="linear")
+
+
+def relative_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(
+    "model,cfg",
+    [
+        ("tiny-llama", AttentionConfig(features="positive", num_features=16)),
+        ("tiny-roberta", AttentionConfig(features="positive", num_features=16)),
+        ("tiny-llama", AttentionConfig(features="fourier", num_features=16, scale=0.25)),
+        ("tiny-llama", AttentionConfig(features="fitted", num_features=8, softmax_layers=(1,))),
+    ],
+    ids=["llama-positive", "roberta-positive", "llama-fourier", "llama-fitted-hybrid"],
+)
+def test_secure_rfa_equals_plain_rfa(model, cfg):
+    opts, prep = prepared_inputs(model, prompt_len=4, batch_size=2)
+    plain, warnings = plain_scores(prep, exact=False, cfg=opts.cfg, attention=cfg)
+    softmax, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
+    got, comm, _ = secure_scores(prep, opts.cfg, attention=cfg)
+    assert relative_error(got, plain) <= 1e-2, warnings
+    assert not torch.allclose(plain, softmax)  # RFA really replaced softmax
+    assert comm["owner"]["ops"]["attention"]["online"]["bytes"] > 0
