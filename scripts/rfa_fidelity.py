@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,17 @@ def mpc_cost(configs: dict) -> dict:
     return out
 
 
+def _strict(x):
+    """JSON without Infinity/NaN: an undefined error (denominator out of range) becomes null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_strict(v) for v in x]
+    return x
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -184,12 +196,12 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(_strict(report), indent=1))
     plot(report, out.with_suffix(".png"))
     if not args.skip_accuracy:
         chosen = {name: CONFIGS[name] for name in args.accuracy_configs.split(",")}
         report["accuracy"] = accuracy(model, chosen, args.limit)
-        out.write_text(json.dumps(report, indent=1))
+        out.write_text(json.dumps(_strict(report), indent=1))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
