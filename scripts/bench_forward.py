@@ -331,24 +331,10 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
 
 
 def server_job(spec: ModelSpec):
-    from rfa.config import AttentionConfig
-    from secptune import __version__
-    from secptune.transformer import server_weights
+    from secptune.secure import server_description
 
-    model = build_model(spec)
-    prepared: dict = {}
-
-    def describe(request) -> dict:  # the weights depend on the attention the owner asked for
-        arch, weights = server_weights(model, AttentionConfig.from_dict(request.attention))
-        prepared["weights"] = weights
-        return {
-            "version": __version__,
-            "arch": arch.to_dict(),
-            "shapes": {name: tuple(t.shape) for name, t in weights.items()},
-            "embedding_std": float(weights["emb.word"].std()),
-        }
-
-    session = _session_class()(None, server_info=describe, weights=lambda: prepared.pop("weights"))
+    describe, weights = server_description(build_model(spec))
+    session = _session_class()(None, server_info=describe, weights=weights)
     session.serve()
     return {"forwards": session.bench_log}
 

@@ -239,12 +239,10 @@ def owner_party(
     return {"result": result, "forwards": session.forward_log, "server_traffic": session.server_traffic}
 
 
-def server_party(model_dir: str, canaries=None) -> dict:
-    """The model server's process: loads and shares the weights, learns nothing."""
-    from secptune.checkpoints import load_hf_model
-
-    accounting.set_canaries(canaries)
-    model = load_hf_model(model_dir)
+def server_description(model):
+    """The server's side of the handshake for ``model``: ``describe(request)`` prepares the
+    weights for the attention the owner asked for and returns the public info;
+    ``weights()`` then hands them (once) to the session that shares them."""
     prepared: dict = {}
 
     def describe(request: OwnerRequest) -> dict:
@@ -257,7 +255,16 @@ def server_party(model_dir: str, canaries=None) -> dict:
             "embedding_std": float(weights["emb.word"].std()),
         }
 
-    session = SecureSession(None, server_info=describe, weights=lambda: prepared["weights"])
+    return describe, lambda: prepared.pop("weights")
+
+
+def server_party(model_dir: str, canaries=None) -> dict:
+    """The model server's process: loads and shares the weights, learns nothing."""
+    from secptune.checkpoints import load_hf_model
+
+    accounting.set_canaries(canaries)
+    describe, weights = server_description(load_hf_model(model_dir))
+    session = SecureSession(None, server_info=describe, weights=weights)
     session.serve()
     return {"forwards": session.forward_log}
 

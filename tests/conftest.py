@@ -38,3 +38,14 @@ def prepared_inputs(model: str, prompt_len: int = 4, batch_size: int = 2, exampl
 @pytest.fixture(params=TINY_MODELS)
 def tiny_model(request):
     return request.param
+
+
+@pytest.fixture
+def no_leftover_processes(monkeypatch):
+    """Tag every process a test starts; after the test none of them may still run."""
+    from deploy_parties import MARK, leftovers, new_mark
+
+    mark = new_mark()
+    monkeypatch.setenv(MARK, mark)
+    yield
+    assert leftovers(mark) == []

@@ -25,17 +25,9 @@ from mpc.transport import Dist
 from secptune.cli import main
 
 import deploy_parties
-from deploy_parties import MARK, ROLES, Relay, free_ports, leftovers, loopback_peers, network, new_mark
+from deploy_parties import ROLES, Relay, free_ports, loopback_peers, network
 
 PEER_TIMEOUT_S = 3.0
-
-
-@pytest.fixture
-def no_leftover_processes(monkeypatch):
-    mark = new_mark()
-    monkeypatch.setenv(MARK, mark)
-    yield
-    assert leftovers(mark) == []
 
 
 def _run_with_failing_server(what: str, stamp: Path):

@@ -19,7 +19,7 @@ import torch
 from mpc import costmodel, netns
 
 from conftest import SENTENCES, TEMPLATES
-from deploy_parties import MARK, ROLES, leftovers, make_tls_dirs, new_mark
+from deploy_parties import ROLES, make_tls_dirs
 
 REASON = netns.unavailable()
 pytestmark = [
@@ -27,14 +27,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test keys"),
 ]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_leftover_processes(monkeypatch):
-    mark = new_mark()
-    monkeypatch.setenv(MARK, mark)
-    yield
-    assert leftovers(mark) == []
 
 
 def test_three_namespaces_give_the_scores_of_the_local_launcher(tmp_path, no_leftover_processes):

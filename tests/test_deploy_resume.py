@@ -19,19 +19,11 @@ import psutil
 import pytest
 import torch
 
-from deploy_parties import MARK, free_ports, leftovers, new_mark
+from deploy_parties import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 POS = ["a great film", "good acting and a fine story", "great music", "a good and positive day"]
 NEG = ["a bad film", "terrible acting and a slow story", "bad music", "a terrible and negative day"]
-
-
-@pytest.fixture
-def no_leftover_processes(monkeypatch):
-    mark = new_mark()
-    monkeypatch.setenv(MARK, mark)
-    yield
-    assert leftovers(mark) == []
 
 
 def _service(role, peers, log: Path, *extra) -> subprocess.Popen:

@@ -21,17 +21,9 @@ from mpc.transport import Dist, Transport
 from secptune.cli import main
 
 import deploy_parties
-from deploy_parties import ROLES, MARK, Relay, free_ports, leftovers, loopback_peers, make_tls_dirs, network, new_mark
+from deploy_parties import ROLES, Relay, free_ports, loopback_peers, make_tls_dirs, network
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test keys")
-
-
-@pytest.fixture
-def no_leftover_processes(monkeypatch):
-    mark = new_mark()
-    monkeypatch.setenv(MARK, mark)
-    yield
-    assert leftovers(mark) == []
 
 
 @pytest.fixture(scope="module")
