@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mpc import fourier
+from mpc.opened import open_once
 from mpc.tensorops import cat, gt_zero, is_secure, max_along
 
 
@@ -29,8 +31,15 @@ class ApproxConfig:
                      2*bound + penalty <= 2^exp_iters).
     norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm
                      (power-of-4 range reduction, so a wide range is cheap).
+    rfa_exp:         RFA feature exponentials: "fourier" (exp(a/2) from one
+                     opening, then squared; on [rfa_exp_low, rfa_exp_high]) or
+                     "limit" (exp_iters squarings).
     rfa_exp_high:    largest RFA feature exponent (exp is accurate up to ~4).
     rfa_den_range:   range of RFA's attention denominators (power-of-4 reduction).
+    activation:      "fourier": GeLU/SiLU as x/2 + a cosine series on [-bound, bound]
+                     (one opening, mpc.fourier; bound per layer from the model's
+                     calibration); "sigmoid": x·σ(x) from a comparison, exp and
+                     reciprocal (any input, ~500 bytes per element).
     """
 
     exp_iters: int = 8
@@ -38,8 +47,11 @@ class ApproxConfig:
     mask_penalty: float = 100.0
     norm_range: tuple[float, float] = (1e-5, 2.0**28)
     sigmoid_bound: float = 60.0
+    rfa_exp: str = "fourier"
+    rfa_exp_low: float = -16.0
     rfa_exp_high: float = 4.0
     rfa_den_range: tuple[float, float] = (2.0**-10, 2.0**20)
+    activation: str = "fourier"
 
     @staticmethod
     def from_dict(d: dict) -> "ApproxConfig":
@@ -72,6 +84,20 @@ def exp(x, iters: int = 8):
     return y
 
 
+def feature_exp(arg, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    """exp of RFA feature arguments, as configured (``rfa_exp``)."""
+    if cfg.rfa_exp == "fourier":
+        # exp(a) = exp(a/2)^2: the half-range series has 15x smaller coefficients, hence
+        # 15x less fixed-point error, for one more opening (8 bytes per element)
+        monitor.check("rfa_exp_argument", arg, cfg.rfa_exp_low, cfg.rfa_exp_high)
+        half = fourier.evaluate(arg * 0.5, fourier.exp_series(cfg.rfa_exp_low / 2, cfg.rfa_exp_high / 2))
+        return open_once(half).square(last=True)
+    if cfg.rfa_exp != "limit":
+        raise ValueError(f"unknown RFA exponential {cfg.rfa_exp!r}: fourier or limit")
+    monitor.check("rfa_exp_argument", arg, -(2.0**cfg.exp_iters), cfg.rfa_exp_high)
+    return exp(arg, cfg.exp_iters)
+
+
 def newton_iterations(low: float, high: float, shrink: float) -> int:
     """Newton steps so that a start error of (1 - low/high) reaches ~2^-20.
 
@@ -97,12 +123,12 @@ def reciprocal(x, low: float, high: float):
 def divide_wide(num, den, low: float, high: float):
     """num / den for den in a wide range [low, high] (den > 0).
 
-    A secret power of two s² (one batched comparison) brings den·s² into [1, 4);
+    A secret power of two s² (one batched comparison) brings den·s² into [1, 16);
     Newton runs there, and num is rescaled by the same exact power of two, so
     neither a tiny reciprocal nor a huge one is ever held in fixed point.
     """
-    _, s2 = power_of_two_scale(den, low, high)
-    return (num * s2) * reciprocal(den * s2, 1.0, 4.0)
+    _, s2 = power_of_two_scale(den, low, high, bits=2)
+    return (num * s2) * reciprocal(den * s2, 1.0, 16.0)
 
 
 def sigmoid(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
@@ -124,6 +150,21 @@ def gelu(x, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     return x * sigmoid(1.702 * x, cfg, monitor)
 
 
+FOURIER_KINDS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+
+def activation(x, name: str, bound: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
+    """The model's activation ``name`` on inputs assumed in [-bound, bound]."""
+    if cfg.activation == "fourier":
+        if name not in FOURIER_KINDS:
+            raise ValueError(f"activation {name!r} is not supported")
+        monitor.check("activation_input", x, -bound, bound)
+        return fourier.evaluate(x, fourier.activation_series(FOURIER_KINDS[name], float(bound)))
+    if cfg.activation != "sigmoid":
+        raise ValueError(f"unknown activation approximation {cfg.activation!r}: fourier or sigmoid")
+    return silu(x, cfg, monitor) if name == "silu" else gelu(x, cfg, monitor)
+
+
 def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     """Softmax over the last dim; ``penalty_mask`` is 1 where a key is hidden, else 0.
 
@@ -141,21 +182,24 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
     return e * reciprocal(total, 1.0, float(scores.size(-1)))
 
 
-def power_of_two_scale(v, low: float, high: float):
-    """Secret powers of two (s, s^2) with v * s^2 in [1, 4), for v in [low, high].
+def power_of_two_scale(v, low: float, high: float, bits: int = 1):
+    """Secret powers of two (s, s^2) with v * s^2 in [1, 4^bits), for v in [low, high].
 
-    One batched comparison of v against every power of 4 in the range gives the
-    interval; s and s^2 are public linear combinations of the comparison bits.
-    Exact powers of two keep the rescaling itself free of rounding.
+    One batched comparison of v against every power of 4^bits in the range gives
+    the interval; s and s^2 are public linear combinations of the comparison bits.
+    Exact powers of two keep the rescaling itself free of rounding.  Comparisons
+    are the costly part (~230 bytes each), so ``bits=2`` halves them and leaves a
+    4x wider interval to the Newton iterations that follow (cheap: per row).
     """
-    k_lo, k_hi = math.floor(math.log(low, 4)), math.ceil(math.log(high, 4))
+    level = 4.0**bits
+    k_lo, k_hi = math.floor(math.log(low, level)), math.ceil(math.log(high, level))
     levels = list(range(k_lo + 1, k_hi))
-    base_s, base_s2 = 2.0**-k_lo, 4.0**-k_lo
+    base_s, base_s2 = 2.0 ** (-bits * k_lo), level**-k_lo
     if not levels:
         return v * 0 + base_s, v * 0 + base_s2
-    above = gt_zero(cat([v - 4.0**j for j in levels], dim=-1))  # one comparison round
-    steps = torch.tensor([2.0**-j - 2.0 ** -(j - 1) for j in levels], dtype=torch.float64)
-    steps2 = torch.tensor([4.0**-j - 4.0 ** -(j - 1) for j in levels], dtype=torch.float64)
+    above = gt_zero(cat([v - level**j for j in levels], dim=-1))  # one comparison round
+    steps = torch.tensor([2.0 ** (-bits * j) - 2.0 ** (-bits * (j - 1)) for j in levels], dtype=torch.float64)
+    steps2 = torch.tensor([level**-j - level ** -(j - 1) for j in levels], dtype=torch.float64)
     return (above * steps).sum(-1, keepdim=True) + base_s, (above * steps2).sum(-1, keepdim=True) + base_s2
 
 
@@ -170,28 +214,31 @@ def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONIT
     ~|v| * 2^-32, so squaring an outlier channel (|x| ~ 2.5e4 in SmolLM2) directly
     would fail often, while small inputs need full precision.  Three steps:
 
-    1. coarse = 2^12 mean(x * (x / 2^12)): safe for any x, accurate for large
+    1. coarse = 2^12 mean((x / 2^6)^2): safe for any x, accurate for large
        mean squares (below ~1/4 it underflows, harmlessly);
-    2. a power of two s1 brings large rows to O(1); rows whose coarse value is
-       small are small elementwise (|x_i| <= sqrt(H/4)), so squaring x*s1 is safe
-       for every row, and r1 = mean((x s1)^2) is accurate everywhere;
-    3. a second power of two s2 puts r1 s2^2 in [1, 4); Newton's inverse square
+    2. a power of two s1 brings large rows' mean square into [1, 16); rows whose
+       coarse value is small are small elementwise (|x_i| <= sqrt(16 H)), so
+       squaring x*s1 is safe for every row, and r1 = mean((x s1)^2) is accurate;
+    3. a second power of two s2 puts r1 s2^2 in [1, 16); Newton's inverse square
        root then runs on a fixed small range.  x / sqrt(ms) = x s1 s2 / sqrt(ms s1^2 s2^2).
     """
-    coarse = (x * (x * 2.0**-COARSE_SHIFT)).mean(-1, keepdim=True) * 2.0**COARSE_SHIFT
+    # each full-size tensor is opened once (mpc.opened); the per-row factors and squares
+    # reuse that opening, so a norm moves 4 values per element instead of 7
+    coarse = open_once(x * 2.0 ** -(COARSE_SHIFT // 2)).square(last=True).mean(-1, keepdim=True) * 2.0**COARSE_SHIFT
     monitor.check(name, coarse + eps, *cfg.norm_range)
-    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1])
-    xs = x * s1
-    r1 = xs.square().mean(-1, keepdim=True)
-    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0)
-    xs = xs * s2
+    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1], bits=2)
+    xs = open_once(x).mul(s1, last=True)
+    opened = open_once(xs)
+    r1 = opened.square().mean(-1, keepdim=True)
+    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0, bits=2)
+    opened = open_once(opened.mul(s2, last=True))
     # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
-    reduced = xs.square().mean(-1, keepdim=True) + (s1_sq * s2_sq) * (eps * 2.0**10) * 2.0**-10
+    reduced = opened.square().mean(-1, keepdim=True) + (s1_sq * s2_sq) * (eps * 2.0**10) * 2.0**-10
     low, high = REDUCED_RANGE
     y = reduced * 0 + 1.0 / math.sqrt(high)  # below the root on all of [low, high]
     for _ in range(math.ceil(math.log(math.sqrt(high / low), 1.5)) + 5):
         y = y * (3 - (reduced * y) * y) * 0.5
-    return xs * y
+    return opened.mul(y, last=True)
 
 
 def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-EXTENSIONS = ("mpc.trig", "mpc.fixed_weights")
+EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened")
 
 _FUNCTIONS: dict[str, Callable] = {}
 

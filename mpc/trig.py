@@ -1,22 +1,24 @@
-"""Sine and cosine of secret values in one round, with the dealer's help.
+"""Sines and cosines of secret values in one round, with the dealer's help.
 
-Angles are measured in *turns*: ``sincos_turns(u)`` returns sin(2πu), cos(2πu).
-With 16-bit fixed point, the ring encoding of u taken mod 2^16 is exactly the
-fractional turn, so the period divides the ring and a mask can hide it:
+Angles are measured in *turns* of a power-of-two period: for a secret x whose
+fixed-point encoding X = x·2^16 is taken mod 2^bits, θ = 2π(X mod 2^bits)/2^bits
+is the angle of x on a circle of 2^(bits-16) units.  A mask on that circle hides x:
 
-* offline, the dealer draws T uniform in Z_2^64 and hands out shares of T, of
-  sin(2πT/2^16) and of cos(2πT/2^16);
-* online, each party sends the low 16 bits of its share of u + T — one
-  opening of 2 bytes per element, one round; δ = (u + T) mod 2^16 is uniform
-  whatever u is, so it reveals nothing;
-* then, with the public angle a = 2πδ/2^16 = 2πu + t:
-  cos(2πu) = cos a cos t + sin a sin t,  sin(2πu) = sin a cos t − cos a sin t,
-  products of public values with shares: local.
+* offline, the dealer draws T uniform in Z_2^64 and hands out shares of
+  cos(nτ), sin(nτ) for n = 1..K, τ = 2π(T mod 2^bits)/2^bits (the parties hold
+  shares of T from the generators they share with the dealer);
+* online, each party sends the low ``bits`` bits of its share of X + T — one
+  opening of 2 (bits ≤ 16) or 4 bytes per element, one round; the opened
+  δ = (X + T) mod 2^bits is uniform whatever x is, so it reveals nothing;
+* then with the public angle θ = 2πδ/2^bits (= angle of x + τ):
+  cos n(θ−τ) = cos nθ cos nτ + sin nθ sin nτ,  sin n(θ−τ) = sin nθ cos nτ − cos nθ sin nτ:
+  public values times shares, all local.
 
-Truncation errors of CrypTen's two-party fixed point are multiples of 2^48 in
-the ring, so they vanish mod 2^16: these features are immune to them.
-CrypTen's own ``cos``/``sin`` take ~10 rounds of squarings and are inaccurate
-outside a few periods.
+So every harmonic of the same x costs the same single opening; only the dealer's
+traffic grows with K.  Truncation errors of CrypTen's two-party fixed point are
+multiples of 2^48 in the ring, so they vanish mod 2^bits (bits ≤ 31): the angle
+is immune to them.  CrypTen's own ``cos``/``sin`` take ~10 rounds of squarings
+and are inaccurate outside a few periods.
 """
 
 from __future__ import annotations
@@ -27,50 +29,63 @@ import torch
 
 from mpc.dealer import dealer_function, party_draw, request
 
-TURN_BITS = 16  # must equal the fixed-point precision: the turn is the fractional part
+FRAC_BITS = 16  # CrypTen's fixed-point precision: the turn of a unit period is the low 16 bits
+MAX_BITS = 31  # the opened residues travel as int32
 
 
-@dealer_function("sincos")
-def _deal_sincos(server, size):
-    """Owner's shares of (sin t, cos t) [2, *size] for T = the parties' PRSS draw."""
+@dealer_function("harmonics")
+def _deal_harmonics(server, size, bits, count):
+    """Owner's shares of [cos nτ (n=1..count), sin nτ (n=1..count)] for the parties' PRSS draw T."""
     t_ring = server.prss(torch.Size(size[1:]))
-    t = (t_ring & (2**TURN_BITS - 1)).double() * (2 * math.pi / 2**TURN_BITS)
-    values = torch.stack([t.sin(), t.cos()]) * 2**TURN_BITS
+    t = (t_ring & (2**bits - 1)).double() * (2 * math.pi / 2**bits)
+    n = torch.arange(1, count + 1, dtype=torch.float64).view(-1, *([1] * t.dim()))
+    values = torch.cat([(n * t).cos(), (n * t).sin()]) * 2**FRAC_BITS
     return values.round().long() - server.prss_server(torch.Size(size))
 
 
-def _open_low_bits(low: torch.Tensor) -> torch.Tensor:
-    """Sum of both parties' 16-bit values mod 2^16: one simultaneous exchange of int16.
+def _open_low_bits(low: torch.Tensor, bits: int) -> torch.Tensor:
+    """Sum of both parties' ``bits``-bit values mod 2^bits: one simultaneous exchange.
 
-    (gloo cannot all-reduce int16, so each party sends its half and adds locally.)
+    (gloo cannot all-reduce small integer types, so each party sends its half and adds locally.)
     """
     import crypten.communicator as comm
 
     channel = comm.get()
     peer = 1 - channel.get_rank()
-    mine = low.to(torch.int16).contiguous()
+    mine = low.to(torch.int16 if bits <= 16 else torch.int32).contiguous()
     theirs = torch.empty_like(mine)
     pending = [channel.isend(mine, dst=peer), channel.irecv(theirs, src=peer)]
     for request_ in pending:
         request_.wait()
-    return (mine.long() + theirs.long()) & (2**TURN_BITS - 1)
+    return (mine.long() + theirs.long()) & (2**bits - 1)
+
+
+def masked_angle(x, bits: int, count: int):
+    """One opening of a secret MPCTensor x on a circle of 2^(bits-16) units.
+
+    Returns (θ, cos_t, sin_t): the public angle θ [*x] and this party's int64
+    shares (scale 2^16) of cos nτ and sin nτ [count, *x] for n = 1..count.
+    """
+    if x.encoder.scale != 2**FRAC_BITS:
+        raise ValueError(f"trigonometry needs {FRAC_BITS}-bit fixed point, got scale {x.encoder.scale}")
+    if not FRAC_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"the circle must have {FRAC_BITS}..{MAX_BITS} bits, got {bits}")
+    size = x.size()
+    t_share = party_draw(size, device=x.device)
+    dealt = request("harmonics", (2 * count, *size), bits, count, device=x.device)
+    delta = _open_low_bits((x.share + t_share) & (2**bits - 1), bits)
+    theta = delta.double() * (2 * math.pi / 2**bits)
+    return theta, dealt[:count], dealt[count:]
 
 
 def sincos_turns(u):
-    """(sin 2πu, cos 2πu) for a secret MPCTensor u (precision 16 bits); one round."""
+    """(sin 2πu, cos 2πu) for a secret MPCTensor u (precision 16 bits); one round, 2 bytes per element."""
     from crypten.mpc import MPCTensor
 
-    encoder = u.encoder
-    if encoder.scale != 2**TURN_BITS:
-        raise ValueError(f"sincos_turns needs {TURN_BITS}-bit fixed point, got scale {encoder.scale}")
-    size = u.size()
-    t_share = party_draw(size, device=u.device)
-    trig_share = request("sincos", (2, *size), device=u.device)
-    delta = _open_low_bits((u.share + t_share) & (2**TURN_BITS - 1))
-    angle = delta.double() * (2 * math.pi / 2**TURN_BITS)
+    angle, cos_t, sin_t = masked_angle(u, FRAC_BITS, 1)
     sin_a, cos_a = angle.sin(), angle.cos()
-    sin_t = MPCTensor.from_shares(trig_share[0], precision=TURN_BITS)
-    cos_t = MPCTensor.from_shares(trig_share[1], precision=TURN_BITS)
+    sin_t = MPCTensor.from_shares(sin_t[0], precision=FRAC_BITS)
+    cos_t = MPCTensor.from_shares(cos_t[0], precision=FRAC_BITS)
     cos_u = cos_t * cos_a + sin_t * sin_a
     sin_u = sin_t * (-cos_a) + cos_t * sin_a
     return sin_u, cos_u

@@ -33,7 +33,7 @@ class FitOptions:
 
 def _features(x, w, b, acfg: approx.ApproxConfig):
     arg = x @ w + b
-    return approx.exp(arg.clamp(max=2.0 * acfg.rfa_exp_high), acfg.exp_iters), arg
+    return approx.feature_exp(arg.clamp(min=acfg.rfa_exp_low, max=acfg.rfa_exp_high), acfg), arg
 
 
 def _outside(x, low: float, high: float):
@@ -75,7 +75,8 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
             den = scores.sum(-1, keepdim=True)
             weights = scores / den
             loss = loss - (target * torch.log(weights + 1e-9)).sum(-1).mean()
-            ranges = _outside(aq, -60.0, acfg.rfa_exp_high - 0.5) + _outside(ak, -60.0, acfg.rfa_exp_high - 0.5)
+            lo, hi = acfg.rfa_exp_low + 0.5, acfg.rfa_exp_high - 0.5
+            ranges = _outside(aq, lo, hi) + _outside(ak, lo, hi)
             ranges = ranges + _outside(torch.log(den), log_lo + 2, log_hi - 2)
             loss = loss + opts.range_weight * ranges
         loss.backward()

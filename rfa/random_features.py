@@ -17,7 +17,9 @@ Two equivalent evaluation orders:
 * ``quadratic``: (φ(q) φ(k)ᵀ ⊙ keep) v — two matrix products; cheapest while the
   number of keys is below r·d (true for every prompt-tuning sequence here);
 * ``prefix``: causal prefix sums S_i = Σ_{j≤i} φ(k_j) v_jᵀ — linear in n, for
-  long sequences.
+  long sequences;
+* ``linear``: φ(q) (Σ_j φ(k_j) [v_j, 1]ᵀ) for bidirectional attention (padding
+  hidden by zeroing those keys' features) — opens n·r + n·d values instead of n².
 
 The usual 1/√r normalisation cancels in the ratio and is left out: features of
 order one keep more significant bits in 16-bit fixed point.
@@ -33,6 +35,7 @@ import math
 import torch
 
 from mpc import approx
+from mpc.opened import open_once
 from mpc.tensorops import cat, is_secure
 from rfa.config import AttentionConfig
 
@@ -78,8 +81,9 @@ def _sq_norm(x):
 
 
 def _project(x, params, side: str):
-    """x [b, h, n, d] @ W [h, d, r] per head (+ bias [h, 1, r] for fitted maps)."""
-    y = x @ params[side]
+    """x [b, h, n, d] @ W [h, d, r] per head (+ bias [h, 1, r] for fitted maps); x may
+    be an :func:`~mpc.opened.open_once` view (then x is not opened again)."""
+    y = x.matmul(params[side])
     bias = params.get("b" + side)
     return y if bias is None else y + bias
 
@@ -87,9 +91,9 @@ def _project(x, params, side: str):
 def positive_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
     """exp(xW − |x|²/2 − c) (the query side may drop −|x|²/2: it cancels, but
     keeping it bounds the exp argument, which fixed point needs)."""
-    arg = _project(x, params, side) - _sq_norm(x) * 0.5 - STABILISER
-    monitor.check("rfa_exp_argument", arg, -(2.0**cfg.exp_iters), cfg.rfa_exp_high)
-    return approx.exp(arg, cfg.exp_iters)
+    opened = open_once(x)  # one opening of x serves the projection and the square
+    arg = _project(opened, params, side) - opened.square(last=True).sum(-1, keepdim=True) * 0.5 - STABILISER
+    return approx.feature_exp(arg, cfg, monitor)
 
 
 def fourier_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
@@ -102,15 +106,12 @@ def fourier_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
     if side == "q":
         return feats
     arg = _sq_norm(x) * 0.5 - STABILISER
-    monitor.check("rfa_exp_argument", arg, -(2.0**cfg.exp_iters), cfg.rfa_exp_high)
-    return feats * approx.exp(arg, cfg.exp_iters)
+    return feats * approx.feature_exp(arg, cfg, monitor)
 
 
 def fitted_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
     """exp(xW + b) with W, b fitted by the server to its own model (rfa.fit)."""
-    arg = _project(x, params, side)
-    monitor.check("rfa_exp_argument", arg, -(2.0**cfg.exp_iters), cfg.rfa_exp_high)
-    return approx.exp(arg, cfg.exp_iters)
+    return approx.feature_exp(_project(x, params, side), cfg, monitor)
 
 
 FEATURE_MAPS = {"positive": positive_features, "fourier": fourier_features, "fitted": fitted_features}
@@ -122,6 +123,17 @@ def quadratic_form(fq, fk, v, keep):
     if keep is not None:
         a = a * keep
     return a @ v, a.sum(-1, keepdim=True)
+
+
+def linear_form(fq, fk, v, keep_keys):
+    """φq (φkᵀ [v | 1]): numerator and denominator from two products, linear in the
+    number of keys (bidirectional attention; ``keep_keys`` [.., n, 1] hides padding)."""
+    if keep_keys is not None:
+        fk = fk * keep_keys
+    ones = v.narrow(-1, 0, 1) * 0 + 1
+    out = fq @ (fk.transpose(-2, -1) @ cat([v, ones], dim=-1))
+    d = v.size(-1)
+    return out.narrow(-1, 0, d), out.narrow(-1, d, 1)
 
 
 def prefix_form(fq, fk, v, rep: int, offset: int):
@@ -158,7 +170,8 @@ def rfa_attention(
 
     ``penalty`` is the softmax path's penalty mask (1 where a query must not see a
     key: public causal mask or the owner's secret padding mask).  ``form="prefix"``
-    is for causal masks only (``rep`` query groups, ``offset`` prefix keys).
+    is for causal masks only (``rep`` query groups, ``offset`` prefix keys);
+    ``form="linear"`` for per-key masks ([.., 1, n]: padding) or none.
     """
     xq, xk = _balance(q, k, cfg.scale)
     feature = FEATURE_MAPS[cfg.features]
@@ -166,6 +179,9 @@ def rfa_attention(
     fk = feature(xk, params, "k", acfg, monitor)
     if form == "prefix":
         num, den = prefix_form(fq, fk, v, rep, offset)
+    elif form == "linear":
+        keep_keys = None if penalty is None else (1 - penalty).transpose(-2, -1)
+        num, den = linear_form(fq, fk, v, keep_keys)
     else:
         keep = None if penalty is None else 1 - penalty
         num, den = quadratic_form(fq, fk, v, keep)

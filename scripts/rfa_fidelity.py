@@ -89,6 +89,7 @@ def layer_errors(model, configs: dict, sentences: int = 16) -> dict:
 
 
 def accuracy(model, configs: dict, limit: int) -> dict:
+    """Zero-shot accuracy per configuration: an AttentionConfig, or (AttentionConfig, ApproxConfig)."""
     from secptune.infer import plain_scores, prepare
     from secptune.inputs import load_jsonl
 
@@ -106,12 +107,14 @@ def accuracy(model, configs: dict, limit: int) -> dict:
         print(f"{task} softmax-exact {rows['softmax-exact']['accuracy']:.3f}", flush=True)
         for name, cfg in configs.items():
             started = time.perf_counter()
-            scores, warnings = plain_scores(prep, False, approx.ApproxConfig(), cfg, model)
+            cfg, acfg = cfg if isinstance(cfg, tuple) else (cfg, approx.ApproxConfig())
+            scores, warnings = plain_scores(prep, False, acfg, cfg, model)
             pred = scores.argmax(-1)
             rows[name] = {
                 "accuracy": float((pred == labels).double().mean()),
                 "agreement_with_softmax": float((pred == reference).double().mean()),
                 "finite": bool(torch.isfinite(scores).all()),
+                "max_score_deviation": float((scores - exact).abs().max()),
                 "range_warnings": warnings,
                 "wall_s": time.perf_counter() - started,
             }

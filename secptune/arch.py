@@ -17,6 +17,7 @@ import torch
 from secptune.errors import UnsupportedModelError
 
 ENCODER_TYPES = ("roberta", "bert")
+DEFAULT_ACT_BOUND = 16.0  # activation range assumed where a model carries no calibration
 CAUSAL_TYPES = ("llama",)
 
 
@@ -42,13 +43,21 @@ class Arch:
     # causal only: fixed tokens (BOS) before every sequence; the server computes
     # their keys/values once in plaintext (they never depend on the owner's input)
     prefix_tokens: tuple[int, ...] = ()
+    # |input| bound of each layer's activation (+ the encoder head's, last), measured by
+    # the server on public text (secptune.calibrate); MPC approximations are fitted to it
+    act_bounds: tuple[float, ...] = ()
+
+    def act_bound(self, index: int) -> float:
+        return self.act_bounds[index] if index < len(self.act_bounds) else DEFAULT_ACT_BOUND
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> "Arch":
-        return Arch(**{**d, "prefix_tokens": tuple(d.get("prefix_tokens", ()))})
+        return Arch(
+            **{**d, "prefix_tokens": tuple(d.get("prefix_tokens", ())), "act_bounds": tuple(d.get("act_bounds", ()))}
+        )
 
 
 def family_of(model_type: str) -> str:

@@ -20,34 +20,16 @@ from rfa.config import AttentionConfig
 from rfa.fit import FitOptions, fit_layer
 
 log = logging.getLogger(__name__)
-FIT_VERSION = 2
+FIT_VERSION = 3  # 3: Fourier exponentials
 
 
-def _public_sequences(tokenizer, count: int = 8, lines_each: int = 4) -> list[list[int]]:
-    """``count`` sequences of a few corpus lines each (longer sequences, fewer samples: a
-    faster fit with the same amount of text)."""
-    from secptune.tiny_corpus import TEXT
+def _capture(model, arch, weights) -> list[dict]:
+    """Every layer's attention inputs on the public corpus."""
+    from secptune.calibrate import public_sequences, run_public_text
+    from secptune.transformer import Nonlinear
 
-    lines = [line.strip() for line in TEXT.splitlines() if line.strip()]
-    chunks = [" ".join(lines[i : i + lines_each]) for i in range(0, count * lines_each, lines_each)]
-    return [tokenizer(chunk, add_special_tokens=False)["input_ids"] for chunk in chunks if chunk]
-
-
-def _capture(model, arch, weights, sequences) -> list[dict]:
-    from secptune.transformer import Batch, Nonlinear, Transformer
-
-    teacher = Transformer(arch, weights, Nonlinear(exact=True))
-    teacher.capture = []
-    with torch.no_grad():
-        for ids in sequences:
-            h = weights["emb.word"][torch.tensor(ids)].unsqueeze(0)
-            if arch.family == "causal":
-                teacher._causal(h)
-            else:
-                if "emb.type" in weights:
-                    h = h + weights["emb.type"][0]
-                teacher._encoder(h, Batch(token_onehot=None, prompt=None, pred_onehot=None))
-    return teacher.capture
+    sequences = public_sequences(model, arch.vocab_size)
+    return run_public_text(arch, weights, sequences, Nonlinear(exact=True), capture=True).capture
 
 
 def _cache_path(model, attention: AttentionConfig, opts: FitOptions) -> Path:
@@ -66,14 +48,11 @@ def fitted_feature_maps(model, arch, weights, attention: AttentionConfig, opts: 
     """``l{i}.rfa.{q,k,bq,bk}`` fitted to this model's attention (cached)."""
     from tqdm import tqdm
 
-    from secptune.checkpoints import load_tokenizer
-
     opts = opts or FitOptions()
     path = _cache_path(model, attention, opts)
     if path.is_file():
         return torch.load(path, weights_only=True)
-    tokenizer = load_tokenizer(model.config._name_or_path)
-    captured = _capture(model, arch, weights, _public_sequences(tokenizer))
+    captured = _capture(model, arch, weights)
     acfg = approx.ApproxConfig()
     out = {}
     layers = [i for i in range(arch.layers) if attention.uses_rfa(i)]

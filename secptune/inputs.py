@@ -17,7 +17,7 @@ import torch
 
 from secptune.arch import Arch
 from secptune.errors import InputError, TemplateError
-from secptune.transformer import Batch
+from secptune.transformer import Batch, OneHot
 
 MASK = "{mask}"
 
@@ -154,7 +154,7 @@ def build_batch(
     seqs = [enc.ids[r] for r in rows]
     n = max(len(s) for s in seqs) + P
     B, V, H = len(rows), arch.vocab_size, arch.hidden
-    token = torch.zeros(B, n, V, dtype=torch.float64)
+    token = torch.full((B, n), -1, dtype=torch.long)
     if len({enc.lead[r] for r in rows}) != 1:
         raise InputError("examples disagree on leading special tokens; the tokenizer is inconsistent")
     pred = torch.zeros(B, n, dtype=torch.float64)
@@ -166,9 +166,9 @@ def build_batch(
         layout = seq[:start] + [None] * P + seq[start:]
         for j, tok in enumerate(layout):
             if tok is not None:
-                token[b, j, tok] = 1.0
+                token[b, j] = tok
         for j in range(len(layout), n):
-            token[b, j, pad_id] = 1.0
+            token[b, j] = pad_id
             pad[b, j] = 1.0
         pred[b, enc.pred[r] + (P if enc.pred[r] >= start else 0)] = 1.0
         if types is not None:
@@ -177,7 +177,7 @@ def build_batch(
             types[b, torch.arange(n), torch.tensor(layout_types)] = 1.0
     key_penalty = pad if arch.family == "encoder" else None
     return Batch(
-        token_onehot=token,
+        token_onehot=OneHot(token, V),
         prompt=prompts.double().contiguous(),
         pred_onehot=pred,
         key_penalty=key_penalty,

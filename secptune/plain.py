@@ -17,6 +17,9 @@ from secptune.checkpoints import load_hf_model
 from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 
+MAX_SEQUENCES = 64  # float64 activations of 64 SmolLM2 sequences of ~100 tokens: a few hundred MB
+
+
 class PlainSession:
     def __init__(
         self,
@@ -45,9 +48,16 @@ class PlainSession:
 
     @torch.no_grad()
     def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
+        """Scores of every prompt on the loaded texts, in micro-batches of at most
+        MAX_SEQUENCES sequences so a whole CMA-ES population fits in memory."""
         started = time.perf_counter()
-        embeds, batch = population_inputs(*self.texts[text_id], prompts.double())
-        out = self.model.forward(embeds, batch, self.head)
+        text_embeds, text_batch = self.texts[text_id]
+        per_chunk = max(1, MAX_SEQUENCES // text_embeds.size(0))
+        parts = []
+        for chunk in prompts.double().split(per_chunk):
+            embeds, batch = population_inputs(text_embeds, text_batch, chunk)
+            parts.append(self.model.forward(embeds, batch, self.head))
+        out = torch.cat(parts)
         self.forward_log.append(
             {"texts": text_id, "sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
         )

@@ -29,6 +29,7 @@ from rfa.config import SOFTMAX, AttentionConfig
 from rfa.random_features import rfa_attention, server_feature_matrices
 from rfa.softmax_attention import attention
 from secptune.arch import Arch, arch_from_config, extract_weights
+from secptune.calibrate import with_activation_bounds
 
 
 @dataclass
@@ -40,11 +41,11 @@ class Nonlinear:
     monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
     attention: AttentionConfig = SOFTMAX
 
-    def act(self, x, name: str):
+    def act(self, x, name: str, bound: float):
         with section("activation"):
-            return self._act(x, name)
+            return self._act(x, name, bound)
 
-    def _act(self, x, name: str):
+    def _act(self, x, name: str, bound: float):
         if self.exact:
             if name == "silu":
                 return torch.nn.functional.silu(x)
@@ -53,9 +54,7 @@ class Nonlinear:
             if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
                 return torch.nn.functional.gelu(x, approximate="tanh")
             raise ValueError(f"activation {name!r} is not supported")
-        if name == "silu":
-            return approx.silu(x, self.cfg, self.monitor)
-        return approx.gelu(x, self.cfg, self.monitor)
+        return approx.activation(x, name, bound, self.cfg, self.monitor)
 
     def layer_norm(self, x, w, b, eps):
         with section("norm"):
@@ -68,6 +67,31 @@ class Nonlinear:
             if self.exact:
                 return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
             return approx.rms_norm(x, w, eps, self.cfg, self.monitor)
+
+
+class OneHot:
+    """One-hot rows [*ids, size] kept as indices (-1: an all-zero row).
+
+    A test set of SmolLM2 inputs as dense float64 one-hots would take tens of GB;
+    plaintext runs look rows up by index, secure runs materialise one batch at a
+    time just before sharing it (:meth:`double`).
+    """
+
+    def __init__(self, ids: torch.Tensor, size: int):
+        self.ids, self.size_ = ids.long(), size
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.ids.shape, self.size_))
+
+    def double(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=torch.float64)
+        present = self.ids >= 0
+        out[present, self.ids[present]] = 1.0
+        return out
+
+    def __matmul__(self, table):
+        return self.double() @ table
 
 
 @dataclass
@@ -132,6 +156,9 @@ def _onehot_product(onehot, table):
     product), under MPC the secure product that hides both the ids and the table."""
     if is_secure(onehot):
         return onehot @ table
+    if isinstance(onehot, OneHot):
+        present = (onehot.ids >= 0).unsqueeze(-1).to(table.dtype)
+        return table[onehot.ids.clamp(min=0)] * present
     present = onehot.sum(-1, keepdim=True)
     return table[onehot.argmax(-1)] * present
 
@@ -160,6 +187,7 @@ def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, d
         capture: dict = {}
         Transformer(arch, weights, Nonlinear(exact=True))._causal(embeds, capture)
         weights.update(capture)
+    arch = with_activation_bounds(model, arch, weights)
     if attention.kind == "rfa" and attention.features == "fitted":
         from secptune.feature_fit import fitted_feature_maps
 
@@ -224,7 +252,10 @@ class Transformer:
             params = {name: self.w[f"l{i}.rfa.{name}"] for name in ("q", "k", "bq", "bk") if f"l{i}.rfa.{name}" in self.w}
             if "q" not in params:
                 raise ValueError(f"layer {i} has no RFA feature matrices: build the weights with this attention config")
-            form = "prefix" if rep and params["q"].size(-1) * q.size(-1) < q.size(-2) else "quadratic"
+            if not rep:  # bidirectional: no mask or a per-key padding mask
+                form = "linear"
+            else:
+                form = "prefix" if params["q"].size(-1) * q.size(-1) < q.size(-2) else "quadratic"
             return rfa_attention(
                 q, k, v, params, penalty, nl.attention, nl.cfg, nl.monitor, form=form, rep=rep, offset=offset
             )
@@ -253,7 +284,7 @@ class Transformer:
             v = self._heads(self._linear(h, p + "v"), a.heads)
             ctx = self._attend(i, q, k, v, penalty)
             h = nl.layer_norm(h + self._linear(self._merge(ctx), p + "o"), w[p + "ln1.w"], w[p + "ln1.b"], a.norm_eps)
-            ff = self._linear(nl.act(self._linear(h, p + "ff1"), a.act), p + "ff2")
+            ff = self._linear(nl.act(self._linear(h, p + "ff1"), a.act, a.act_bound(i)), p + "ff2")
             h = nl.layer_norm(h + ff, w[p + "ln2.w"], w[p + "ln2.b"], a.norm_eps)
         return h
 
@@ -292,7 +323,7 @@ class Transformer:
             ctx = ctx.reshape(b, a.heads, n, a.head_dim)
             h = h + self._linear(self._merge(ctx), p + "o")
             x = nl.rms_norm(h, w[p + "ln2.w"], a.norm_eps)
-            gated = nl.act(self._linear(x, p + "gate"), a.act) * self._linear(x, p + "up")
+            gated = nl.act(self._linear(x, p + "gate"), a.act, a.act_bound(i)) * self._linear(x, p + "up")
             h = h + self._linear(gated, p + "down")
         return h
 
@@ -300,7 +331,7 @@ class Transformer:
         a, w, nl = self.arch, self.w, self.nl
         rows, bias = head
         if a.family == "encoder":
-            t = nl.act(self._linear(pooled, "head.dense"), a.act)
+            t = nl.act(self._linear(pooled, "head.dense"), a.act, a.act_bound(a.layers))
             t = nl.layer_norm(t, w["head.ln.w"], w["head.ln.b"], a.norm_eps)
         else:
             t = nl.rms_norm(pooled, w["final.ln.w"], a.norm_eps)

@@ -74,3 +74,30 @@ def _rfa_fourier(q, k, v):
 
 
 OPS["rfa_fourier"] = _rfa_fourier
+
+
+def _fourier(x, name="silu", bound=16.0):
+    from mpc.fourier import activation_series, evaluate
+
+    return evaluate(x, activation_series(name, bound))
+
+
+OPS["fourier"] = _fourier
+
+
+def _normalize(x):
+    from mpc import approx
+
+    return approx.normalize(x, 1e-5, approx.ApproxConfig())
+
+
+OPS["normalize"] = _normalize
+
+
+def _fourier_exp(x, low=-16.0, high=4.0):
+    from mpc.fourier import evaluate, exp_series
+
+    return evaluate(x, exp_series(low, high))
+
+
+OPS["fourier_exp"] = _fourier_exp

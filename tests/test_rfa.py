@@ -3,6 +3,7 @@
 Secure tolerance as everywhere: max |secure − plain| <= 1e-2 · max |plain score|.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,14 @@ import torch
 
 from mpc import approx
 from rfa.config import AttentionConfig
-from rfa.random_features import feature_matrix, prefix_form, quadratic_form, rfa_attention, server_feature_matrices
+from rfa.random_features import (
+    feature_matrix,
+    linear_form,
+    prefix_form,
+    quadratic_form,
+    rfa_attention,
+    server_feature_matrices,
+)
 from rfa.softmax_attention import attention
 from secptune.infer import plain_scores, secure_scores
 from secptune.transformer import causal_penalty
@@ -61,12 +69,27 @@ def test_prefix_sums_equal_masked_quadratic_form_with_groups_and_prefix():
     assert torch.allclose(num_q, num_p) and torch.allclose(den_q, den_p)
 
 
+def test_linear_form_equals_quadratic_form_with_padding():
+    torch.manual_seed(2)
+    b, h, n, r, d = 2, 3, 7, 5, 4
+    fq, fk = torch.rand(b, h, n, r, dtype=torch.float64), torch.rand(b, h, n, r, dtype=torch.float64)
+    v = torch.randn(b, h, n, d, dtype=torch.float64)
+    padding = torch.zeros(b, 1, 1, n, dtype=torch.float64)
+    padding[0, ..., -2:] = 1  # the first sequence's last two keys are padding
+    num_q, den_q = quadratic_form(fq, fk, v, 1 - padding)
+    num_l, den_l = linear_form(fq, fk, v, (1 - padding).transpose(-2, -1))
+    assert torch.allclose(num_q, num_l) and torch.allclose(den_q, den_l)
+
+
 def test_range_monitor_flags_out_of_range_attention():
     cfg = AttentionConfig(num_features=8)
     q = torch.full((1, 1, 2, 4), 3.0, dtype=torch.float64)
     monitor = approx.RangeMonitor()
     rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, ACFG, monitor)
-    assert monitor.violations.get("rfa_denominator", 0) > 0  # exp(-|x|^2/2) underflows the range
+    assert monitor.violations.get("rfa_exp_argument", 0) > 0  # -|x|^2/2 is far below the Fourier exp's range
+    monitor = approx.RangeMonitor()
+    rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, dataclasses.replace(ACFG, rfa_exp="limit"), monitor)
+    assert monitor.violations.get("rfa_denominator", 0) > 0  # the limit exp underflows: denominators too small
     monitor = approx.RangeMonitor()
     params = {**_params(cfg, 4), "bq": torch.full((1, 1, 8), 9.0, dtype=torch.float64)}
     fitted = AttentionConfig(features="fitted", num_features=8)

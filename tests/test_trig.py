@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 import op_jobs
@@ -24,3 +25,30 @@ def test_one_round_beats_crypten_cos_on_rounds_and_bytes():
     got, theirs = op_jobs.run("crypten_sincos", x)
     assert ours["rounds"] * 5 <= theirs["rounds"]
     assert ours["bytes"] * 20 <= theirs["bytes"]
+
+
+@pytest.mark.parametrize("name,bound", [("silu", 16.0), ("gelu", 8.0)])
+def test_fourier_activation_in_one_round_matches_its_oracle(name, bound):
+    from mpc.fourier import activation_series
+
+    x = torch.cat([torch.linspace(-bound, bound, 1999, dtype=torch.float64), torch.tensor([0.0, 1e-3, -bound])])
+    got, cost = op_jobs.run("fourier", x, extra={"name": name, "bound": bound})
+    series = activation_series(name, bound)
+    # fixed point: x on a 2^-24-period grid, each coefficient and dealer share to 2^-17
+    assert (got - series.series(x)).abs().max() < 2e-3
+    exact = torch.nn.functional.silu(x) if name == "silu" else torch.nn.functional.gelu(x)
+    assert (got - exact).abs().max() < 2e-3
+    assert cost["rounds"] == 1
+    assert cost["bytes"] == 4 * x.numel()  # 24-bit residues as int32, one opening
+
+
+def test_oracle_is_the_series_outside_its_range_and_within_its_error_inside():
+    from mpc.fourier import activation_series
+
+    series = activation_series("silu", 8.0)
+    x = torch.linspace(-20, 20, 4001, dtype=torch.float64)
+    inside = x.abs() <= 8
+    diff = (series.plain(x) - series.series(x)).abs()
+    assert diff[inside].max() <= series.max_error + 1e-12
+    assert diff[~inside].max() == 0  # out of range: the (wrong, periodic) series, as the secure run
+    assert (series.series(x[~inside]) - torch.nn.functional.silu(x[~inside])).abs().max() > 1

@@ -1,0 +1,214 @@
+"""Smooth functions of secret values in one round: dealer-assisted Fourier series.
+
+A function f that is smooth on a stated range [low, high] is fitted (least
+squares, plaintext, public) by
+
+    f(x) ≈ slope·x + a_0 + Σ_{n=1..K} a_n cos(2πn x/P) + b_n sin(2πn x/P)
+
+with a period P a little longer than the range (ratio 1.25), so the periodic
+extension has room to bend back smoothly and the coefficients decay fast and stay
+small (no cancellation that fixed point would punish).  Under MPC every harmonic
+of x comes from *one* masked opening (:func:`mpc.trig.masked_angle`): 4 bytes per
+element and one round, whatever K is; the dealer sends 2K shares per element
+offline.  The linear part slope·x is exact and local.
+
+Outside [low, high] the series is wrong (periodic), so callers pass a
+:class:`~mpc.approx.RangeMonitor` and the plaintext oracle counts such inputs.
+GeLU and SiLU are x/2 plus an even function, so they need cosines only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mpc.tensorops import is_secure
+
+PERIOD_BITS = 8  # x is rescaled so one period spans 2^8 units: 24-bit circle, 2^-24-period resolution
+FRAC_BITS = 16
+RATIO = 1.25  # period / range length
+DEALT_VALUES = 2**26  # dealer shares held at once (512 MiB of int64)
+RIDGE = 1e-8  # roughness penalty: keeps Σ|a_n| near the function's own size (fixed-point error ∝ Σ|a_n|)
+
+
+@dataclass(frozen=True)
+class FourierSeries:
+    """slope·x + Σ a_n cos(2πnx/P) + b_n sin(2πnx/P), accurate to ``max_error`` on [low, high]."""
+
+    low: float
+    high: float
+    period: float
+    slope: float
+    cos: tuple[float, ...]  # a_0 .. a_K
+    sin: tuple[float, ...]  # b_1 .. b_K, or () for an even remainder
+    max_error: float
+    # the fitted function (torch): inside [low, high] the oracle may use it instead of
+    # the series (they differ by at most max_error); outside, only the series is right
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def harmonics(self) -> int:
+        return len(self.cos) - 1
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The oracle of :func:`evaluate` on plaintext: the fitted function inside the range
+        (within ``max_error`` of the series, and far cheaper), the series outside it."""
+        if self.reference is None:
+            return self.series(x)
+        out = self.reference(x)
+        outside = (x < self.low) | (x > self.high)
+        if bool(outside.any()):
+            out = torch.where(outside, self.series(x), out)
+        return out
+
+    def series(self, x: torch.Tensor) -> torch.Tensor:
+        """The series itself, everywhere."""
+        angle = x * (2 * math.pi / self.period)
+        out = x * self.slope + self.cos[0]
+        for n, (cos_n, sin_n) in enumerate(harmonics(angle, self.harmonics), start=1):
+            out = out + self.cos[n] * cos_n
+            if self.sin:
+                out = out + self.sin[n - 1] * sin_n
+        return out
+
+
+def harmonics(angle: torch.Tensor, count: int):
+    """(cos nθ, sin nθ) for n = 1..count by rotation: a few multiply-adds per
+    harmonic instead of a sin and a cos (plaintext activations are hot code)."""
+    c1, s1 = angle.cos(), angle.sin()
+    c, s = c1, s1
+    for _ in range(count):
+        yield c, s
+        c, s = c * c1 - s * s1, s * c1 + c * s1
+
+
+def _basis(x: np.ndarray, period: float, k: int, even: bool) -> np.ndarray:
+    angle = np.outer(x, np.arange(0, k + 1)) * (2 * math.pi / period)
+    cols = [np.cos(angle)] + ([] if even else [np.sin(angle[:, 1:])])
+    return np.concatenate(cols, axis=1)
+
+
+def _roughness(period: float, k: int, even: bool, points: int, ridge: float) -> np.ndarray:
+    """Penalty on each coefficient ∝ its harmonic's second derivative (n·2π/P)²."""
+    freq = np.arange(0, k + 1) * (2 * math.pi / period)
+    weights = np.concatenate([freq, [] if even else freq[1:]]) ** 2
+    return weights * math.sqrt(ridge * points)
+
+
+def _ridge(basis: np.ndarray, penalty: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin |Bc − y|² + |diag(penalty)·c|²: a smooth bridge, so no large cancelling coefficients."""
+    stacked = np.vstack([basis, np.diag(penalty)])
+    coef, *_ = np.linalg.lstsq(stacked, np.concatenate([y, np.zeros(len(penalty))]), rcond=None)
+    return coef
+
+
+def fit_series(
+    f: Callable[[np.ndarray], np.ndarray],
+    low: float,
+    high: float,
+    *,
+    slope: float = 0.0,
+    even: bool = False,
+    tol: float = 1e-4,
+    max_harmonics: int = 128,
+    ridge: float = RIDGE,
+    ratio: float = RATIO,
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> FourierSeries:
+    """The fewest harmonics whose (lightly smoothed) least-squares fit of f − slope·x is within ``tol`` on [low, high]."""
+    if not high > low:
+        raise ValueError(f"empty range [{low}, {high}]")
+    period = ratio * (high - low)
+    x = np.linspace(low, high, 8001)
+    y = f(x) - slope * x
+    best = None
+    for k in range(2, max_harmonics + 1, 2):
+        basis = _basis(x, period, k, even)
+        coef = _ridge(basis, _roughness(period, k, even, len(x), ridge), y)
+        err = float(np.abs(basis @ coef - y).max())
+        best = (k, coef, err)
+        if err <= tol:
+            break
+    k, coef, err = best
+    if err > tol:
+        raise ValueError(f"no Fourier fit within {tol} on [{low}, {high}] with {max_harmonics} harmonics (best {err:.2e})")
+    cos, sin = coef[: k + 1], () if even else tuple(float(c) for c in coef[k + 1 :])
+    return FourierSeries(low, high, period, slope, tuple(float(c) for c in cos), sin, err, reference)
+
+
+def evaluate(x, series: FourierSeries):
+    """The series at x (plaintext tensor or secret MPCTensor); secure: 4 B per element and one
+    round per chunk of elements (chunks bound the dealer's 2K shares per element in memory)."""
+    if not is_secure(x):
+        return series.plain(x)
+    from mpc.tensorops import cat
+
+    chunk = max(4096, DEALT_VALUES // (2 * series.harmonics))
+    if x.numel() <= chunk:
+        return _evaluate_secure(x, series)
+    flat = x.flatten()
+    parts = [_evaluate_secure(flat[i : i + chunk], series) for i in range(0, flat.numel(), chunk)]
+    return cat(parts).reshape(x.size())
+
+
+def _evaluate_secure(x, series: FourierSeries):
+    from crypten.mpc import MPCTensor
+
+    from mpc.trig import masked_angle
+
+    k = series.harmonics
+    circle = x * (2.0**PERIOD_BITS / series.period)  # a local truncation; its rare 2^48 errors vanish mod 2^24
+    theta, cos_t, sin_t = masked_angle(circle, FRAC_BITS + PERIOD_BITS, k)
+    acc = torch.zeros(x.size(), dtype=torch.int64, device=theta.device)
+    for n, (cos_n, sin_n) in enumerate(harmonics(theta, k), start=1):
+        a, b = series.cos[n], (series.sin[n - 1] if series.sin else 0.0)
+        acc += _encode(a * cos_n + b * sin_n) * cos_t[n - 1]
+        acc += _encode(a * sin_n - b * cos_n) * sin_t[n - 1]
+    out = MPCTensor.from_shares(acc, precision=FRAC_BITS)  # scale 2^32 until truncated
+    out._tensor.div_(2**FRAC_BITS)
+    out = out + series.cos[0]
+    return out + x * series.slope if series.slope else out
+
+
+def _encode(values: torch.Tensor) -> torch.Tensor:
+    return (values * 2**FRAC_BITS).round().long()
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+ACTIVATIONS = {"silu": _silu, "gelu": _gelu, "gelu_tanh": _gelu_tanh}
+REFERENCES = {
+    "silu": torch.nn.functional.silu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+}
+
+
+@lru_cache(maxsize=64)
+def activation_series(name: str, bound: float, tol: float = 1e-4) -> FourierSeries:
+    """GeLU/SiLU on [−bound, bound] as x/2 + an even (cosine) series."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"no Fourier activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return fit_series(ACTIVATIONS[name], -bound, bound, slope=0.5, even=True, tol=tol, reference=REFERENCES[name])
+
+
+@lru_cache(maxsize=16)
+def exp_series(low: float, high: float) -> FourierSeries:
+    """exp on [low, high] (RFA feature maps): its steep end needs a lighter smoothing,
+    a longer bridge and a tolerance relative to its largest value e^high."""
+    return fit_series(np.exp, low, high, tol=3e-5 * math.exp(high), ridge=1e-10, ratio=1.5, reference=torch.exp)

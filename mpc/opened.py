@@ -1,0 +1,136 @@
+"""One opening of a secret, many products with it.
+
+A Beaver product x·y opens both x − A and y − B.  When the same x meets several
+other factors (a norm multiplies a row by its scale factors, and squares it), x
+needs opening only once: the dealer draws the mask A, keeps it, and for each later
+product hands out shares of A·B (and of A² for x·x).  With E = x − A public and
+D = y − B opened per product:
+
+    x·y = E·D + E·B + A·D + A·B,        x·x = E² + 2·E·A + A².
+
+and likewise x @ W = E·D + E·B + A·D + A·B with matrix products.  So a product
+of a [rows, H] tensor with a per-row factor moves only the factor (rows values),
+x² moves nothing, and x @ W moves only W.  Security is Beaver's: A is uniform and used
+for one opening; each B is fresh; A·B and A² arrive as shares; the dealer sees
+handles and shapes only.  The dealer forgets A on the product marked ``last``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from mpc.dealer import dealer_function, party_draw, request
+from mpc.fixed_weights import PRECISION_BITS, _open, _rank
+from mpc.ring import ring_matmul
+
+_DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
+_HANDLES = itertools.count()
+
+
+def _held(handle: int, last: bool) -> torch.Tensor:
+    mask = _DEALER_MASKS.pop(handle, None) if last else _DEALER_MASKS.get(handle)
+    if mask is None:
+        raise RuntimeError(f"dealer: no held mask under handle {handle}")
+    return mask
+
+
+@dealer_function("hold_mask")
+def _deal_hold(server, size, handle, shape):
+    _DEALER_MASKS[handle] = server.prss(torch.Size(shape))
+    return torch.zeros(size, dtype=torch.long) - server.prss_server(torch.Size(size))
+
+
+@dealer_function("held_product")
+def _deal_held_product(server, size, handle, b_shape, last):
+    c = _held(handle, last) * server.prss(torch.Size(b_shape))
+    return c - server.prss_server(c.size())
+
+
+@dealer_function("held_matmul")
+def _deal_held_matmul(server, size, handle, b_shape, last):
+    c = ring_matmul(_held(handle, last), server.prss(torch.Size(b_shape)))
+    return c - server.prss_server(c.size())
+
+
+@dealer_function("held_square")
+def _deal_held_square(server, size, handle, last):
+    mask = _held(handle, last)
+    return mask * mask - server.prss_server(mask.size())
+
+
+class Opened:
+    """A secret MPCTensor x, opened once; :meth:`mul` and :meth:`square` reuse that opening."""
+
+    def __init__(self, x):
+        if x.encoder.scale != 2**PRECISION_BITS:
+            raise ValueError(f"needs {PRECISION_BITS}-bit fixed point, got scale {x.encoder.scale}")
+        self.shape = tuple(x.share.shape)
+        self.handle = next(_HANDLES)
+        self.a = party_draw(self.shape)
+        request("hold_mask", (1,), self.handle, self.shape)
+        (self.e,) = _open([x.share - self.a])
+
+    def _result(self, z):
+        from crypten.mpc import MPCTensor
+
+        out = MPCTensor.from_shares(z, precision=PRECISION_BITS)
+        out._tensor.div_(2**PRECISION_BITS)
+        return out
+
+    def mul(self, y, last: bool = False):
+        """x·y for a secret y that broadcasts to x's shape (opens y's size only)."""
+        y_shape = tuple(y.share.shape)
+        if torch.broadcast_shapes(self.shape, y_shape) != torch.Size(self.shape):
+            raise ValueError(f"factor of shape {y_shape} does not broadcast to {self.shape}")
+        b = party_draw(y_shape)
+        c = request("held_product", self.shape, self.handle, y_shape, last)
+        (d,) = _open([y.share - b])
+        z = self.e * b + self.a * d + c
+        if _rank() == 0:
+            z += self.e * d
+        return self._result(z)
+
+    def matmul(self, w, last: bool = False):
+        """x @ w for a secret matrix w (opens w's size only)."""
+        w_shape = tuple(w.share.shape)
+        out_shape = tuple(torch.matmul(torch.empty(self.shape, device="meta"), torch.empty(w_shape, device="meta")).shape)
+        b = party_draw(w_shape)
+        c = request("held_matmul", out_shape, self.handle, w_shape, last)
+        (d,) = _open([w.share - b])
+        z = ring_matmul(self.e, b) + ring_matmul(self.a, d) + c
+        if _rank() == 0:
+            z += ring_matmul(self.e, d)
+        return self._result(z)
+
+    def square(self, last: bool = False):
+        """x·x: no opening at all."""
+        c = request("held_square", self.shape, self.handle, last)
+        z = 2 * self.e * self.a + c
+        if _rank() == 0:
+            z += self.e * self.e
+        return self._result(z)
+
+
+class _PlainOpened:
+    """Plaintext stand-in with the same interface (the oracle computes the same products)."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def mul(self, y, last: bool = False):
+        return self.x * y
+
+    def matmul(self, w, last: bool = False):
+        return self.x @ w
+
+    def square(self, last: bool = False):
+        return self.x.square()
+
+
+def open_once(x):
+    """:class:`Opened` for a secret x; on plaintext, direct products."""
+    from mpc.tensorops import is_secure
+
+    return Opened(x) if is_secure(x) else _PlainOpened(x)

@@ -1,0 +1,58 @@
+"""Zero-shot accuracy of SmolLM2 with each MPC activation approximation.
+
+Compares the one-round Fourier SiLU (mpc.fourier, per-layer ranges calibrated by
+the server on public text) with the comparison-based x·σ(x) on the sst2 and
+agnews test sets, softmax attention, in plain mode (the secure run's own
+approximations in float64).  Per configuration: accuracy, agreement with the
+exact model, the largest score deviation from it, and the range warnings (inputs
+outside a calibrated bound).  Writes ``reports/activation_fidelity.json``.
+
+Usage: python scripts/activation_fidelity.py [--limit 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from mpc import approx  # noqa: E402
+from rfa.config import SOFTMAX  # noqa: E402
+from rfa_fidelity import _strict, accuracy  # noqa: E402
+
+CONFIGS = {
+    "activation-sigmoid": (SOFTMAX, approx.ApproxConfig(activation="sigmoid")),
+    "activation-fourier": (SOFTMAX, approx.ApproxConfig(activation="fourier")),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=200, help="test examples per task (default 200)")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "activation_fidelity.json"))
+    args = parser.parse_args()
+
+    from secptune.checkpoints import load_hf_model, resolve_model
+    from secptune.transformer import server_weights
+
+    model = load_hf_model(resolve_model("smollm2"))
+    arch, _ = server_weights(model)
+    report = {
+        "model": "smollm2",
+        "act_bounds": list(arch.act_bounds),
+        "accuracy": accuracy(model, CONFIGS, args.limit),
+        "command": "python " + " ".join(sys.argv),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict(report), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

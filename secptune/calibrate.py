@@ -1,0 +1,80 @@
+"""Server side: run the server's own model on public text to learn its value ranges.
+
+MPC approximations are accurate on a stated range only.  The server knows its
+model; it runs it once, exactly and in plaintext, on secptune's built-in neutral
+English corpus (never the owner's data) and publishes, per layer, a coarse bound
+on the activation inputs (a multiple of 8, with a safety margin).  Those bounds
+become part of the public :class:`~secptune.arch.Arch`; they say no more about the
+weights than the architecture does.  The same public-text pass feeds the RFA
+feature-map fit (:mod:`secptune.feature_fit`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
+STEP = 8.0
+
+
+def public_sequences(model, vocab_size: int, count: int = 8, lines_each: int = 4) -> list[list[int]]:
+    """``count`` sequences of a few corpus lines each, in the model's own tokens (a model
+    without a tokenizer — a random test model — gets seeded random ids of similar length)."""
+    from secptune.checkpoints import load_tokenizer
+    from secptune.tiny_corpus import TEXT
+
+    lines = [line.strip() for line in TEXT.splitlines() if line.strip()]
+    chunks = [" ".join(lines[i : i + lines_each]) for i in range(0, count * lines_each, lines_each)]
+    chunks = [c for c in chunks if c]
+    try:
+        tokenizer = load_tokenizer(model.config._name_or_path)
+    except Exception:  # noqa: BLE001 - no tokenizer saved with the model: random ids instead
+        g = torch.Generator().manual_seed(0)
+        return [torch.randint(0, vocab_size, (48,), generator=g).tolist() for _ in chunks]
+    return [tokenizer(chunk, add_special_tokens=False)["input_ids"] for chunk in chunks]
+
+
+def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):
+    """The model on each public sequence (exactly as a forward pass would run it);
+    ``capture``: the returned model's ``capture`` lists every layer's attention inputs."""
+    from secptune.transformer import Batch, Transformer
+
+    model = Transformer(arch, weights, nonlinear)
+    model.capture = [] if capture else None
+    with torch.no_grad():
+        for ids in sequences:
+            ids = [min(t, arch.vocab_size - 1) for t in ids[: arch.max_positions - 8]]
+            h = weights["emb.word"][torch.tensor(ids)].unsqueeze(0)
+            if arch.family == "causal":
+                model._causal(h)
+            else:
+                if "emb.type" in weights:
+                    h = h + weights["emb.type"][0]
+                model._encoder(h, Batch(token_onehot=None, prompt=None, pred_onehot=None))
+    return model
+
+
+def _bound(largest: float) -> float:
+    return max(STEP, math.ceil(largest * MARGIN / STEP) * STEP)
+
+
+def with_activation_bounds(model, arch, weights):
+    """``arch`` with ``act_bounds`` measured on public text (one entry per layer)."""
+    from secptune.transformer import Nonlinear
+
+    seen: list[float] = []
+
+    class Recorder(Nonlinear):
+        def _act(self, x, name, bound):
+            seen.append(float(x.abs().max()))
+            return super()._act(x, name, bound)
+
+    run_public_text(arch, weights, public_sequences(model, arch.vocab_size), Recorder(exact=True))
+    per_layer = [max(seen[i :: arch.layers]) for i in range(arch.layers)]
+    bounds = tuple(_bound(v) for v in per_layer)
+    if arch.family == "encoder":
+        bounds += (max(bounds),)  # the LM head's dense layer: not reached by the pass above
+    return replace(arch, act_bounds=bounds)
