@@ -198,9 +198,30 @@ def power_of_two_scale(v, low: float, high: float, bits: int = 1):
     if not levels:
         return v * 0 + base_s, v * 0 + base_s2
     above = gt_zero(cat([v - level**j for j in levels], dim=-1))  # one comparison round
-    steps = torch.tensor([2.0 ** (-bits * j) - 2.0 ** (-bits * (j - 1)) for j in levels], dtype=torch.float64)
-    steps2 = torch.tensor([level**-j - level ** -(j - 1) for j in levels], dtype=torch.float64)
-    return (above * steps).sum(-1, keepdim=True) + base_s, (above * steps2).sum(-1, keepdim=True) + base_s2
+    steps = [2.0 ** (-bits * j) - 2.0 ** (-bits * (j - 1)) for j in levels]
+    steps2 = [level**-j - level ** -(j - 1) for j in levels]
+    return bit_combination(above, steps) + base_s, bit_combination(above, steps2) + base_s2
+
+
+def bit_combination(bits, weights: list[float]):
+    """Σ_j bits_j · w_j over the last dim, for secret 0/1 bits and public weights.
+
+    Whole-number weights multiply the shares as integers — exact, no truncation.
+    Through a fixed-point product a weight w would leave a ring value w·2^32 to
+    truncate, and two-party truncation fails with probability ~w·2^-32: with the
+    2^20-sized weights a wide range reduction needs, about once per 4,000 rows.
+    """
+    whole = [w if float(w).is_integer() else 0.0 for w in weights]
+    frac = torch.tensor([0.0 if float(w).is_integer() else w for w in weights], dtype=torch.float64)
+    out = (bits * frac).sum(-1, keepdim=True)
+    if not any(whole):
+        return out
+    if is_secure(bits):
+        scaled = bits.clone()
+        scaled._tensor.mul_(torch.tensor(whole, dtype=torch.float64).long())  # integer product: no truncation
+    else:
+        scaled = bits * torch.tensor(whole, dtype=torch.float64)
+    return out + scaled.sum(-1, keepdim=True)
 
 
 COARSE_SHIFT = 12

@@ -101,3 +101,26 @@ def _fourier_exp(x, low=-16.0, high=4.0):
 
 
 OPS["fourier_exp"] = _fourier_exp
+
+
+def _fourier_view(x, name="silu", bound=64.0):
+    """The activation of a non-contiguous view (as the fused gate|up product hands it over)."""
+    from mpc.fourier import activation_series, evaluate
+    from mpc.tensorops import cat
+
+    view = cat([x * 0.5, x], dim=-1).narrow(-1, x.size(-1), x.size(-1))
+    return evaluate(view, activation_series(name, bound))
+
+
+OPS["fourier_view"] = _fourier_view
+
+
+def _pow2_scale(v, low=1e-5, high=64.0):
+    from mpc.approx import power_of_two_scale
+    from mpc.tensorops import cat
+
+    s, s_sq = power_of_two_scale(v, low, high, bits=2)
+    return cat([s, s_sq], dim=-1)
+
+
+OPS["pow2_scale"] = _pow2_scale
