@@ -127,7 +127,7 @@ def divide_wide(num, den, low: float, high: float):
     Newton runs there, and num is rescaled by the same exact power of two, so
     neither a tiny reciprocal nor a huge one is ever held in fixed point.
     """
-    _, s2 = power_of_two_scale(den, low, high, bits=2)
+    _, s2 = power_of_two_scale(den, low, high)
     return (num * s2) * reciprocal(den * s2, 1.0, 16.0)
 
 
@@ -182,14 +182,15 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
     return e * reciprocal(total, 1.0, float(scores.size(-1)))
 
 
-def power_of_two_scale(v, low: float, high: float, bits: int = 1):
+def power_of_two_scale(v, low: float, high: float, bits: int = 2):
     """Secret powers of two (s, s^2) with v * s^2 in [1, 4^bits), for v in [low, high].
 
     One batched comparison of v against every power of 4^bits in the range gives
     the interval; s and s^2 are public linear combinations of the comparison bits.
     Exact powers of two keep the rescaling itself free of rounding.  Comparisons
-    are the costly part (~230 bytes each), so ``bits=2`` halves them and leaves a
-    4x wider interval to the Newton iterations that follow (cheap: per row).
+    are the costly part (~230 bytes each), so levels of 16 (``bits=2``) take half as
+    many as levels of 4 and leave a 4x wider interval to the Newton iterations that
+    follow (cheap: per row).
     """
     level = 4.0**bits
     k_lo, k_hi = math.floor(math.log(low, level)), math.ceil(math.log(high, level))
@@ -247,11 +248,11 @@ def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONIT
     # reuse that opening, so a norm moves 4 values per element instead of 7
     coarse = open_once(x * 2.0 ** -(COARSE_SHIFT // 2)).square(last=True).mean(-1, keepdim=True) * 2.0**COARSE_SHIFT
     monitor.check(name, coarse + eps, *cfg.norm_range)
-    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1], bits=2)
+    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1])
     xs = open_once(x).mul(s1, last=True)
     opened = open_once(xs)
     r1 = opened.square().mean(-1, keepdim=True)
-    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0, bits=2)
+    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0)
     opened = open_once(opened.mul(s2, last=True))
     # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
     reduced = opened.square().mean(-1, keepdim=True) + (s1_sq * s2_sq) * (eps * 2.0**10) * 2.0**-10

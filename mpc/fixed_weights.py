@@ -41,8 +41,7 @@ import torch
 from mpc.accounting import section
 from mpc.dealer import dealer_function, party_draw, request
 from mpc.ring import ring_matmul
-
-PRECISION_BITS = 16  # the weights and activations' fixed-point precision (CrypTen's default)
+from mpc.tensorops import PRECISION_BITS, from_product_shares
 
 # dealer process only: handle -> the plaintext mask B (int64 ring elements)
 _DEALER_MASKS: dict[int, torch.Tensor] = {}
@@ -125,9 +124,7 @@ class FixedGroup:
         z = ring_matmul(e, self.local)
         z += ring_matmul(a, self.public)
         z += c
-        result = MPCTensor.from_shares(z, precision=PRECISION_BITS)
-        result._tensor.div_(2**PRECISION_BITS)  # CrypTen's truncation after a product
-        return result
+        return from_product_shares(z)
 
     def member_product(self, x, index: int):
         """Columns of member ``index`` of X·W; members called in turn on the same

@@ -157,26 +157,20 @@ def evaluate(x, series: FourierSeries):
 
 
 def _evaluate_secure(x, series: FourierSeries):
-    from crypten.mpc import MPCTensor
-
-    from mpc.trig import masked_angle
+    from mpc.trig import combine, masked_angle
 
     k = series.harmonics
     circle = x * (2.0**PERIOD_BITS / series.period)  # a local truncation; its rare 2^48 errors vanish mod 2^24
     theta, cos_t, sin_t = masked_angle(circle, FRAC_BITS + PERIOD_BITS, k)
-    acc = torch.zeros(x.size(), dtype=torch.int64, device=theta.device)
-    for n, (cos_n, sin_n) in enumerate(harmonics(theta, k), start=1):
-        a, b = series.cos[n], (series.sin[n - 1] if series.sin else 0.0)
-        acc += _encode(a * cos_n + b * sin_n) * cos_t[n - 1]
-        acc += _encode(a * sin_n - b * cos_n) * sin_t[n - 1]
-    out = MPCTensor.from_shares(acc, precision=FRAC_BITS)  # scale 2^32 until truncated
-    out._tensor.div_(2**FRAC_BITS)
-    out = out + series.cos[0]
+
+    def terms():
+        for n, (cos_n, sin_n) in enumerate(harmonics(theta, k), start=1):
+            a, b = series.cos[n], (series.sin[n - 1] if series.sin else 0.0)
+            yield a * cos_n + b * sin_n, cos_t[n - 1]
+            yield a * sin_n - b * cos_n, sin_t[n - 1]
+
+    out = combine(terms()) + series.cos[0]
     return out + x * series.slope if series.slope else out
-
-
-def _encode(values: torch.Tensor) -> torch.Tensor:
-    return (values * 2**FRAC_BITS).round().long()
 
 
 def _silu(x: np.ndarray) -> np.ndarray:

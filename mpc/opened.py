@@ -22,8 +22,9 @@ import itertools
 import torch
 
 from mpc.dealer import dealer_function, party_draw, request
-from mpc.fixed_weights import PRECISION_BITS, _open, _rank
+from mpc.fixed_weights import _open, _rank
 from mpc.ring import ring_matmul
+from mpc.tensorops import PRECISION_BITS, from_product_shares
 
 _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()
@@ -72,13 +73,6 @@ class Opened:
         request("hold_mask", (1,), self.handle, self.shape)
         (self.e,) = _open([x.share - self.a])
 
-    def _result(self, z):
-        from crypten.mpc import MPCTensor
-
-        out = MPCTensor.from_shares(z, precision=PRECISION_BITS)
-        out._tensor.div_(2**PRECISION_BITS)
-        return out
-
     def mul(self, y, last: bool = False):
         """x·y for a secret y that broadcasts to x's shape (opens y's size only)."""
         y_shape = tuple(y.share.shape)
@@ -90,7 +84,7 @@ class Opened:
         z = self.e * b + self.a * d + c
         if _rank() == 0:
             z += self.e * d
-        return self._result(z)
+        return from_product_shares(z)
 
     def matmul(self, w, last: bool = False):
         """x @ w for a secret matrix w (opens w's size only)."""
@@ -102,7 +96,7 @@ class Opened:
         z = ring_matmul(self.e, b) + ring_matmul(self.a, d) + c
         if _rank() == 0:
             z += ring_matmul(self.e, d)
-        return self._result(z)
+        return from_product_shares(z)
 
     def square(self, last: bool = False):
         """x·x: no opening at all."""
@@ -110,7 +104,7 @@ class Opened:
         z = 2 * self.e * self.a + c
         if _rank() == 0:
             z += self.e * self.e
-        return self._result(z)
+        return from_product_shares(z)
 
 
 class _PlainOpened:

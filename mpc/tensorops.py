@@ -69,3 +69,16 @@ def max_along(x, dim: int = -1):
             merged = cat([merged, x.narrow(dim, n - 1, 1)], dim=dim)
         x = merged
     return x
+
+
+PRECISION_BITS = 16  # CrypTen's fixed-point precision
+
+
+def from_product_shares(z: torch.Tensor):
+    """This party's int64 shares of a product of two 16-bit encodings (scale 2^32) as an
+    MPCTensor, after CrypTen's usual two-party truncation back to 2^16."""
+    from crypten.mpc import MPCTensor
+
+    out = MPCTensor.from_shares(z, precision=PRECISION_BITS)
+    out._tensor.div_(2**PRECISION_BITS)
+    return out

@@ -135,3 +135,20 @@ def keygen(role: str, out_dir: str, days: int = 3650) -> tuple[Path, Path, str]:
     os.chmod(key, 0o600)
     os.chmod(cert, 0o644)
     return key, cert, fingerprint(_cert_der(cert))
+
+
+def role_dirs(root: Path, roles=ROLES) -> dict[str, Path]:
+    """A key pair per role under ``root/made``, then one ``--tls-dir`` per role holding its
+    own key and every role's certificate — the layout each party is handed (tests, benches)."""
+    made = root / "made"
+    for role in roles:
+        keygen(role, str(made))
+    dirs = {}
+    for role in roles:
+        d = root / role
+        d.mkdir(parents=True, exist_ok=True)
+        for r in roles:
+            shutil.copy(made / f"{r}.crt", d / f"{r}.crt")
+        shutil.copy(made / f"{role}.key", d / f"{role}.key")
+        dirs[role] = d
+    return dirs

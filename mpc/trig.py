@@ -78,16 +78,24 @@ def masked_angle(x, bits: int, count: int):
     return theta, dealt[:count], dealt[count:]
 
 
+def combine(terms):
+    """Σ public_i · share_i for (public float tensor, this party's int64 share at scale
+    2^16) pairs: integer products summed in the ring and truncated once."""
+    from mpc.tensorops import from_product_shares
+
+    acc = None
+    for public, share in terms:
+        term = (public * 2**FRAC_BITS).round().long() * share
+        acc = term if acc is None else acc.add_(term)
+    return from_product_shares(acc)
+
+
 def sincos_turns(u):
     """(sin 2πu, cos 2πu) for a secret MPCTensor u (precision 16 bits); one round, 2 bytes per element."""
-    from crypten.mpc import MPCTensor
-
     angle, cos_t, sin_t = masked_angle(u, FRAC_BITS, 1)
     sin_a, cos_a = angle.sin(), angle.cos()
-    sin_t = MPCTensor.from_shares(sin_t[0], precision=FRAC_BITS)
-    cos_t = MPCTensor.from_shares(cos_t[0], precision=FRAC_BITS)
-    cos_u = cos_t * cos_a + sin_t * sin_a
-    sin_u = sin_t * (-cos_a) + cos_t * sin_a
+    cos_u = combine([(cos_a, cos_t[0]), (sin_a, sin_t[0])])
+    sin_u = combine([(-cos_a, sin_t[0]), (sin_a, cos_t[0])])
     return sin_u, cos_u
 
 

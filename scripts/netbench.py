@@ -32,29 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpc import costmodel, netns  # noqa: E402
+from mpc import costmodel, netns, tls  # noqa: E402
 from mpc.session import ROLES  # noqa: E402
 
 SETTINGS = {"none": None, "LAN": costmodel.LAN, "WAN": costmodel.WAN, "WAN-200": costmodel.WAN_FAST}
 REQUEST_ROUNDS = 3  # owner-side rounds per dealer request: send request, receive size, receive data
-
-
-def keys(root: Path) -> dict[str, Path]:
-    from mpc import tls
-    import shutil
-
-    made = root / "made"
-    for role in ROLES:
-        tls.keygen(role, str(made))
-    dirs = {}
-    for role in ROLES:
-        d = root / role
-        d.mkdir(parents=True)
-        for r in ROLES:
-            shutil.copy(made / f"{r}.crt", d / f"{r}.crt")
-        shutil.copy(made / f"{role}.key", d / f"{role}.key")
-        dirs[role] = d
-    return dirs
 
 
 def owner_commands(args, workdir: Path) -> dict[str, list[str]]:
@@ -172,7 +154,7 @@ def main() -> int:
         return 2
     results = []
     with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
-        tls_dirs = keys(Path(tmp) / "keys")
+        tls_dirs = tls.role_dirs(Path(tmp) / "keys")
         for name in names:
             print(f"netbench: {name} ...", file=sys.stderr, flush=True)
             result = run_setting(name, SETTINGS[name], args, tls_dirs, Path(tmp))

@@ -11,11 +11,13 @@ feature-map fit (:mod:`secptune.feature_fit`).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
 import torch
 
+log = logging.getLogger(__name__)
 MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
 STEP = 8.0
 
@@ -24,6 +26,7 @@ def public_sequences(model, vocab_size: int, count: int = 8, lines_each: int = 4
     """``count`` sequences of a few corpus lines each, in the model's own tokens (a model
     without a tokenizer — a random test model — gets seeded random ids of similar length)."""
     from secptune.checkpoints import load_tokenizer
+    from secptune.errors import CheckpointError
     from secptune.tiny_corpus import TEXT
 
     lines = [line.strip() for line in TEXT.splitlines() if line.strip()]
@@ -31,7 +34,8 @@ def public_sequences(model, vocab_size: int, count: int = 8, lines_each: int = 4
     chunks = [c for c in chunks if c]
     try:
         tokenizer = load_tokenizer(model.config._name_or_path)
-    except Exception:  # noqa: BLE001 - no tokenizer saved with the model: random ids instead
+    except CheckpointError as exc:  # no tokenizer saved with the model (random test models)
+        log.info("calibrating on seeded random token ids: %s", exc)
         g = torch.Generator().manual_seed(0)
         return [torch.randint(0, vocab_size, (48,), generator=g).tolist() for _ in chunks]
     return [tokenizer(chunk, add_special_tokens=False)["input_ids"] for chunk in chunks]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mpc.net import Address, Network
+from mpc.tls import role_dirs as make_tls_dirs  # noqa: F401 - the tests import it from here
 
 ROLES = ("owner", "server", "dealer")
 MARK = "SECPTUNE_TEST_MARK"
@@ -40,24 +40,6 @@ def network(role: str, peers, tls_dirs: dict | None = None, **kw) -> Network:
     kw.setdefault("peer_timeout_s", 10.0)
     tls_dir = tls_dirs.get(role) if tls_dirs else None
     return Network(peers, role, tls_dir=str(tls_dir) if tls_dir else None, **kw)
-
-
-def make_tls_dirs(root: Path, roles=ROLES) -> dict[str, Path]:
-    """One --tls-dir per role: its own key and all three certificates."""
-    from mpc import tls
-
-    made = root / "made"
-    for role in roles:
-        tls.keygen(role, str(made))
-    dirs = {}
-    for role in roles:
-        d = root / role
-        d.mkdir(parents=True, exist_ok=True)
-        for r in roles:
-            shutil.copy(made / f"{r}.crt", d / f"{r}.crt")
-        shutil.copy(made / f"{role}.key", d / f"{role}.key")
-        dirs[role] = d
-    return dirs
 
 
 # -- processes ----------------------------------------------------------------------

@@ -22,12 +22,6 @@ def _crypten_sincos(x):
     return crypten.stack([s, c])
 
 
-def _rfa(q, k, v, penalty, features, causal):
-    from rfa.random_features import rfa_attention
-
-    return rfa_attention(q, k, v, features, causal=causal, key_penalty=penalty)
-
-
 OPS = {"sincos": _sincos, "crypten_sincos": _crypten_sincos}
 
 
@@ -119,7 +113,7 @@ def _pow2_scale(v, low=1e-5, high=64.0):
     from mpc.approx import power_of_two_scale
     from mpc.tensorops import cat
 
-    s, s_sq = power_of_two_scale(v, low, high, bits=2)
+    s, s_sq = power_of_two_scale(v, low, high)
     return cat([s, s_sq], dim=-1)
 
 
