@@ -182,7 +182,7 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
     return e * reciprocal(total, 1.0, float(scores.size(-1)))
 
 
-def power_of_two_scale(v, low: float, high: float, bits: int = 2):
+def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1.0), (2, 1.0))):
     """Secret powers of two (s, s^2) with v * s^2 in [1, 4^bits), for v in [low, high].
 
     One batched comparison of v against every power of 4^bits in the range gives
@@ -190,18 +190,24 @@ def power_of_two_scale(v, low: float, high: float, bits: int = 2):
     Exact powers of two keep the rescaling itself free of rounding.  Comparisons
     are the costly part (~230 bytes each), so levels of 16 (``bits=2``) take half as
     many as levels of 4 and leave a 4x wider interval to the Newton iterations that
-    follow (cheap: per row).
+    follow (cheap: per row).  ``factors`` lists the (p, c) for which c·s^p is
+    returned (default s and s²): a constant folded into the weights stays exact
+    where the product of a returned s with it would underflow.
     """
     level = 4.0**bits
     k_lo, k_hi = math.floor(math.log(low, level)), math.ceil(math.log(high, level))
     levels = list(range(k_lo + 1, k_hi))
-    base_s, base_s2 = 2.0 ** (-bits * k_lo), level**-k_lo
+
+    def power(j: int, p: int) -> float:  # s^p on the interval above level j
+        return 2.0 ** (-bits * j * p)
+
     if not levels:
-        return v * 0 + base_s, v * 0 + base_s2
+        return tuple(v * 0 + c * power(k_lo, p) for p, c in factors)
     above = gt_zero(cat([v - level**j for j in levels], dim=-1))  # one comparison round
-    steps = [2.0 ** (-bits * j) - 2.0 ** (-bits * (j - 1)) for j in levels]
-    steps2 = [level**-j - level ** -(j - 1) for j in levels]
-    return bit_combination(above, steps) + base_s, bit_combination(above, steps2) + base_s2
+    return tuple(
+        bit_combination(above, [c * (power(j, p) - power(j - 1, p)) for j in levels]) + c * power(k_lo, p)
+        for p, c in factors
+    )
 
 
 def bit_combination(bits, weights: list[float]):
@@ -225,42 +231,50 @@ def bit_combination(bits, weights: list[float]):
     return out + scaled.sum(-1, keepdim=True)
 
 
-COARSE_SHIFT = 12
+GAIN_BITS = 12  # = 16^3: the comparisons' levels of 16 line up with and without the gain
+SUM_BITS = 30  # Σx² < 2^30 keeps its ring value Σx²·2^32 below 2^62 (mpc.truncation)
 REDUCED_RANGE = (0.25, 16.0)
 
 
+def norm_ceiling(cfg: ApproxConfig, width: int) -> float:
+    """The largest mean square a norm over ``width`` values accepts."""
+    return min(cfg.norm_range[1], 2.0**SUM_BITS / width)
+
+
 def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR, name: str = "norm"):
-    """x / sqrt(mean(x^2) + eps) over the last dim, safe over a huge dynamic range.
+    """x / sqrt(mean(x²) + eps) over the last dim, for mean squares in
+    [norm_range[0], :func:`norm_ceiling`] (up to 2^30/H: 10^6 for H = 1024).
 
-    Two-party truncation of a product v fails (error 2^32) with probability
-    ~|v| * 2^-32, so squaring an outlier channel (|x| ~ 2.5e4 in SmolLM2) directly
-    would fail often, while small inputs need full precision.  Three steps:
+    One opening of x (mpc.opened) serves every step:
 
-    1. coarse = 2^12 mean((x / 2^6)^2): safe for any x, accurate for large
-       mean squares (below ~1/4 it underflows, harmlessly);
-    2. a power of two s1 brings large rows' mean square into [1, 16); rows whose
-       coarse value is small are small elementwise (|x_i| <= sqrt(16 H)), so
-       squaring x*s1 is safe for every row, and r1 = mean((x s1)^2) is accurate;
-    3. a second power of two s2 puts r1 s2^2 in [1, 16); Newton's inverse square
-       root then runs on a fixed small range.  x / sqrt(ms) = x s1 s2 / sqrt(ms s1^2 s2^2).
+    1. the row sums of squares are summed exactly in the ring and truncated exactly
+       (mpc.truncation) twice: S = Σx², precise for large rows, and S' = 2^12·Σx²,
+       precise for small ones — 8 bytes per row each, no per-element rounding;
+    2. a power of two s (one batched comparison) puts ms·s² into [1, 16);
+    3. ms·s² = (S·s² + (S' − 2^12·S)·s²·2^-12)/H: the second term restores the bits
+       S lost on small rows (on large rows s²·2^-12 underflows to zero, harmlessly);
+    4. Newton's inverse square root on that fixed range gives y, and
+       x / sqrt(ms + eps) = x·(s·y): per-row factors times the opened x, with s·y held
+       to 32 bits (a large row's s·y is small: 16 bits would lose its precision).
     """
-    # each full-size tensor is opened once (mpc.opened); the per-row factors and squares
-    # reuse that opening, so a norm moves 4 values per element instead of 7
-    coarse = open_once(x * 2.0 ** -(COARSE_SHIFT // 2)).square(last=True).mean(-1, keepdim=True) * 2.0**COARSE_SHIFT
-    monitor.check(name, coarse + eps, *cfg.norm_range)
-    s1, s1_sq = power_of_two_scale(coarse, 0.25, cfg.norm_range[1])
-    xs = open_once(x).mul(s1, last=True)
-    opened = open_once(xs)
-    r1 = opened.square().mean(-1, keepdim=True)
-    s2, s2_sq = power_of_two_scale(r1, cfg.norm_range[0], 64.0)
-    opened = open_once(opened.mul(s2, last=True))
+    width = x.size(-1)
+    high = norm_ceiling(cfg, width)
+    opened = open_once(x)
+    total, total_fine = opened.square_sums((0, GAIN_BITS))
+    fine = total_fine / width  # 2^12·ms
+    monitor.check(name, fine * 2.0**-GAIN_BITS + eps, cfg.norm_range[0], high)
+    gain = 1 << GAIN_BITS
+    # fine·s_f² in [1, 16) with s_f = s·2^-6: s, s² and s²·2^-12 straight from the comparison bits
+    s, s2, s2_fine = power_of_two_scale(
+        fine, cfg.norm_range[0] * gain, high * gain, factors=((1, 2.0 ** (GAIN_BITS // 2)), (2, float(gain)), (2, 1.0))
+    )
     # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
-    reduced = opened.square().mean(-1, keepdim=True) + (s1_sq * s2_sq) * (eps * 2.0**10) * 2.0**-10
+    reduced = (total * s2 + (total_fine - total * gain) * s2_fine) / width + (s2 * (eps * gain)) * (1.0 / gain)
     low, high = REDUCED_RANGE
     y = reduced * 0 + 1.0 / math.sqrt(high)  # below the root on all of [low, high]
     for _ in range(math.ceil(math.log(math.sqrt(high / low), 1.5)) + 5):
         y = y * (3 - (reduced * y) * y) * 0.5
-    return opened.mul(y, last=True)
+    return opened.mul_product(s, y, last=True)
 
 
 def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):

@@ -17,9 +17,11 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened")
+EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")
 
 _FUNCTIONS: dict[str, Callable] = {}
+_RELEASE_HOOKS: list[Callable] = []  # dealer side: fn(handles) drops held values
+_PENDING_RELEASE: list[int] = []  # party side: handles to release with the next request
 
 
 def dealer_function(name: str):
@@ -37,6 +39,18 @@ def dealer_function(name: str):
     return register
 
 
+def release_hook(fn: Callable) -> Callable:
+    """Register ``fn(handles)`` (dealer side): forget the values held under these handles."""
+    _RELEASE_HOOKS.append(fn)
+    return fn
+
+
+def release_later(handle: int) -> None:
+    """Party side: the dealer may forget what it holds under ``handle``; the notice
+    travels with the next request (no extra round)."""
+    _PENDING_RELEASE.append(handle)
+
+
 def request(name: str, size, *args, device=None):
     """Client side: both parties call this in the same order; returns this party's share (int64).
 
@@ -50,7 +64,13 @@ def request(name: str, size, *args, device=None):
 
     client = TTPClient.get()
     if comm.get().get_rank() == 0:
-        return client.ttp_request(name, device, tuple(size), *args)
+        kwargs = {}
+        if _PENDING_RELEASE:
+            kwargs["release"] = list(_PENDING_RELEASE)
+        result = client.ttp_request(name, device, tuple(size), *args, **kwargs)
+        _PENDING_RELEASE.clear()
+        return result
+    _PENDING_RELEASE.clear()
     return generate_random_ring_element(torch.Size(size), generator=client.get_generator(device=device), device=device)
 
 
@@ -82,6 +102,12 @@ def make_server_class():
             fn = _FUNCTIONS.get(name)
             if fn is None:
                 raise AttributeError(name)
-            return lambda *args, **kwargs: fn(self, *args, **kwargs)
+
+            def serve(*args, release=(), **kwargs):
+                for hook in _RELEASE_HOOKS:
+                    hook(release)
+                return fn(self, *args, **kwargs)
+
+            return serve
 
     return DealerServer

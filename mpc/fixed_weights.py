@@ -41,7 +41,8 @@ import torch
 from mpc.accounting import section
 from mpc.dealer import dealer_function, party_draw, request
 from mpc.ring import ring_matmul
-from mpc.tensorops import PRECISION_BITS, from_product_shares
+from mpc.opened import Opened, held_mask
+from mpc.tensorops import PRECISION_BITS, from_product_shares, open_shares, party_rank
 
 # dealer process only: handle -> the plaintext mask B (int64 ring elements)
 _DEALER_MASKS: dict[int, torch.Tensor] = {}
@@ -57,30 +58,31 @@ def _deal_masks(server, size, handles, shapes):
     return torch.zeros(size, dtype=torch.long) - server.prss_server(torch.Size(size))
 
 
-@dealer_function("fixed_product")
-def _deal_product(server, size, handle, a_shape):
-    """The owner's share of C = A·B, A = the parties' next PRSS draw of ``a_shape``."""
-    mask = _DEALER_MASKS.get(handle)
-    if mask is None:
-        raise RuntimeError(f"dealer: no fixed weight mask under handle {handle} (masks were never prepared)")
-    a = server.prss(torch.Size(a_shape))
-    c = ring_matmul(a, mask)
+@dealer_function("held_fixed_product")
+def _deal_held_product(server, size, opened_handle, handle):
+    """The owner's share of C = A·B for the mask A held under ``opened_handle`` (mpc.opened):
+    an input opened once for other products meets a fixed-mask weight at no opening."""
+    c = ring_matmul(held_mask(opened_handle, False), _fixed_mask(handle))
     if tuple(c.shape) != tuple(size):
         raise RuntimeError(f"dealer: fixed-mask product has shape {tuple(c.shape)}, request said {tuple(size)}")
     return c - server.prss_server(c.size())
 
 
-def _rank() -> int:
-    import crypten.communicator as comm
+def _fixed_mask(handle: int) -> torch.Tensor:
+    mask = _DEALER_MASKS.get(handle)
+    if mask is None:
+        raise RuntimeError(f"dealer: no fixed weight mask under handle {handle} (masks were never prepared)")
+    return mask
 
-    return comm.get().get_rank()
 
-
-def _open(shares: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum of both parties' int64 shares, for every tensor in one exchange (one round)."""
-    import crypten.communicator as comm
-
-    return comm.get().all_reduce(shares, batched=True)
+@dealer_function("fixed_product")
+def _deal_product(server, size, handle, a_shape):
+    """The owner's share of C = A·B, A = the parties' next PRSS draw of ``a_shape``."""
+    a = server.prss(torch.Size(a_shape))
+    c = ring_matmul(a, _fixed_mask(handle))
+    if tuple(c.shape) != tuple(size):
+        raise RuntimeError(f"dealer: fixed-mask product has shape {tuple(c.shape)}, request said {tuple(size)}")
+    return c - server.prss_server(c.size())
 
 
 class FixedGroup:
@@ -104,7 +106,13 @@ class FixedGroup:
         return tuple(self.public.shape)
 
     def product(self, x):
-        """X·W for a secret MPCTensor ``x`` [..., k]: one opening of x's size, one round."""
+        """X·W for a secret MPCTensor ``x`` [..., k]: one opening of x's size, one round;
+        for an :class:`~mpc.opened.Opened` x (already opened for other products), none."""
+        if isinstance(x, Opened):
+            self._check_width(x.shape)
+            out_shape = (*x.shape[:-1], self.public.shape[1])
+            c = request("held_fixed_product", out_shape, x.handle, self.handle)
+            return self._combine(x.e, x.a, c)
         from crypten.mpc import MPCTensor
         from crypten.mpc.ptype import ptype as Ptype
 
@@ -112,15 +120,21 @@ class FixedGroup:
             raise TypeError(f"a fixed-mask weight multiplies arithmetic MPCTensors, not {type(x).__name__}")
         if x.encoder.scale != 2**PRECISION_BITS:
             raise ValueError(f"fixed-mask product needs {PRECISION_BITS}-bit inputs, got scale {x.encoder.scale}")
-        k = self.public.shape[0]
-        if x.dim() < 1 or x.size(-1) != k:
-            shape = f"[{k}, {self.public.shape[1]}]"
-            raise ValueError(f"cannot multiply an input of shape {tuple(x.size())} by a {shape} weight")
         x_share = x.share
+        self._check_width(tuple(x_share.shape))
         a = party_draw(x_share.shape)
         out_shape = (*x_share.shape[:-1], self.public.shape[1])
         c = request("fixed_product", out_shape, self.handle, tuple(x_share.shape))
-        (e,) = _open([x_share - a])
+        (e,) = open_shares([x_share - a])
+        return self._combine(e, a, c)
+
+    def _check_width(self, shape: tuple) -> None:
+        k = self.public.shape[0]
+        if len(shape) < 1 or shape[-1] != k:
+            raise ValueError(f"cannot multiply an input of shape {tuple(shape)} by a [{k}, {self.public.shape[1]}] weight")
+
+    def _combine(self, e, a, c):
+        """This party's E·(F + B0) + A0·F + C0 (party 0) or E·B1 + A1·F + C1 (party 1)."""
         z = ring_matmul(e, self.local)
         z += ring_matmul(a, self.public)
         z += c
@@ -133,7 +147,8 @@ class FixedGroup:
             return self.product(x)
         cached = self._cache
         # the same input: same object, same share tensor, no in-place change since (version)
-        key = (x, x.share, getattr(x.share, "_version", None))
+        share = None if isinstance(x, Opened) else x.share
+        key = (x, share, getattr(share, "_version", None))
         same = cached is not None and cached[0][0] is x and cached[0][1] is key[1] and cached[0][2] == key[2]
         if not same or index not in cached[2]:
             cached = (key, self.product(x), set(range(len(self.names))))
@@ -212,9 +227,9 @@ def prepare(weights: dict, fuse: Iterable[Iterable[str]] = ()) -> dict:
         masks = [party_draw(s.shape) for s in shares]
         handles = [next(_HANDLES) for _ in groups]
         request("fixed_masks", (1,), handles, [tuple(s.shape) for s in shares])
-        opened = _open([s - b for s, b in zip(shares, masks)])
+        opened = open_shares([s - b for s, b in zip(shares, masks)])
     out = dict(weights)
-    rank = _rank()
+    rank = party_rank()
     for group, handle, public, mask in zip(groups, handles, opened, masks):
         local = public + mask if rank == 0 else mask
         widths = [weights[n].size(1) for n in group]

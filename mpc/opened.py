@@ -21,10 +21,10 @@ import itertools
 
 import torch
 
-from mpc.dealer import dealer_function, party_draw, request
-from mpc.fixed_weights import _open, _rank
+from mpc.dealer import dealer_function, party_draw, release_hook, release_later, request
 from mpc.ring import ring_matmul
-from mpc.tensorops import PRECISION_BITS, from_product_shares
+from mpc.tensorops import PRECISION_BITS, from_product_shares, open_shares, party_rank
+from mpc.truncation import truncate_shares
 
 _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()
@@ -35,6 +35,17 @@ def _held(handle: int, last: bool) -> torch.Tensor:
     if mask is None:
         raise RuntimeError(f"dealer: no held mask under handle {handle}")
     return mask
+
+
+def held_mask(handle: int, last: bool) -> torch.Tensor:
+    """Dealer side: the mask A held under ``handle`` (forgotten if ``last``)."""
+    return _held(handle, last)
+
+
+@release_hook
+def _release(handles) -> None:
+    for handle in handles:
+        _DEALER_MASKS.pop(handle, None)
 
 
 @dealer_function("hold_mask")
@@ -71,20 +82,45 @@ class Opened:
         self.handle = next(_HANDLES)
         self.a = party_draw(self.shape)
         request("hold_mask", (1,), self.handle, self.shape)
-        (self.e,) = _open([x.share - self.a])
+        (self.e,) = open_shares([x.share - self.a])
+
+    def release(self) -> None:
+        """No more products with x: the dealer may forget A (told with its next request)."""
+        release_later(self.handle)
 
     def mul(self, y, last: bool = False):
         """x·y for a secret y that broadcasts to x's shape (opens y's size only)."""
+        return from_product_shares(self._product_shares(y, last))
+
+    def _product_shares(self, y, last: bool) -> torch.Tensor:
+        """This party's int64 shares of x·y at scale 2^32 (not yet truncated)."""
         y_shape = tuple(y.share.shape)
         if torch.broadcast_shapes(self.shape, y_shape) != torch.Size(self.shape):
             raise ValueError(f"factor of shape {y_shape} does not broadcast to {self.shape}")
         b = party_draw(y_shape)
         c = request("held_product", self.shape, self.handle, y_shape, last)
-        (d,) = _open([y.share - b])
+        (d,) = open_shares([y.share - b])
         z = self.e * b + self.a * d + c
-        if _rank() == 0:
+        if party_rank() == 0:
             z += self.e * d
-        return from_product_shares(z)
+        return z
+
+    def mul_product(self, s, y, last: bool = False):
+        """x·(s·y) for small secrets s, y (per row, say) with s·y kept to 32 fractional bits.
+
+        A small s·y held to 16 bits would lose relative precision (2^-16/(s·y)); instead
+        its exact product is split by an exact truncation (mpc.truncation) into 16-bit
+        high and low parts, and x·high + 2^-16·x·low needs no opening of x.
+        """
+        from crypten.mpc import MPCTensor
+
+        both = Opened(s)._product_shares(y, last=True)  # s·y at scale 2^32, exact
+        (high,) = truncate_shares(both.unsqueeze(0), (PRECISION_BITS,))
+        low = both - (high << PRECISION_BITS)  # the remainder: within one unit of 2^-16
+        out = self.mul(MPCTensor.from_shares(high, precision=PRECISION_BITS))
+        fine = MPCTensor.from_shares(self._product_shares(MPCTensor.from_shares(low, precision=PRECISION_BITS), last), precision=PRECISION_BITS)
+        fine._tensor.div_(2 ** (2 * PRECISION_BITS))
+        return out + fine
 
     def matmul(self, w, last: bool = False):
         """x @ w for a secret matrix w (opens w's size only)."""
@@ -92,9 +128,9 @@ class Opened:
         out_shape = tuple(torch.matmul(torch.empty(self.shape, device="meta"), torch.empty(w_shape, device="meta")).shape)
         b = party_draw(w_shape)
         c = request("held_matmul", out_shape, self.handle, w_shape, last)
-        (d,) = _open([w.share - b])
+        (d,) = open_shares([w.share - b])
         z = ring_matmul(self.e, b) + ring_matmul(self.a, d) + c
-        if _rank() == 0:
+        if party_rank() == 0:
             z += ring_matmul(self.e, d)
         return from_product_shares(z)
 
@@ -102,9 +138,26 @@ class Opened:
         """x·x: no opening at all."""
         c = request("held_square", self.shape, self.handle, last)
         z = 2 * self.e * self.a + c
-        if _rank() == 0:
+        if party_rank() == 0:
             z += self.e * self.e
         return from_product_shares(z)
+
+
+    def square_sums(self, gains: tuple[int, ...] = (0,), last: bool = False) -> list:
+        """Σ x² over the last dim times 2^g for each gain g, from the exact ring sum of the
+        squares truncated exactly (mpc.truncation): no per-element rounding, no truncation
+        failure; needs Σ x² < 2^(30 − g).  Moves 8 bytes per row and gain."""
+        from crypten.mpc import MPCTensor
+
+        if any(not 0 <= g < PRECISION_BITS for g in gains):
+            raise ValueError(f"gains {gains} outside [0, {PRECISION_BITS})")
+        c = request("held_square", self.shape, self.handle, last)
+        z = 2 * self.e * self.a + c
+        if party_rank() == 0:
+            z += self.e * self.e
+        sums = z.sum(-1, keepdim=True)
+        exact = truncate_shares(torch.stack([sums] * len(gains)), tuple(PRECISION_BITS - g for g in gains))
+        return [MPCTensor.from_shares(t, precision=PRECISION_BITS) for t in exact]
 
 
 class _PlainOpened:
@@ -113,14 +166,24 @@ class _PlainOpened:
     def __init__(self, x):
         self.x = x
 
+    def release(self) -> None:
+        pass
+
     def mul(self, y, last: bool = False):
         return self.x * y
+
+    def mul_product(self, s, y, last: bool = False):
+        return self.x * (s * y)
 
     def matmul(self, w, last: bool = False):
         return self.x @ w
 
     def square(self, last: bool = False):
         return self.x.square()
+
+    def square_sums(self, gains: tuple[int, ...] = (0,), last: bool = False) -> list:
+        total = self.x.square().sum(-1, keepdim=True)
+        return [total * 2.0**g for g in gains]
 
 
 def open_once(x):

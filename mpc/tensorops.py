@@ -82,3 +82,17 @@ def from_product_shares(z: torch.Tensor):
     out = MPCTensor.from_shares(z, precision=PRECISION_BITS)
     out._tensor.div_(2**PRECISION_BITS)
     return out
+
+
+def party_rank() -> int:
+    """This computing party's rank (0: data owner, 1: model server)."""
+    import crypten.communicator as comm
+
+    return comm.get().get_rank()
+
+
+def open_shares(shares: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum of both parties' int64 shares, for every tensor in one exchange (one round)."""
+    import crypten.communicator as comm
+
+    return comm.get().all_reduce(shares, batched=True)

@@ -191,9 +191,51 @@ def _causal_weights(model, arch: Arch) -> dict[str, torch.Tensor]:
     return w
 
 
+def _fold(w: dict, norm: str, linears: list[str], keep: bool) -> None:
+    """Fold norm ``norm``'s scale γ (and shift β) into the linears that read its output:
+    (x̂·γ + β)·W + b = x̂·(γ ⊙ rows of W) + (β·W + b).  The model then feeds them the
+    normalised x̂ itself, which secure runs open once for the products and the residual
+    (if ``keep``: post-norm models add x̂·γ + β to the residual stream) alike."""
+    gamma, beta = w[f"{norm}.w"], w.get(f"{norm}.b")
+    for name in linears:
+        weight = w[f"{name}.w"]
+        if beta is not None:
+            w[f"{name}.b"] = beta @ weight + w.get(f"{name}.b", torch.zeros(weight.size(1), dtype=weight.dtype))
+        w[f"{name}.w"] = gamma.unsqueeze(1) * weight
+    if not keep:
+        del w[f"{norm}.w"]
+        w.pop(f"{norm}.b", None)
+
+
+def _fold_head(w: dict, norm: str) -> None:
+    """The same for the label-word rows ``head.out`` [vocab, H] that read the last norm."""
+    gamma, beta = w.pop(f"{norm}.w"), w.pop(f"{norm}.b", None)
+    if beta is not None:
+        w["head.bias"] = w["head.out"] @ beta + w.get("head.bias", 0.0)
+    w["head.out"] = w["head.out"] * gamma
+
+
+def fold_norms(w: dict, arch: Arch) -> dict:
+    """Every norm's γ/β moved into the linears after it (see :func:`_fold`)."""
+    w = dict(w)
+    if arch.family == "encoder":
+        _fold(w, "emb.ln", ["l0.q", "l0.k", "l0.v"], keep=True)
+        for i in range(arch.layers):
+            _fold(w, f"l{i}.ln1", [f"l{i}.ff1"], keep=True)
+            last = i == arch.layers - 1
+            _fold(w, f"l{i}.ln2", ["head.dense"] if last else [f"l{i + 1}.{n}" for n in "qkv"], keep=not last)
+        _fold_head(w, "head.ln")
+    else:
+        for i in range(arch.layers):
+            _fold(w, f"l{i}.ln1", [f"l{i}.q", f"l{i}.k", f"l{i}.v"], keep=False)
+            _fold(w, f"l{i}.ln2", [f"l{i}.gate", f"l{i}.up"], keep=False)
+        _fold_head(w, "final.ln")
+    return w
+
+
 @torch.no_grad()
 def extract_weights(model, arch: Arch) -> dict[str, torch.Tensor]:
-    """Canonical float64 weights of an HF model (server side only)."""
+    """Canonical float64 weights of an HF model (server side only), norms folded."""
     if arch.family == "encoder":
-        return _encoder_weights(model)
-    return _causal_weights(model, arch)
+        return fold_norms(_encoder_weights(model), arch)
+    return fold_norms(_causal_weights(model, arch), arch)

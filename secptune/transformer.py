@@ -24,6 +24,7 @@ import torch
 from mpc import approx
 from mpc.accounting import section
 from mpc.fixed_weights import FixedWeight
+from mpc.opened import open_once
 from mpc.tensorops import cat, is_secure, pad
 from rfa.config import SOFTMAX, AttentionConfig
 from rfa.random_features import rfa_attention, server_feature_matrices
@@ -56,17 +57,22 @@ class Nonlinear:
             raise ValueError(f"activation {name!r} is not supported")
         return approx.activation(x, name, bound, self.cfg, self.monitor)
 
-    def layer_norm(self, x, w, b, eps):
+    def normalize(self, x, eps: float, centre: bool):
+        """x̂ = (x − mean)/√(var + eps) (LayerNorm, ``centre``) or x/√(mean x² + eps) (RMSNorm),
+        without γ/β: those are folded into the next linears (secptune.arch.fold_norms)."""
         with section("norm"):
+            if centre:
+                x = x - x.mean(-1, keepdim=True)
             if self.exact:
-                return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
-            return approx.layer_norm(x, w, b, eps, self.cfg, self.monitor)
+                return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+            name = "layer_norm_variance" if centre else "rms_norm_mean_square"
+            return approx.normalize(x, eps, self.cfg, self.monitor, name)
 
-    def rms_norm(self, x, w, eps):
+    def open(self, x):
+        """x opened once (mpc.opened) for all its products: the next linear and, in
+        post-norm models, the residual's x̂·γ; on plaintext a pass-through."""
         with section("norm"):
-            if self.exact:
-                return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * w
-            return approx.rms_norm(x, w, eps, self.cfg, self.monitor)
+            return open_once(x)
 
 
 class OneHot:
@@ -234,10 +240,14 @@ class Transformer:
         return self._score(pooled, head)
 
     def _linear(self, x, name: str):
+        """x @ W + b; x may be an opened norm output (then it is not opened again)."""
         with section("linear"):
             weight = self.w[f"{name}.w"]
             # secure sessions replace shared weights by fixed-mask handles (mpc.fixed_weights)
-            y = weight.apply(x) if isinstance(weight, FixedWeight) else x @ weight
+            if isinstance(weight, FixedWeight):
+                y = weight.apply(x)
+            else:
+                y = x.matmul(weight) if hasattr(x, "release") else x @ weight
             bias = self.w.get(f"{name}.b")
             return y if bias is None else y + bias
 
@@ -268,25 +278,37 @@ class Transformer:
         b, n = x.size(0), x.size(2)
         return x.transpose(1, 2).reshape(b, n, self.arch.heads * self.arch.head_dim)
 
+    def _residual(self, opened, norm: str):
+        """x̂·γ + β of norm ``norm`` for the residual stream (post-norm models)."""
+        with section("norm"):
+            return opened.mul(self.w[norm + ".w"]) + self.w[norm + ".b"]
+
     def _encoder(self, h, batch: Batch):
+        """Post-norm layers; returns the last layer's normalised x̂ (its γ/β live in head.dense)."""
         a, w, nl = self.arch, self.w, self.nl
         n = h.size(1)
         if n > a.max_positions:
             raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
-        h = h + w["emb.pos"][a.position_offset : a.position_offset + n]
-        h = nl.layer_norm(h, w["emb.ln.w"], w["emb.ln.b"], a.norm_eps)
+        x = nl.normalize(h + w["emb.pos"][a.position_offset : a.position_offset + n], a.norm_eps, centre=True)
+        norm = "emb.ln"
         penalty = None if batch.key_penalty is None else batch.key_penalty.unsqueeze(1).unsqueeze(1)
         scale = 1.0 / math.sqrt(a.head_dim)
         for i in range(a.layers):
             p = f"l{i}."
-            q = self._heads(self._linear(h, p + "q") * scale, a.heads)
-            k = self._heads(self._linear(h, p + "k"), a.heads)
-            v = self._heads(self._linear(h, p + "v"), a.heads)
+            xo = nl.open(x)
+            h = self._residual(xo, norm)
+            q = self._heads(self._linear(xo, p + "q") * scale, a.heads)
+            k = self._heads(self._linear(xo, p + "k"), a.heads)
+            v = self._heads(self._linear(xo, p + "v"), a.heads)
+            xo.release()
             ctx = self._attend(i, q, k, v, penalty)
-            h = nl.layer_norm(h + self._linear(self._merge(ctx), p + "o"), w[p + "ln1.w"], w[p + "ln1.b"], a.norm_eps)
-            ff = self._linear(nl.act(self._linear(h, p + "ff1"), a.act, a.act_bound(i)), p + "ff2")
-            h = nl.layer_norm(h + ff, w[p + "ln2.w"], w[p + "ln2.b"], a.norm_eps)
-        return h
+            xo = nl.open(nl.normalize(h + self._linear(self._merge(ctx), p + "o"), a.norm_eps, centre=True))
+            h = self._residual(xo, p + "ln1")
+            ff = self._linear(nl.act(self._linear(xo, p + "ff1"), a.act, a.act_bound(i)), p + "ff2")
+            xo.release()
+            x = nl.normalize(h + ff, a.norm_eps, centre=True)
+            norm = p + "ln2"
+        return x
 
     def _causal(self, h, capture: dict | None = None):
         """Llama layers.  Keys/values of the fixed prefix (``l{i}.pk/.pv``), when present,
@@ -305,10 +327,11 @@ class Transformer:
         scale = 1.0 / math.sqrt(a.head_dim)
         for i in range(a.layers):
             p = f"l{i}."
-            x = nl.rms_norm(h, w[p + "ln1.w"], a.norm_eps)
+            x = nl.open(nl.normalize(h, a.norm_eps, centre=False))
             q = self._heads(self._linear(x, p + "q"), a.heads)
             k = self._heads(self._linear(x, p + "k"), a.kv_heads)
             v = self._heads(self._linear(x, p + "v"), a.kv_heads)
+            x.release()
             q = (q * cos + _rotate_half(q) * sin) * scale
             k = k * cos + _rotate_half(k) * sin
             if capture is not None:
@@ -322,18 +345,20 @@ class Transformer:
             ctx = self._attend(i, q, k, v, penalty, rep=rep, offset=offset)
             ctx = ctx.reshape(b, a.heads, n, a.head_dim)
             h = h + self._linear(self._merge(ctx), p + "o")
-            x = nl.rms_norm(h, w[p + "ln2.w"], a.norm_eps)
+            x = nl.open(nl.normalize(h, a.norm_eps, centre=False))
             gated = nl.act(self._linear(x, p + "gate"), a.act, a.act_bound(i)) * self._linear(x, p + "up")
+            x.release()
             h = h + self._linear(gated, p + "down")
         return h
 
     def _score(self, pooled, head):
-        a, w, nl = self.arch, self.w, self.nl
+        a, nl = self.arch, self.nl
         rows, bias = head
         if a.family == "encoder":
             t = nl.act(self._linear(pooled, "head.dense"), a.act, a.act_bound(a.layers))
-            t = nl.layer_norm(t, w["head.ln.w"], w["head.ln.b"], a.norm_eps)
+            t = nl.normalize(t, a.norm_eps, centre=True)
         else:
-            t = nl.rms_norm(pooled, w["final.ln.w"], a.norm_eps)
+            t = nl.normalize(pooled, a.norm_eps, centre=False)
+        # the last norm's γ/β are folded into the label rows (secptune.arch.fold_norms)
         scores = t @ rows.transpose(0, 1)
         return scores if bias is None else scores + bias

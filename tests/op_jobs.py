@@ -118,3 +118,18 @@ def _pow2_scale(v, low=1e-5, high=64.0):
 
 
 OPS["pow2_scale"] = _pow2_scale
+
+
+def _exact_truncate(x, gain_bits=25):
+    """x·2^25 at scale 2^16 (ring values up to 2^61 for |x| < 2^20) truncated exactly by
+    2^25 and by 2^41."""
+    from crypten.mpc import MPCTensor
+
+    from mpc.truncation import truncate_shares
+
+    big = x.share * 2**gain_bits
+    slots = truncate_shares(torch.stack([big, big]), (gain_bits, gain_bits + 16))
+    return MPCTensor.from_shares(slots, precision=16)
+
+
+OPS["exact_truncate"] = _exact_truncate
