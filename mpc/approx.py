@@ -270,11 +270,25 @@ def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONIT
     )
     # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
     reduced = (total * s2 + (total_fine - total * gain) * s2_fine) / width + (s2 * (eps * gain)) * (1.0 / gain)
+    return opened.mul_product(s, _rsqrt_reduced(reduced), last=True)
+
+
+def _rsqrt_reduced(reduced):
+    """1/√r for r in REDUCED_RANGE by Newton's y ← y(3 − r·y²)/2 from below the root."""
     low, high = REDUCED_RANGE
     y = reduced * 0 + 1.0 / math.sqrt(high)  # below the root on all of [low, high]
     for _ in range(math.ceil(math.log(math.sqrt(high / low), 1.5)) + 5):
         y = y * (3 - (reduced * y) * y) * 0.5
-    return opened.mul_product(s, y, last=True)
+    return y
+
+
+def rsqrt_wide(v, low: float, high: float):
+    """1/√v for v in [low, high]: a secret power of two s (v·s² in [1, 16)) times Newton's root
+    of v·s².  Only products and comparisons: CrypTen's autograd differentiates it (the
+    comparison bits are constants), unlike CrypTen's own inverse square root, which is
+    accurate on about [0.1, 300] only.  Used by the training baselines' norms."""
+    s, s2 = power_of_two_scale(v.detach(), low, high)  # piecewise constant in v: no gradient
+    return _rsqrt_reduced(v * s2) * s
 
 
 def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):

@@ -160,7 +160,7 @@ class Opened:
         return [MPCTensor.from_shares(t, precision=PRECISION_BITS) for t in exact]
 
 
-class _PlainOpened:
+class Unopened:
     """Plaintext stand-in with the same interface (the oracle computes the same products)."""
 
     def __init__(self, x):
@@ -190,4 +190,4 @@ def open_once(x):
     """:class:`Opened` for a secret x; on plaintext, direct products."""
     from mpc.tensorops import is_secure
 
-    return Opened(x) if is_secure(x) else _PlainOpened(x)
+    return Opened(x) if is_secure(x) else Unopened(x)

@@ -61,6 +61,9 @@ class OwnerRequest:
     # mask each weight once per session (mpc.fixed_weights); False: CrypTen's Beaver
     # products, which open a weight-sized masked matrix on every product
     fixed_weights: bool = True
+    # the training baselines' mode (secptune.baseline): CrypTen's own non-linearities,
+    # which its autograd differentiates, and Beaver products (weights may change)
+    native: bool = False
 
 
 def _rank() -> int:
@@ -107,6 +110,7 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
 class _TextSet:
     embeds: Any  # shared [B, n, H]
     batch: Batch  # shared pred/penalty, public prompt_start
+    token: Any = None  # shared one-hot [B, n, V] (fine-tuning re-embeds with changing weights)
 
 
 class SecureSession:
@@ -120,17 +124,21 @@ class SecureSession:
         self.embedding_std = info["embedding_std"]
         weights = weights() if callable(weights) else weights
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
-        if request.fixed_weights:  # once per session; then each linear opens only its input
+        if request.fixed_weights and not request.native:  # once per session; then each linear opens only its input
             shared = fixed_weights.prepare(shared, fuse=FUSED_LINEARS)
         nonlinear = Nonlinear(
             exact=False,
             cfg=approx.ApproxConfig.from_dict(request.cfg),
             attention=AttentionConfig.from_dict(request.attention),
+            native=request.native,
         )
         self.model = Transformer(self.arch, shared, nonlinear)
-        self.head = self.model.label_head(_share(verbalizer, (request.labels, self.arch.vocab_size), OWNER))
+        self.verbalizer = _share(verbalizer, (request.labels, self.arch.vocab_size), OWNER)
+        self.head = self.model.label_head(self.verbalizer)
         self.texts: list[_TextSet] = []
         self.forward_log: list[dict] = []
+        self.train_log: list[dict] = []
+        self.optimizer = None  # baselines: Adam state, created by the first train step
         self.server_traffic: dict | None = None
 
     # -- commands --------------------------------------------------------------
@@ -155,8 +163,38 @@ class SecureSession:
             key_penalty=_share(get("key_penalty"), (B, n), OWNER) if a.family == "encoder" else None,
             prompt_start=cmd["start"],
         )
-        self.texts.append(_TextSet(self.model.embed_tokens(token, types), shared))
+        self.texts.append(_TextSet(self.model.embed_tokens(token, types), shared, token))
         return len(self.texts) - 1
+
+    def train(self, text_id=None, prompt=None, labels=None, method: str = "", lr: float = 1e-3, cmd=None) -> dict:
+        """One step of a training baseline (secptune.baseline) on text set ``text_id`` with
+        ``prompt`` [1, P, H] and one-hot ``labels`` [B, L] (owner's); needs a ``native``
+        session.  Returns per-phase traffic and time, and (owner) the revealed loss."""
+        from secptune import baseline
+
+        if self.is_owner:
+            cmd = self._command({"op": "train", "texts": text_id, "P": prompt.shape[1], "method": method, "lr": lr})
+        if not self.model.nl.native:
+            raise SecureComputationError("training baselines need a session opened with native=True")
+        text = self.texts[cmd["texts"]]
+        B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
+        shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
+        shared_labels = _share(labels, (B, L), OWNER)
+        phases: dict = {}
+        recorder = _PhaseRecorder(phases)
+        loss, params, grads = baseline.loss_and_grads(
+            self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
+            cmd["method"], phase=recorder,
+        )
+        if self.optimizer is None:
+            self.optimizer = baseline.Adam(lr=cmd["lr"])
+        with recorder("step"):
+            updated = self.optimizer.step(params, grads)
+        if cmd["method"] == "sft":
+            self.model.w.update(updated)
+        entry = {"method": cmd["method"], "phases": phases, "loss": reveal_to(loss, OWNER)}
+        self.train_log.append(entry)
+        return entry
 
     def scores(self, text_id: int | None = None, prompts: torch.Tensor | None = None, cmd: dict | None = None):
         """Scores [R*B, L] of R prompts [R, P, H] on text set ``text_id`` (owner gets them)."""
@@ -216,8 +254,33 @@ class SecureSession:
                 self.load_texts(cmd=cmd)
             elif cmd["op"] == "forward":
                 self.scores(cmd=cmd)
+            elif cmd["op"] == "train":
+                self.train(cmd=cmd)
             else:
                 raise SecureComputationError(f"unknown command from the data owner: {cmd['op']!r}")
+
+
+class _PhaseRecorder:
+    """``with recorder(name):`` adds the traffic this process sent and the time spent to
+    ``phases[name]`` ({"bytes", "rounds", "wall_s"})."""
+
+    def __init__(self, phases: dict):
+        self.phases = phases
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def record():
+            before, started = accounting.log().as_dict(), time.perf_counter()
+            yield
+            after = accounting.log().as_dict()
+            slot = self.phases.setdefault(name, {"bytes": 0, "rounds": 0, "wall_s": 0.0})
+            slot["bytes"] += after["bytes"] - before["bytes"]
+            slot["rounds"] += after["rounds"] - before["rounds"]
+            slot["wall_s"] += time.perf_counter() - started
+
+        return record()
 
 
 def _is_wild(scores: torch.Tensor) -> bool:
@@ -236,7 +299,10 @@ def owner_party(
         result = program(session, *args)
     finally:
         session.close()
-    return {"result": result, "forwards": session.forward_log, "server_traffic": session.server_traffic}
+    return {
+        "result": result, "forwards": session.forward_log, "train": session.train_log,
+        "server_traffic": session.server_traffic,
+    }
 
 
 def server_description(model):
@@ -266,7 +332,7 @@ def server_party(model_dir: str, canaries=None) -> dict:
     describe, weights = server_description(load_hf_model(model_dir))
     session = SecureSession(None, server_info=describe, weights=weights)
     session.serve()
-    return {"forwards": session.forward_log}
+    return {"forwards": session.forward_log, "train": session.train_log}
 
 
 def run_local(

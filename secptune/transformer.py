@@ -24,7 +24,7 @@ import torch
 from mpc import approx
 from mpc.accounting import section
 from mpc.fixed_weights import FixedWeight
-from mpc.opened import open_once
+from mpc.opened import Unopened, open_once
 from mpc.tensorops import cat, is_secure, pad
 from rfa.config import SOFTMAX, AttentionConfig
 from rfa.random_features import rfa_attention, server_feature_matrices
@@ -35,18 +35,28 @@ from secptune.calibrate import with_activation_bounds
 
 @dataclass
 class Nonlinear:
-    """Which non-linearities to use: exact (plaintext) or approximate (MPC-friendly)."""
+    """Which non-linearities to use: exact (plaintext) or approximate (MPC-friendly).
+
+    ``native``: the baselines' mode (secptune.baseline) — softmax attention, norms and
+    sigmoid-form activations from CrypTen's own functions, which CrypTen's autograd can
+    differentiate; on plaintext the same formulas with torch's exact functions.
+    """
 
     exact: bool = False
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
     monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
     attention: AttentionConfig = SOFTMAX
+    native: bool = False
 
     def act(self, x, name: str, bound: float):
         with section("activation"):
             return self._act(x, name, bound)
 
     def _act(self, x, name: str, bound: float):
+        if self.native:
+            if name not in approx.FOURIER_KINDS:
+                raise ValueError(f"activation {name!r} is not supported")
+            return x * (x if name == "silu" else x * 1.702).sigmoid()  # GeLU ~ x·σ(1.702x)
         if self.exact:
             if name == "silu":
                 return torch.nn.functional.silu(x)
@@ -63,6 +73,9 @@ class Nonlinear:
         with section("norm"):
             if centre:
                 x = x - x.mean(-1, keepdim=True)
+            if self.native:
+                ms = x.square().mean(-1, keepdim=True) + eps
+                return x * approx.rsqrt_wide(ms, self.cfg.norm_range[0], self.cfg.norm_range[1])
             if self.exact:
                 return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
             name = "layer_norm_variance" if centre else "rms_norm_mean_square"
@@ -72,7 +85,7 @@ class Nonlinear:
         """x opened once (mpc.opened) for all its products: the next linear and, in
         post-norm models, the residual's x̂·γ; on plaintext a pass-through."""
         with section("norm"):
-            return open_once(x)
+            return Unopened(x) if self.native else open_once(x)
 
 
 class OneHot:
@@ -153,8 +166,8 @@ def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rotate_half(x):
-    half = x.size(-1) // 2
-    return cat([x.narrow(-1, half, half) * -1, x.narrow(-1, 0, half)], dim=-1)
+    last, half = x.dim() - 1, x.size(-1) // 2  # a non-negative dim: CrypTen's narrow backward needs one
+    return cat([x.narrow(last, half, half) * -1, x.narrow(last, 0, half)], dim=last)
 
 
 def _onehot_product(onehot, table):
@@ -219,7 +232,9 @@ class Transformer:
         if type_onehot is not None:
             emb = emb + type_onehot @ self.w["emb.type"]
         elif "emb.type" in self.w:
-            emb = emb + self.w["emb.type"][0]  # encoders without pairs: token type 0
+            # encoders without pairs: token type 0 (narrow, not indexing: CrypTen's autograd
+            # does not see an indexed CrypTensor, the training baselines need it to)
+            emb = emb + self.w["emb.type"].narrow(0, 0, 1)
         return emb
 
     def label_head(self, verbalizer_onehot):
@@ -258,7 +273,7 @@ class Transformer:
             self.capture.append({"layer": i, "q": q, "k": k, "v": v, "penalty": penalty, "rep": rep, "offset": offset})
         with section("attention"):
             if not nl.attention.uses_rfa(i):
-                return attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor)
+                return attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor, native=nl.native)
             params = {name: self.w[f"l{i}.rfa.{name}"] for name in ("q", "k", "bq", "bk") if f"l{i}.rfa.{name}" in self.w}
             if "q" not in params:
                 raise ValueError(f"layer {i} has no RFA feature matrices: build the weights with this attention config")
@@ -289,7 +304,7 @@ class Transformer:
         n = h.size(1)
         if n > a.max_positions:
             raise ValueError(f"sequence of {n} tokens exceeds the model's {a.max_positions}")
-        x = nl.normalize(h + w["emb.pos"][a.position_offset : a.position_offset + n], a.norm_eps, centre=True)
+        x = nl.normalize(h + w["emb.pos"].narrow(0, a.position_offset, n), a.norm_eps, centre=True)
         norm = "emb.ln"
         penalty = None if batch.key_penalty is None else batch.key_penalty.unsqueeze(1).unsqueeze(1)
         scale = 1.0 / math.sqrt(a.head_dim)

@@ -1,0 +1,56 @@
+"""Party jobs for the training-baseline tests: a session that also reveals gradients to the
+owner (tests only: a real run never shows the owner the server's weight gradients)."""
+
+from mpc.reveal import reveal_to
+
+
+def _grad_session_class():
+    from secptune import baseline
+    from secptune.secure import OWNER, SecureSession, _share
+
+    class GradSession(SecureSession):
+        def grads(self, text_id=None, prompt=None, labels=None, method="", cmd=None):
+            if self.is_owner:
+                cmd = self._command({"op": "grads", "texts": text_id, "P": prompt.shape[1], "method": method})
+            text = self.texts[cmd["texts"]]
+            B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
+            shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
+            shared_labels = _share(labels, (B, L), OWNER)
+            loss, _, grads = baseline.loss_and_grads(
+                self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
+                cmd["method"],
+            )
+            missing = sorted(n for n, g in grads.items() if g is None)
+            if missing:
+                raise RuntimeError(f"no gradient for {missing}")
+            return reveal_to(loss, OWNER), {n: reveal_to(g, OWNER) for n, g in grads.items()}
+
+        def _command(self, cmd):
+            while True:
+                got = super()._command(cmd)
+                if self.is_owner or got["op"] != "grads":
+                    return got
+                self.grads(cmd=got)
+
+    return GradSession
+
+
+def owner_job(request, verbalizer, batch, labels, methods):
+    session = _grad_session_class()(request, verbalizer=verbalizer)
+    try:
+        text_id = session.load_texts(batch)
+        out = {m: session.grads(text_id, batch.prompt[:1], labels, m) for m in methods}
+        step = session.train(text_id, batch.prompt[:1], labels, methods[-1], lr=1e-3)
+    finally:
+        session.close()
+    return {"grads": out, "step": step}
+
+
+def server_job(model_dir):
+    from secptune.checkpoints import load_hf_model
+    from secptune.secure import server_description
+
+    describe, weights = server_description(load_hf_model(model_dir))
+    session = _grad_session_class()(None, server_info=describe, weights=weights)
+    session.serve()
+    return session.train_log
