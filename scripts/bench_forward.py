@@ -524,6 +524,17 @@ def run(args) -> dict:
     return out
 
 
+def machine_info() -> dict:
+    """The machine a report was measured on (timings depend on it; bytes do not)."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"built-in name, checkpoint directory, or {ROBERTA_LARGE}")
@@ -555,13 +566,7 @@ def main(argv=None) -> int:
     )
     # which kernel every party's int64 products used (mpc.ring: auto keeps torch's on the CPU)
     result["ring_matmul"] = kernel or "auto"
-    result["machine"] = {
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
+    result["machine"] = machine_info()
     text = json.dumps(result, indent=None if args.json else 2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

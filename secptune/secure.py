@@ -261,8 +261,8 @@ class SecureSession:
 
 
 class _PhaseRecorder:
-    """``with recorder(name):`` adds the traffic this process sent and the time spent to
-    ``phases[name]`` ({"bytes", "rounds", "wall_s"})."""
+    """``with recorder(name):`` adds the online traffic this process sent (to the other
+    computing party), its requests to the dealer and the time spent to ``phases[name]``."""
 
     def __init__(self, phases: dict):
         self.phases = phases
@@ -275,9 +275,12 @@ class _PhaseRecorder:
             before, started = accounting.log().as_dict(), time.perf_counter()
             yield
             after = accounting.log().as_dict()
-            slot = self.phases.setdefault(name, {"bytes": 0, "rounds": 0, "wall_s": 0.0})
-            slot["bytes"] += after["bytes"] - before["bytes"]
-            slot["rounds"] += after["rounds"] - before["rounds"]
+            slot = self.phases.setdefault(
+                name, {"bytes": 0, "rounds": 0, "dealer_bytes": 0, "dealer_rounds": 0, "wall_s": 0.0}
+            )
+            for key, channel in (("", "online"), ("dealer_", "dealer")):
+                slot[key + "bytes"] += after[channel]["bytes"] - before[channel]["bytes"]
+                slot[key + "rounds"] += after[channel]["rounds"] - before[channel]["rounds"]
             slot["wall_s"] += time.perf_counter() - started
 
         return record()

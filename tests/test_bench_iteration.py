@@ -1,0 +1,48 @@
+"""scripts/bench_iteration.py: the per-iteration comparison's JSON adds up."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import bench_iteration  # noqa: E402
+
+
+def run(capsys, *argv):
+    code = bench_iteration.main(list(argv))
+    return code, capsys.readouterr()
+
+
+def test_gradient_step_reports_phases_and_extrapolates(capsys):
+    code, captured = run(capsys, "--method", "prompt-grad", "--model", "tiny-llama", "--seq", "8", "--batch", "2",
+                         "--layers", "1", "--json")
+    assert code == 0
+    r = json.loads(captured.out)
+    assert r["method"] == "prompt-grad" and r["layers_run"] == 1 and r["layers_full"] == 2
+    assert r["forward_s"] > 0 and r["backward_s"] >= r["step_s"] > 0
+    phases = r["phases"]
+    assert set(phases) == {"forward", "backward", "step"}
+    sent = {role: sum(phases[p][role]["bytes"] for p in phases) for role in ("owner", "server")}
+    assert r["bytes"] == max(sent.values()) > 0
+    # backpropagation moves data of its own, comparable to the forward pass
+    assert phases["backward"]["owner"]["bytes"] > 0.2 * phases["forward"]["owner"]["bytes"]
+    ext = r["extrapolation"]
+    assert ext["per_layer"]["bytes"] > 0
+    assert ext["total"]["bytes"] == r["bytes"] + ext["per_layer"]["bytes"]  # 1 measured + 1 more layer
+
+
+def test_forward_only_iteration_has_no_backward(capsys):
+    code, captured = run(capsys, "--method", "fot-softmax", "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--json")
+    assert code == 0
+    r = json.loads(captured.out.strip().splitlines()[-1])
+    assert r["method"] == "fot-softmax" and r["backward_s"] == 0.0 and r["forward_s"] > 0
+    comm = r["forward_report"]["comm"]
+    assert r["bytes"] == max(comm["owner"]["online"]["bytes"], comm["server"]["online"]["bytes"]) > 0
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(SystemExit):
+        bench_iteration.main(["--method", "adam", "--model", "tiny-llama"])
