@@ -202,6 +202,13 @@ def activation_series(name: str, bound: float, tol: float = 1e-4) -> FourierSeri
 
 
 @lru_cache(maxsize=16)
+def power_series(exponent: float, low: float, high: float, tol: float = 1e-3) -> FourierSeries:
+    """r^exponent on [low, high] (0 < low): a one-round start for Newton's reciprocal and
+    inverse square root, whose steps then square the remaining error."""
+    return fit_series(lambda r: r**exponent, low, high, tol=tol, reference=lambda t: t**exponent)
+
+
+@lru_cache(maxsize=16)
 def exp_series(low: float, high: float) -> FourierSeries:
     """exp on [low, high] (RFA feature maps): its steep end needs a lighter smoothing,
     a longer bridge and a tolerance relative to its largest value e^high."""

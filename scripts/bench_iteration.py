@@ -144,8 +144,8 @@ def forward_method(args) -> dict:
 
     def fields(comm: dict, wall_s: float) -> dict:
         return {
-            "bytes": max(comm["owner"]["bytes"], comm["server"]["bytes"]),
-            "rounds": max(comm["owner"]["rounds"], comm["server"]["rounds"]),
+            "bytes": max(c["bytes"] for c in comm.values()),
+            "rounds": max(c["rounds"] for c in comm.values()),
             "forward_s": round(wall_s, 3),
             "backward_s": 0.0,
         }
@@ -153,11 +153,13 @@ def forward_method(args) -> dict:
     online = {role: f["comm"][role]["online"] for role in ("owner", "server")}
     out = {"method": args.method, "layers_run": f["layers_run"], "layers_full": f["layers_full"], **fields(online, f["wall_s"])}
     if "extrapolation" in f:
+        # the extrapolated owner counts include its requests to the dealer; the server's are
+        # online traffic only, and online traffic is the same for both parties
         ext = f["extrapolation"]
         out["extrapolation"] = {
             "method": ext["method"],
-            "per_layer": fields(ext["per_layer"]["comm"], ext["per_layer"]["wall_s"]),
-            "total": fields(ext["total"]["comm"], ext["total"]["wall_s"]),
+            "per_layer": fields({"server": ext["per_layer"]["comm"]["server"]}, ext["per_layer"]["wall_s"]),
+            "total": fields({"server": ext["total"]["comm"]["server"]}, ext["total"]["wall_s"]),
         }
     out["forward_report"] = f
     return out

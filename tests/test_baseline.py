@@ -32,6 +32,7 @@ def test_secure_gradients_match_plaintext(model):
         labels=len(prep.label_ids), cfg=asdict(approx.ApproxConfig()), expected_vocab=prep.arch.vocab_size, native=True
     )
     methods = ["prompt-grad", "sft"]
+    # gradients only: a whole training step (Adam on shares) runs in tests/test_bench_iteration.py
     results = launcher.run_local(
         owner=launcher.PartyJob(train_jobs.owner_job, (request, prep.verbalizer, batch, labels, methods)),
         server=launcher.PartyJob(train_jobs.server_job, (str(prep.model_dir),)),
@@ -39,7 +40,7 @@ def test_secure_gradients_match_plaintext(model):
     )
     got = results["owner"].value
     for method in methods:
-        loss, grads = got["grads"][method]
+        loss, grads = got[method]
         want_loss, _, want = _plain_grads(prep, batch, labels, method)
         assert abs(float(loss) - float(want_loss)) < 1e-2 * max(1.0, abs(float(want_loss)))
         assert set(grads) == set(want)
@@ -48,6 +49,3 @@ def test_secure_gradients_match_plaintext(model):
             scale = float(w.abs().max())
             err = float((g - w).abs().max())
             assert err <= 0.05 * scale + 1e-3, f"{method} {name}: max error {err:.3g} vs gradient scale {scale:.3g}"
-    step = got["step"]
-    assert set(step["phases"]) == {"forward", "backward", "step"}
-    assert all(p["bytes"] > 0 and p["rounds"] > 0 for p in step["phases"].values())

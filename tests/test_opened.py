@@ -23,4 +23,7 @@ def test_secure_norm_matches_oracle_and_opens_each_tensor_once():
     assert (got - want)[6:].abs().max() < 5e-4
     # one full-size opening (8 bytes per element); the rest is per row (9 comparisons, exact sums)
     full = 8 * x.numel()
+    # one opening, one comparison batch, two exact truncations, a Fourier start and two Newton
+    # steps (11 steps of 3 rounds from a fixed start before), the per-row products
+    assert cost["rounds"] <= 30
     assert full <= cost["bytes"] < full + 8000 * rows
