@@ -313,12 +313,3 @@ def rsqrt_wide(v, low: float, high: float):
     accurate on about [0.1, 300] only.  Used by the training baselines' norms."""
     s, s2 = power_of_two_scale(v.detach(), low, high)  # piecewise constant in v: no gradient
     return _rsqrt_reduced(v * s2, fourier_start=False) * s
-
-
-def layer_norm(x, weight, bias, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
-    centred = x - x.mean(-1, keepdim=True)
-    return normalize(centred, eps, cfg, monitor, "layer_norm_variance") * weight + bias
-
-
-def rms_norm(x, weight, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
-    return normalize(x, eps, cfg, monitor, "rms_norm_mean_square") * weight

@@ -63,14 +63,10 @@ def request(name: str, size, *args, device=None):
     from crypten.mpc.provider.ttp_provider import TTPClient
 
     client = TTPClient.get()
-    if comm.get().get_rank() == 0:
-        kwargs = {}
-        if _PENDING_RELEASE:
-            kwargs["release"] = list(_PENDING_RELEASE)
-        result = client.ttp_request(name, device, tuple(size), *args, **kwargs)
-        _PENDING_RELEASE.clear()
-        return result
+    release = list(_PENDING_RELEASE)
     _PENDING_RELEASE.clear()
+    if comm.get().get_rank() == 0:
+        return client.ttp_request(name, device, tuple(size), *args, **({"release": release} if release else {}))
     return generate_random_ring_element(torch.Size(size), generator=client.get_generator(device=device), device=device)
 
 

@@ -30,16 +30,12 @@ _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()
 
 
-def _held(handle: int, last: bool) -> torch.Tensor:
+def held_mask(handle: int, last: bool) -> torch.Tensor:
+    """Dealer side: the mask A held under ``handle`` (forgotten if ``last``)."""
     mask = _DEALER_MASKS.pop(handle, None) if last else _DEALER_MASKS.get(handle)
     if mask is None:
         raise RuntimeError(f"dealer: no held mask under handle {handle}")
     return mask
-
-
-def held_mask(handle: int, last: bool) -> torch.Tensor:
-    """Dealer side: the mask A held under ``handle`` (forgotten if ``last``)."""
-    return _held(handle, last)
 
 
 @release_hook
@@ -56,19 +52,19 @@ def _deal_hold(server, size, handle, shape):
 
 @dealer_function("held_product")
 def _deal_held_product(server, size, handle, b_shape, last):
-    c = _held(handle, last) * server.prss(torch.Size(b_shape))
+    c = held_mask(handle, last) * server.prss(torch.Size(b_shape))
     return c - server.prss_server(c.size())
 
 
 @dealer_function("held_matmul")
 def _deal_held_matmul(server, size, handle, b_shape, last):
-    c = ring_matmul(_held(handle, last), server.prss(torch.Size(b_shape)))
+    c = ring_matmul(held_mask(handle, last), server.prss(torch.Size(b_shape)))
     return c - server.prss_server(c.size())
 
 
 @dealer_function("held_square")
 def _deal_held_square(server, size, handle, last):
-    mask = _held(handle, last)
+    mask = held_mask(handle, last)
     return mask * mask - server.prss_server(mask.size())
 
 
@@ -136,12 +132,15 @@ class Opened:
 
     def square(self, last: bool = False):
         """x·x: no opening at all."""
+        return from_product_shares(self._square_shares(last))
+
+    def _square_shares(self, last: bool) -> torch.Tensor:
+        """This party's int64 shares of x² at scale 2^32 (not yet truncated)."""
         c = request("held_square", self.shape, self.handle, last)
         z = 2 * self.e * self.a + c
         if party_rank() == 0:
             z += self.e * self.e
-        return from_product_shares(z)
-
+        return z
 
     def square_sums(self, gains: tuple[int, ...] = (0,), last: bool = False) -> list:
         """Σ x² over the last dim times 2^g for each gain g, from the exact ring sum of the
@@ -151,11 +150,7 @@ class Opened:
 
         if any(not 0 <= g < PRECISION_BITS for g in gains):
             raise ValueError(f"gains {gains} outside [0, {PRECISION_BITS})")
-        c = request("held_square", self.shape, self.handle, last)
-        z = 2 * self.e * self.a + c
-        if party_rank() == 0:
-            z += self.e * self.e
-        sums = z.sum(-1, keepdim=True)
+        sums = self._square_shares(last).sum(-1, keepdim=True)
         exact = truncate_shares(torch.stack([sums] * len(gains)), tuple(PRECISION_BITS - g for g in gains))
         return [MPCTensor.from_shares(t, precision=PRECISION_BITS) for t in exact]
 

@@ -405,7 +405,7 @@ def _links(comm: dict) -> dict:
     return {name: round(s, 4) for name, s in costmodel.link_times(online).items()}
 
 
-def _extrapolate(full: dict, zero: dict, n: int, total_layers: int) -> dict:
+def extrapolate_layers(full: dict, zero: dict, n: int, total_layers: int) -> dict:
     """Linear model in the layer count: per layer = (n-layer − 0-layer)/n."""
 
     def walk(a, b, fn):
@@ -511,7 +511,7 @@ def run(args) -> dict:
             flat = {p: {"bytes": c[p]["bytes"], "rounds": c[p]["rounds"]} for p in c}
             return {"comm": flat, "ops": _op_table(f), "links_s": _links(c), "wall_s": f["wall_s"]}
 
-        ext = _extrapolate(measures(forward, server_forward), measures(zero, zero_server), layers, total_layers)
+        ext = extrapolate_layers(measures(forward, server_forward), measures(zero, zero_server), layers, total_layers)
         ext.update(
             method=(
                 f"the same session ran the forward with {layers} and with 0 layers; per layer = "

@@ -94,19 +94,6 @@ def summary(run: dict) -> dict:
     }
 
 
-def _difference(a: dict, b: dict) -> dict:
-    """a − b over the numbers of two summaries (phases included)."""
-    if isinstance(a, dict):
-        return {k: _difference(a[k], b[k]) for k in a}
-    return a - b
-
-
-def _scaled_sum(base: dict, per: dict, k: int) -> dict:
-    if isinstance(base, dict):
-        return {key: _scaled_sum(base[key], per[key], k) for key in base}
-    return base + k * per
-
-
 def gradient_method(args) -> dict:
     depth = bf.full_layers(bf.ModelSpec(args.model))
     layers = args.layers if args.layers is not None and args.layers < depth else None
@@ -117,17 +104,18 @@ def gradient_method(args) -> dict:
     inputs, verbalizer = bf.make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)
     started = time.perf_counter()
     run = train_step(spec, arch, inputs, verbalizer, args.method, args.timeout)
-    out = {"method": args.method, "layers_run": arch.layers, "layers_full": depth, **summary(run), "loss": run["loss"]}
+    measured = summary(run)
+    out = {"method": args.method, "layers_run": arch.layers, "layers_full": depth, **measured, "loss": run["loss"]}
     if layers is not None:
         more = replace(spec, layers=layers + 1)
         bigger = summary(train_step(more, arch_from_config(bf.model_config(more)), inputs, verbalizer, args.method, args.timeout))
-        small = summary(run)
-        per = _difference(bigger, small)
+        # the same linear model as the forward benchmark, with the L-layer run as its base
+        ext = bf.extrapolate_layers(bigger, measured, 1, depth - layers)
         out["extrapolation"] = {
             "method": f"runs with {layers} and {layers + 1} layers; per layer = difference; "
             f"total = {layers}-layer run + {depth - layers} x per layer",
-            "per_layer": per,
-            "total": _scaled_sum(small, per, depth - layers),
+            "per_layer": ext["per_layer"],
+            "total": ext["total"],
         }
     out["run_wall_s"] = round(time.perf_counter() - started, 2)
     return out

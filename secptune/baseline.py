@@ -86,7 +86,9 @@ def loss_and_grads(model, text, prompt, verbalizer, labels, method: str, phase=N
     ``text``: (token one-hot [B, n, V], Batch with pred/penalty, embeddings or None);
     ``prompt`` [1, P, H]; ``verbalizer`` [L, V]; ``labels`` one-hot [B, L].  ``phase(name)``
     (a context manager factory, optional) brackets the forward and backward passes.
-    Returns (loss, {name: gradient}) with ``"prompt"`` for prompt tuning.
+    Returns (loss, {name: trained tensor}, {name: gradient}), keyed ``"prompt"`` for
+    prompt tuning.  A trained tensor without a gradient is an error: CrypTen's autograd
+    drops gradients silently through operations it does not know (e.g. indexing).
     """
     from contextlib import nullcontext
     from dataclasses import replace
@@ -114,4 +116,7 @@ def loss_and_grads(model, text, prompt, verbalizer, labels, method: str, phase=N
     grads = {n: t.grad for n, t in params.items()}
     for name in names:
         model.w[name] = _set_requires_grad(model.w[name], False)
+    missing = sorted(n for n, g in grads.items() if g is None)
+    if missing:
+        raise RuntimeError(f"no gradient reached {', '.join(missing)}: an operation on its path is not differentiable")
     return loss, params, grads

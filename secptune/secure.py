@@ -174,18 +174,9 @@ class SecureSession:
 
         if self.is_owner:
             cmd = self._command({"op": "train", "texts": text_id, "P": prompt.shape[1], "method": method, "lr": lr})
-        if not self.model.nl.native:
-            raise SecureComputationError("training baselines need a session opened with native=True")
-        text = self.texts[cmd["texts"]]
-        B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
-        shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
-        shared_labels = _share(labels, (B, L), OWNER)
         phases: dict = {}
         recorder = _PhaseRecorder(phases)
-        loss, params, grads = baseline.loss_and_grads(
-            self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
-            cmd["method"], phase=recorder,
-        )
+        loss, params, grads = self.baseline_gradients(cmd, prompt, labels, phase=recorder)
         if self.optimizer is None:
             self.optimizer = baseline.Adam(lr=cmd["lr"])
         with recorder("step"):
@@ -195,6 +186,22 @@ class SecureSession:
         entry = {"method": cmd["method"], "phases": phases, "loss": reveal_to(loss, OWNER)}
         self.train_log.append(entry)
         return entry
+
+    def baseline_gradients(self, cmd: dict, prompt=None, labels=None, phase=None):
+        """Both parties: the owner's prompt and labels shared, then the loss, trained tensors and
+        gradients of ``cmd["method"]`` on text set ``cmd["texts"]`` (secptune.baseline), all shared."""
+        from secptune import baseline
+
+        if not self.model.nl.native:
+            raise SecureComputationError("training baselines need a session opened with native=True")
+        text = self.texts[cmd["texts"]]
+        B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
+        shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
+        shared_labels = _share(labels, (B, L), OWNER)
+        return baseline.loss_and_grads(
+            self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
+            cmd["method"], phase=phase,
+        )
 
     def scores(self, text_id: int | None = None, prompts: torch.Tensor | None = None, cmd: dict | None = None):
         """Scores [R*B, L] of R prompts [R, P, H] on text set ``text_id`` (owner gets them)."""

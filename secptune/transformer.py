@@ -24,7 +24,7 @@ import torch
 from mpc import approx
 from mpc.accounting import section
 from mpc.fixed_weights import FixedWeight
-from mpc.opened import Unopened, open_once
+from mpc.opened import Opened, Unopened, open_once
 from mpc.tensorops import cat, is_secure, pad
 from rfa.config import SOFTMAX, AttentionConfig
 from rfa.random_features import rfa_attention, server_feature_matrices
@@ -262,7 +262,7 @@ class Transformer:
             if isinstance(weight, FixedWeight):
                 y = weight.apply(x)
             else:
-                y = x.matmul(weight) if hasattr(x, "release") else x @ weight
+                y = x.matmul(weight) if isinstance(x, (Opened, Unopened)) else x @ weight
             bias = self.w.get(f"{name}.b")
             return y if bias is None else y + bias
 

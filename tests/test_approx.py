@@ -58,13 +58,17 @@ def test_softmax_with_penalty_mask():
 
 
 def test_norms_match_torch():
+    """The model's approximate norms (γ/β applied after, as the folded linears do) against torch's."""
+    from secptune.transformer import Nonlinear
+
+    nl = Nonlinear(cfg=CFG)
     torch.manual_seed(0)
     x = torch.randn(4, 9, 32, dtype=torch.float64) * 3 + 1
     w, b = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
     ln = torch.nn.functional.layer_norm(x, (32,), w, b, 1e-5)
-    assert (approx.layer_norm(x, w, b, 1e-5, CFG) - ln).abs().max() < 1e-5
+    assert (nl.normalize(x, 1e-5, centre=True) * w + b - ln).abs().max() < 1e-5
     rms = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5) * w
-    assert (approx.rms_norm(x, w, 1e-5, CFG) - rms).abs().max() < 1e-5
+    assert (nl.normalize(x, 1e-5, centre=False) * w - rms).abs().max() < 1e-5
 
 
 def test_range_monitor_counts_violations():

@@ -5,24 +5,13 @@ from mpc.reveal import reveal_to
 
 
 def _grad_session_class():
-    from secptune import baseline
-    from secptune.secure import OWNER, SecureSession, _share
+    from secptune.secure import OWNER, SecureSession
 
     class GradSession(SecureSession):
         def grads(self, text_id=None, prompt=None, labels=None, method="", cmd=None):
             if self.is_owner:
                 cmd = self._command({"op": "grads", "texts": text_id, "P": prompt.shape[1], "method": method})
-            text = self.texts[cmd["texts"]]
-            B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
-            shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
-            shared_labels = _share(labels, (B, L), OWNER)
-            loss, _, grads = baseline.loss_and_grads(
-                self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
-                cmd["method"],
-            )
-            missing = sorted(n for n, g in grads.items() if g is None)
-            if missing:
-                raise RuntimeError(f"no gradient for {missing}")
+            loss, _, grads = self.baseline_gradients(cmd, prompt, labels)
             return reveal_to(loss, OWNER), {n: reveal_to(g, OWNER) for n, g in grads.items()}
 
         def _command(self, cmd):
