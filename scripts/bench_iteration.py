@@ -39,16 +39,16 @@ METHODS = ("sft", "prompt-grad", "fot-softmax", "fot-rfa")
 PHASES = ("forward", "backward", "step")
 
 
-def owner_job(request, inputs, verbalizer, labels, method):
+def owner_job(request, inputs, verbalizer, labels, method, step=True):
     from secptune.secure import SecureSession
 
     session = SecureSession(request, verbalizer=verbalizer)
     try:
         text_id = session.load_texts(replace(inputs, prompt=None))
-        step = session.train(text_id, inputs.prompt[:1], labels, method, lr=1e-3)
+        out = session.train(text_id, inputs.prompt[:1], labels, method, lr=1e-3, step=step)
     finally:
         session.close()
-    return step
+    return out
 
 
 def server_job(spec):
@@ -60,7 +60,7 @@ def server_job(spec):
     return session.train_log[0]
 
 
-def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float) -> dict:
+def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float, step: bool = True) -> dict:
     """One secure training step: per party, per phase bytes/rounds/time."""
     from mpc import approx, launcher
     from secptune import secure
@@ -70,7 +70,7 @@ def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float) ->
         labels=verbalizer.shape[0], cfg=asdict(approx.ApproxConfig()), expected_vocab=arch.vocab_size, native=True
     )
     results = launcher.run_local(
-        owner=launcher.PartyJob(owner_job, (request, inputs, verbalizer, labels.double(), method)),
+        owner=launcher.PartyJob(owner_job, (request, inputs, verbalizer, labels.double(), method, step)),
         server=launcher.PartyJob(server_job, (spec,)),
         timeout_s=timeout_s,
     )
@@ -103,12 +103,16 @@ def gradient_method(args) -> dict:
     arch = arch_from_config(bf.model_config(spec))
     inputs, verbalizer = bf.make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)
     started = time.perf_counter()
-    run = train_step(spec, arch, inputs, verbalizer, args.method, args.timeout)
+    step = not args.no_step
+    run = train_step(spec, arch, inputs, verbalizer, args.method, args.timeout, step)
     measured = summary(run)
     out = {"method": args.method, "layers_run": arch.layers, "layers_full": depth, **measured, "loss": run["loss"]}
+    if not step:
+        out["step"] = "skipped (--no-step): the Adam step's cost depends on the trained tensors' sizes only"
     if layers is not None:
         more = replace(spec, layers=layers + 1)
-        bigger = summary(train_step(more, arch_from_config(bf.model_config(more)), inputs, verbalizer, args.method, args.timeout))
+        bigger_arch = arch_from_config(bf.model_config(more))
+        bigger = summary(train_step(more, bigger_arch, inputs, verbalizer, args.method, args.timeout, step))
         # the same linear model as the forward benchmark, with the L-layer run as its base
         ext = bf.extrapolate_layers(bigger, measured, 1, depth - layers)
         out["extrapolation"] = {
@@ -173,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=4)
     p.add_argument("--vocab", type=int, default=4096, help=f"{bf.ROBERTA_LARGE} only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-step", action="store_true", help="gradient methods: stop after the backward pass (no Adam step)")
     p.add_argument("--timeout", type=float, default=6 * 3600.0)
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--out", help="also write the JSON report here")

@@ -166,23 +166,31 @@ class SecureSession:
         self.texts.append(_TextSet(self.model.embed_tokens(token, types), shared, token))
         return len(self.texts) - 1
 
-    def train(self, text_id=None, prompt=None, labels=None, method: str = "", lr: float = 1e-3, cmd=None) -> dict:
+    def train(
+        self, text_id=None, prompt=None, labels=None, method: str = "", lr: float = 1e-3, cmd=None, step: bool = True
+    ) -> dict:
         """One step of a training baseline (secptune.baseline) on text set ``text_id`` with
         ``prompt`` [1, P, H] and one-hot ``labels`` [B, L] (owner's); needs a ``native``
-        session.  Returns per-phase traffic and time, and (owner) the revealed loss."""
+        session.  ``step=False`` stops after the gradients (benchmarks: the Adam step's cost depends
+        only on the trained tensors' sizes).  Returns per-phase traffic and time, and (owner) the
+        revealed loss."""
         from secptune import baseline
 
         if self.is_owner:
-            cmd = self._command({"op": "train", "texts": text_id, "P": prompt.shape[1], "method": method, "lr": lr})
+            cmd = self._command(
+                {"op": "train", "texts": text_id, "P": prompt.shape[1], "method": method, "lr": lr, "step": step}
+            )
         phases: dict = {}
         recorder = _PhaseRecorder(phases)
         loss, params, grads = self.baseline_gradients(cmd, prompt, labels, phase=recorder)
-        if self.optimizer is None:
-            self.optimizer = baseline.Adam(lr=cmd["lr"])
-        with recorder("step"):
-            updated = self.optimizer.step(params, grads)
-        if cmd["method"] == "sft":
-            self.model.w.update(updated)
+        if cmd.get("step", True):
+            if self.optimizer is None:
+                self.optimizer = baseline.Adam(lr=cmd["lr"])
+            self.optimizer.lr = cmd["lr"]  # a schedule may change it between steps; the moments carry over
+            with recorder("step"):
+                updated = self.optimizer.step(params, grads)
+            if cmd["method"] == "sft":
+                self.model.w.update(updated)
         entry = {"method": cmd["method"], "phases": phases, "loss": reveal_to(loss, OWNER)}
         self.train_log.append(entry)
         return entry

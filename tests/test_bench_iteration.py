@@ -46,3 +46,12 @@ def test_forward_only_iteration_has_no_backward(capsys):
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
         bench_iteration.main(["--method", "adam", "--model", "tiny-llama"])
+
+
+def test_no_step_stops_after_the_gradients(capsys):
+    code, captured = run(capsys, "--method", "sft", "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--no-step",
+                         "--json")
+    assert code == 0
+    r = json.loads(captured.out)
+    assert r["step_s"] == 0.0 and "skipped" in r["step"]
+    assert r["phases"]["step"]["owner"]["bytes"] == 0 and r["phases"]["backward"]["owner"]["bytes"] > 0
