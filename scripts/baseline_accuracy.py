@@ -162,11 +162,19 @@ def _restore(method, model, prompt, state):
 
 
 def markdown(report: dict) -> str:
-    methods = report["config"]["methods"]
-    lines = ["| task | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    """Test score per task and method; trained runs show their epochs and batch size."""
+    methods = METHODS
+    lines = ["| task | metric | test n | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     for task, res in report["tasks"].items():
-        cells = [f"{res[m]['test']:.3f}" for m in methods]
-        lines.append(f"| {task} | {res['metric']} | " + " | ".join(cells) + " |")
+        cells = []
+        for m in methods:
+            r = res.get(m)
+            if r is None:
+                cells.append("not run")
+            else:
+                how = f" ({r['epochs']} ep, batch {r['batch']}, best dev {r['best_dev']:.3f})" if "epochs" in r else ""
+                cells.append(f"{r['test']:.3f}{how}")
+        lines.append(f"| {task} | {res['metric']} | {res['n_test']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,9 +227,9 @@ def main(argv=None) -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=1) + "\n")  # after every run: nothing lost on a kill
         tqdm.write(f"{task:7s} {method:12s} test {result['test']:.3f}  ({result['wall_s']:.0f} s)")
-    done = {t: r for t, r in report["tasks"].items() if all(m in r for m in args.methods)}
-    out_path.with_suffix(".md").write_text(markdown({"config": report["config"], "tasks": done}))
-    print(markdown({"config": report["config"], "tasks": done}))
+    text = markdown(report)
+    out_path.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 
