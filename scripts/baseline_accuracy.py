@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from secptune.arch import arch_from_config  # noqa: E402
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model  # noqa: E402
-from secptune.errors import InputError  # noqa: E402
-from secptune.fewshot import held_out, sample_k_shot  # noqa: E402
-from secptune.inputs import Template, encode, load_jsonl, verbalizer_ids  # noqa: E402
-from secptune.tasks import TASKS, get_task, task_file  # noqa: E402
-from secptune.tune import metric  # noqa: E402
+from secptune.infer import pad_token  # noqa: E402
+from secptune.inputs import Template, encode, verbalizer_ids  # noqa: E402
+from secptune.tasks import TASKS, get_task  # noqa: E402
+from secptune.tune import TuneConfig, metric  # noqa: E402
+from secptune.tune_job import task_examples  # noqa: E402
 
 METHODS = ("zero-shot", "sft", "prompt-grad")
 LR = {"sft": 5e-5, "prompt-grad": 1e-2}
@@ -54,12 +54,7 @@ class TaskData:
         template = Template(spec.templates[arch.family], arch.family)
         self.label_ids = torch.tensor(verbalizer_ids(tokenizer, list(spec.verbalizers[arch.family]), template))
         self.metric = spec.metric
-        pool = load_jsonl(task_file(task, "train", data))
-        train, dev = sample_k_shot(pool, k, seed)
-        try:
-            test = load_jsonl(task_file(task, "test", data), test_limit)
-        except InputError:  # Yelp ships a few-shot pool only: test on the rest of it (as the tuner does)
-            test = held_out(pool, train + dev, test_limit, seed)
+        train, dev, test = task_examples(TuneConfig(task=task, data=data, k=k, seed=seed, test_limit=test_limit))
         self.splits = {}
         for name, examples in (("train", train), ("dev", dev), ("test", test)):
             enc = encode(tokenizer, examples, template, arch.prefix_tokens)
@@ -203,7 +198,7 @@ def main(argv=None) -> int:
         print("error: this script trains causal LMs (smollm2 or a Llama-style checkpoint)", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(model_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token(tokenizer, arch)
     out_path = Path(args.out)
     report = json.loads(out_path.read_text()) if out_path.exists() else {"tasks": {}}
     report["config"] = {**vars(args), "lr": LR, "model_dir": str(model_dir), "torch": torch.__version__}

@@ -78,6 +78,11 @@ def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float, st
     return {"owner": owner["phases"], "server": server["phases"], "loss": float(owner["loss"])}
 
 
+def full_depth(report: dict) -> dict:
+    """The full-model figures of a report: its extrapolation when it ran fewer layers, else itself."""
+    return report["extrapolation"]["total"] if "extrapolation" in report else report
+
+
 def summary(run: dict) -> dict:
     """The issue's fields from one measured step."""
     phases = {p: {role: run[role].get(p, {"bytes": 0, "rounds": 0, "wall_s": 0.0}) for role in ("owner", "server")} for p in PHASES}

@@ -36,19 +36,20 @@ PHASES = ("forward", "backward")
 
 def counts(report: dict) -> dict:
     """Per phase and party, bytes and rounds of the full-depth (extrapolated) iteration."""
-    total = report["extrapolation"]["total"] if "extrapolation" in report else report
+    total = bi.full_depth(report)
     return {
         p: {r: {k: total["phases"][p][r][k] for k in ("bytes", "rounds")} for r in ROLES} for p in PHASES
     } | {"forward_s": total["forward_s"], "backward_s": total["backward_s"] - total.get("step_s", 0.0)}
 
 
-def reduced_width(n: int) -> int:
-    """What CrypTen's log-reduction max leaves for its pairwise step: int(ln n) halvings of n."""
-    return n >> int(math.log(n))
-
-
 def halvings(n: int) -> int:
+    """How often CrypTen's log-reduction max halves a row of n entries: int(ln n)."""
     return int(math.log(n))
+
+
+def reduced_width(n: int) -> int:
+    """What that max leaves for its pairwise step."""
+    return n >> halvings(n)
 
 
 def basis(kind: str, n: int, widths: list[int]) -> list[Fraction]:
@@ -132,8 +133,7 @@ def analyse(args, measured: dict[int, dict]) -> dict:
 def step_counts(path: str | None) -> dict | None:
     if not path:
         return None
-    report = json.loads(Path(path).read_text())
-    total = report["extrapolation"]["total"] if "extrapolation" in report else report
+    total = bi.full_depth(json.loads(Path(path).read_text()))
     step = total["phases"]["step"]
     return {"from": path, "bytes": max(step[r]["bytes"] for r in ROLES), "rounds": max(step[r]["rounds"] for r in ROLES),
             "step_s": total["step_s"]}

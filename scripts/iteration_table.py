@@ -17,6 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_iteration import full_depth  # noqa: E402
+
 # SecP-Tuning (arXiv 2506.15307), RoBERTa-large, seq 512, per iteration: seconds, GB
 PAPER = {
     "sft": (651.6, 970.7),
@@ -46,7 +50,7 @@ def gradient_row(report: dict) -> dict:
 
 
 def forward_row(report: dict) -> dict:
-    total = report.get("extrapolation", {}).get("total", report)
+    total = full_depth(report)
     return {
         "bytes": int(total["bytes"]), "rounds": int(total["rounds"]), "forward_s": total["forward_s"], "backward_s": 0.0,
         "time_seq": report["seq"], "source": report["command"], "seq": report["seq"],

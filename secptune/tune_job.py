@@ -21,7 +21,7 @@ from secptune.transformer import Batch
 from secptune.tune import TextSets, TuneConfig, tune_program
 
 
-def _task_examples(cfg: TuneConfig) -> tuple[list[Example], list[Example], list[Example]]:
+def task_examples(cfg: TuneConfig) -> tuple[list[Example], list[Example], list[Example]]:
     pool = load_jsonl(cfg.train or task_file(cfg.task, "train", cfg.data))
     train, dev = sample_k_shot(pool, cfg.k, cfg.seed)
     if cfg.test:
@@ -43,7 +43,7 @@ def build_texts(cfg: TuneConfig) -> tuple[Path, TextSets, str]:
     template = Template(cfg.template or spec.templates[arch.family], arch.family)
     words = cfg.verbalizer or list(spec.verbalizers[arch.family])
     label_ids = verbalizer_ids(tokenizer, words, template)
-    train, dev, test = _task_examples(cfg)
+    train, dev, test = task_examples(cfg)
     pad_id = pad_token(tokenizer, arch)
     prompt = torch.zeros(cfg.prompt_len, arch.hidden, dtype=torch.float64)
     empty = torch.zeros(0, arch.hidden, dtype=torch.float64)
