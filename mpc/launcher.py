@@ -101,7 +101,7 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
     """Entry point of every spawned party process (``network``: a multi-host run, see run_party)."""
     from mpc import accounting, reveal
 
-    if network is not None and parent_pid is not None:
+    if parent_pid is not None:
         _die_with_parent(parent_pid)
     started = time.perf_counter()
     finished, reason = False, None
@@ -187,8 +187,8 @@ def run_local(
         pipes, procs = {}, {}
         for role, job in jobs.items():
             parent_end, child_end = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_party_main, args=(role, spec, job, child_end), name=f"secptune-{role}"
+            proc = ctx.Process(  # parent_pid: a killed command takes its parties with it
+                target=_party_main, args=(role, spec, job, child_end, None, os.getpid()), name=f"secptune-{role}"
             )
             proc.start()
             child_end.close()

@@ -91,7 +91,9 @@ def predict(kind: str, coef: list[Fraction], n: int, widths: list[int]) -> Fract
 def measure(args, seq: int) -> dict:
     kept = Path(args.keep) / f"{args.method}_seq{seq}.json" if args.keep else None
     if kept is not None and kept.exists():
+        print(f"[seqfit] {args.method} seq {seq}: reusing {kept}", file=sys.stderr, flush=True)
         return json.loads(kept.read_text())
+    print(f"[seqfit] {args.method} seq {seq}: running ...", file=sys.stderr, flush=True)
     ns = argparse.Namespace(
         method=args.method, model=args.model, seq=seq, batch=1, layers=args.layers, prompt_len=args.prompt_len,
         vocab=args.vocab, seed=args.seed, timeout=args.timeout, no_step=True,
@@ -173,7 +175,6 @@ def main(argv=None) -> int:
             return 2
     measured = {}
     for n in sorted(set(args.fit + args.check)):
-        print(f"[seqfit] {args.method} seq {n} ...", file=sys.stderr, flush=True)
         measured[n] = counts(measure(args, n))
     fit = analyse(args, measured)
     step = step_counts(args.step_from)

@@ -150,9 +150,14 @@ def _add_tune(sub) -> None:
     p.add_argument("--prompt-len", type=int, help="(50)")
     p.add_argument("--intrinsic-dim", type=int, help="(500)")
     p.add_argument("--popsize", type=int, help="(20)")
+    p.add_argument("--alpha", type=float,
+                   help="prompt scale: a prompt of z ~ N(0, 1) has the embedding table's std times alpha (1.0)")
     p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
     p.add_argument("--loss", choices=["ce", "hinge"])
     p.add_argument("--attention", choices=["rfa", "softmax"], default="softmax")
+    p.add_argument("--exact", action="store_true", default=None,
+                   help="plain only: the unmodified transformers model in float32 (the non-private baseline; "
+                        "without it plain mode runs the secure run's approximations in float64)")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--test-limit", type=int)
     p.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")

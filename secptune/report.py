@@ -41,10 +41,11 @@ def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float)
 def _markdown(d: dict) -> str:
     c, f, t = d["config"], d["final"], d["totals"]
     lines = [
-        f"# secptune tune: {c['task']} on {c['model']} ({c['mode']})",
+        f"# secptune tune: {c['task']} on {c['model']} ({c['mode']}{', exact float32' if c.get('exact') else ''})",
         "",
         f"k={c['k']} seed={c['seed']} prompt_len={c['prompt_len']} d={c['intrinsic_dim']} "
-        f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']}",
+        f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']} alpha={c.get('alpha', 1.0)} "
+        f"attention={c.get('attention', 'softmax')}",
         "",
         f"| split | zero-shot {f['metric']} | tuned {f['metric']} |",
         "|---|---|---|",
@@ -95,18 +96,24 @@ def load_run(path: str) -> dict:
     return json.loads(p.read_text())
 
 
+def _mode(config: dict) -> str:
+    return config["mode"] + (" (exact)" if config.get("exact") else "")
+
+
 def compare(paths: list[str], plot: str | None = None) -> str:
     """A table of runs side by side (accuracy, wall time, traffic, time per call)."""
     runs = [(p, load_run(p)) for p in paths]
-    header = "| run | mode | test zero-shot | test tuned | wall s | owner MB | server MB | dealer MB | ms/call | MB/call |"
-    lines = [header, "|" + "---|" * 10]
+    header = ("| run | task | mode | API calls | test zero-shot | test tuned | wall s | owner MB | server MB | dealer MB "
+              "| ms/call | MB/call | rounds/call |")
+    lines = [header, "|" + "---|" * 13]
     for path, d in runs:
         f, parties, pc = d["final"], d["totals"]["parties"], d.get("per_call", {})
         mb = lambda role: parties.get(role, {}).get("bytes", 0) / 1e6  # noqa: E731
         lines.append(
-            f"| {Path(path).name} | {d['config']['mode']} | {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} | "
+            f"| {Path(path).name} | {d['config']['task']} | {_mode(d['config'])} | {d['totals'].get('api_calls', '')} "
+            f"| {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} | "
             f"{d['totals']['wall_s']:.1f} | {mb('owner'):.1f} | {mb('server'):.1f} | {mb('dealer'):.1f} | "
-            f"{pc.get('latency_s', 0) * 1e3:.1f} | {pc.get('bytes', 0) / 1e6:.2f} |"
+            f"{pc.get('latency_s', 0) * 1e3:.1f} | {pc.get('bytes', 0) / 1e6:.2f} | {pc.get('rounds', 0):.0f} |"
         )
     if plot:
         _plot_curves(Path(plot), [(Path(p).name + ":" + d["config"]["mode"], d["generations"]) for p, d in runs])

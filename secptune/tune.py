@@ -29,6 +29,9 @@ from secptune.errors import InputError, SecptuneError
 from secptune.transformer import Batch
 
 CHECKPOINT = "checkpoint.pt"
+# what --resume may change: how long the run goes on and how large the final test is.  Everything
+# else (seed, model, data, CMA-ES and prompt settings) defines the search and must stay the same.
+RESUME_MAY_CHANGE = ("budget", "patience", "test_limit")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TuneConfig:
     alpha: float = 1.0
     loss: str | None = None  # default per task: ce, or hinge for mrpc/rte
     attention: str = "softmax"
+    exact: bool = False  # plain mode: transformers' model in float32 instead of the approximations (oracle)
     device: str = "cpu"
     test_limit: int | None = None
     eval_every: int = 1
@@ -134,10 +138,14 @@ def _load_checkpoint(out: Path, cfg: TuneConfig) -> dict | None:
     state = torch.load(path, weights_only=False)
     state["bytes"] += state.pop("session_bytes")  # traffic of the interrupted session
     state["rounds"] += state.pop("session_rounds")
-    if state["config"] != asdict(cfg):
+    now = asdict(cfg)
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and state["config"].get(k) != now[k])
+    if changed:
         raise SecptuneError(
-            f"{path} belongs to a run with different settings; use another --out or the same flags"
+            f"{path} belongs to a run with different settings ({', '.join(changed)}); use another --out or "
+            f"the same flags (only {', '.join(RESUME_MAY_CHANGE)} may change on --resume)"
         )
+    state["config"] = now
     return state
 
 
@@ -171,8 +179,11 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
         empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
         zero_dev = _evaluate(session, [session.load_texts(b) for b in texts.dev_zero], empty, texts.dev_labels, texts.metric)
         state = {"config": asdict(cfg), "gen": 0, "history": [], "best": None, "zero_shot_dev": zero_dev,
-                 "wall_s": 0.0, "bytes": 0, "rounds": 0, "since_best": 0}
+                 "wall_s": 0.0, "bytes": 0, "rounds": 0, "since_best": 0, "train_forwards": []}
+        earlier_wall = 0.0
     else:
+        earlier_wall = state["wall_s"]  # generations run by the processes before this one
+        state.setdefault("train_forwards", [])  # checkpoints written before this list was kept
         es = pickle.loads(state["es"])
         np.random.set_state(state["np_state"])
     bar = tqdm(total=cfg.generations, initial=state["gen"], desc=f"tune {cfg.task}", disable=not show_progress,
@@ -181,6 +192,7 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
     while state["gen"] < cfg.generations and not _early_stop(state, cfg):
         zs = es.ask()
         scores = session.scores(train_id, prompts_from(A, zs, cfg.prompt_len, texts.hidden))
+        state["train_forwards"].append(session.forward_log[-1])  # kept across --resume: per-call figures
         per_candidate = losses(scores.view(len(zs), -1, scores.shape[-1]), labels, loss_kind)
         es.tell(zs, per_candidate.tolist())
         state["gen"] += 1
@@ -191,8 +203,8 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
             dev = _evaluate(session, dev_ids, prompts_from(A, [z_best], cfg.prompt_len, texts.hidden)[0],
                             texts.dev_labels, texts.metric)
             record["dev_accuracy"] = dev
-            if state["best"] is None or dev > state["best"]["dev"]:
-                state["best"] = {"z": z_best.tolist(), "dev": dev, "gen": state["gen"]}
+            if _better(dev, record["best_loss"], state["best"]):
+                state["best"] = {"z": z_best.tolist(), "dev": dev, "gen": state["gen"], "loss": record["best_loss"]}
                 state["since_best"] = 0
             else:
                 state["since_best"] += 1
@@ -206,7 +218,14 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
                         MB=f"{record['bytes'] / 1e6:.0f}")
         bar.update(1)
     bar.close()
-    return _finish(session, cfg, texts, A, state)
+    return {**_finish(session, cfg, texts, A, state), "earlier_wall_s": earlier_wall}
+
+
+def _better(dev: float, loss: float, best: dict | None) -> bool:
+    """Higher dev accuracy wins; on a tie (a 32-example dev set ties often) the lower training loss."""
+    if best is None or dev > best["dev"]:
+        return True
+    return dev == best["dev"] and loss < best.get("loss", math.inf)
 
 
 def _early_stop(state: dict, cfg: TuneConfig) -> bool:
@@ -228,5 +247,4 @@ def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: d
         "best_generation": best["gen"],
         "metric": texts.metric,
     }
-    train_calls = [f for f in session.forward_log if f["texts"] == 0]  # text set 0 = training texts
-    return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": train_calls}
+    return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": state["train_forwards"]}

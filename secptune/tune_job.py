@@ -86,10 +86,15 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     cfg.loss = loss
     started = time.perf_counter()
     args = (cfg, texts, out_dir, resume, show_progress)
+    if cfg.exact and cfg.mode != "plain":
+        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
+    if cfg.exact and cfg.attention != "softmax":
+        raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
     if cfg.mode == "plain":
+        from secptune.hf_session import HFSession
         from secptune.plain import PlainSession
 
-        session = PlainSession(
+        session = HFSession(model_dir, texts.verbalizer) if cfg.exact else PlainSession(
             model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention
         )
         result = tune_program(session, *args)
@@ -109,7 +114,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
             results = secure.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
         result = results["owner"].value["result"]
         totals = {role: r.traffic for role, r in results.items()}
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started + result["earlier_wall_s"]
     out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall)
     torch.save(result["prompt"], Path(out_dir) / "prompt.pt")
     return out

@@ -211,3 +211,27 @@ def test_a_model_mismatch_is_reported_and_the_services_take_the_next_run(capsys,
     reports = [json.loads(line) for line in (tmp_path / "server.out").read_text().splitlines()]
     assert [r["ok"] for r in reports] == [False, True]
     assert "model mismatch" in reports[0]["error"]
+
+
+def test_a_killed_local_command_takes_its_parties_with_it(tmp_path, no_leftover_processes):
+    """SIGKILL of `secptune tune --mode secure` (one host) mid-run: its three party processes end too,
+    instead of computing on and writing checkpoints beside a later --resume."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": i % 2}) for i, t in enumerate(
+        ["a good film", "a bad film", "great acting", "terrible plot"])) + "\n")
+    cmd = [sys.executable, "-m", "secptune.cli", "tune", "--model", "tiny-llama", "--mode", "secure", "--train",
+           str(data), "--test", str(data), "--k", "1", "--popsize", "2", "--budget", "400", "--prompt-len", "2",
+           "--intrinsic-dim", "4", "--quiet", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mark = os.environ[deploy_parties.MARK]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "run" / "checkpoint.pt").exists():
+        time.sleep(0.1)  # the parties are computing generations now
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert len(deploy_parties.marked_processes(mark)) >= 4  # the command and its three parties
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while deploy_parties.marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert deploy_parties.marked_processes(mark) == []

@@ -9,6 +9,8 @@ import time
 import pytest
 import torch
 
+from secptune.errors import InputError
+from secptune.report import compare
 from secptune.tune import TuneConfig, losses, metric
 from secptune.tune_job import run_tune
 
@@ -26,9 +28,10 @@ def data(tmp_path_factory):
 
 
 def small_config(model, mode, data, **kw):
+    settings = dict(k=2, popsize=4, budget=8, prompt_len=4, intrinsic_dim=10, test_limit=4, batch_size=4, seed=7)
     return TuneConfig(
         task="sst2", model=model, mode=mode, train=str(data / "train.jsonl"), test=str(data / "test.jsonl"),
-        k=2, popsize=4, budget=8, prompt_len=4, intrinsic_dim=10, test_limit=4, batch_size=4, seed=7, **kw,
+        **{**settings, **kw},
     )
 
 
@@ -54,6 +57,20 @@ def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     assert secure["per_call"]["bytes"] > 0 and plain["per_call"]["bytes"] == 0
     for name in ("report.json", "report.md", "curves.png", "prompt.pt"):
         assert (tmp_path / "secure" / name).is_file()
+    table = compare([str(tmp_path / "secure"), str(tmp_path / "plain")]).splitlines()
+    assert len(table) == 4 and table[2].startswith("| secure | sst2 | secure | 8 |") and "| plain | 8 |" in table[3]
+
+
+def test_exact_plain_tuning_runs_the_unmodified_model(data, tmp_path):
+    """--exact: transformers' float32 model; its losses differ from the oracle's only by the approximations."""
+    oracle = run_tune(small_config("tiny-llama", "plain", data), str(tmp_path / "oracle"), show_progress=False)
+    exact = run_tune(small_config("tiny-llama", "plain", data, exact=True), str(tmp_path / "exact"), show_progress=False)
+    assert exact["config"]["exact"] and "(exact)" in compare([str(tmp_path / "exact")])
+    for o, e in zip(oracle["generations"], exact["generations"]):
+        assert o["best_loss"] != e["best_loss"]  # really another model ...
+        assert abs(o["best_loss"] - e["best_loss"]) <= 2e-2 * max(1.0, abs(o["best_loss"]))  # ... of the same function
+    with pytest.raises(InputError, match="--mode plain only"):
+        run_tune(small_config("tiny-llama", "secure", data, exact=True), str(tmp_path / "no"), show_progress=False)
 
 
 def _cli(args, **kw):
@@ -93,5 +110,27 @@ def test_resume_refuses_a_different_run(data, tmp_path):
     run_tune(small_config("tiny-llama", "plain", data), str(out), show_progress=False)
     from secptune.errors import SecptuneError
 
-    with pytest.raises(SecptuneError, match="different settings"):
+    with pytest.raises(SecptuneError, match=r"different settings \(alpha\)"):
         run_tune(small_config("tiny-llama", "plain", data, alpha=0.5), str(out), resume=True, show_progress=False)
+
+
+def test_resume_with_a_larger_budget_extends_the_run(data, tmp_path):
+    """--resume --budget N goes on searching: the same generations as a run given N from the start."""
+    whole = run_tune(small_config("tiny-llama", "plain", data, budget=12), str(tmp_path / "whole"), show_progress=False)
+    short = run_tune(small_config("tiny-llama", "plain", data, budget=4), str(tmp_path / "grown"), show_progress=False)
+    grown = run_tune(small_config("tiny-llama", "plain", data, budget=12), str(tmp_path / "grown"), resume=True,
+                     show_progress=False)
+    strip = lambda gens: [{k: v for k, v in g.items() if k != "wall_s"} for g in gens]  # noqa: E731
+    assert len(short["generations"]) == 1 and len(grown["generations"]) == 3
+    assert strip(grown["generations"]) == strip(whole["generations"])
+    assert grown["final"] == whole["final"] and grown["config"]["budget"] == 12
+    assert grown["per_call"]["calls"] == 12  # every generation's forward, not only this process's
+
+
+def test_best_prompt_breaks_dev_ties_by_training_loss():
+    from secptune.tune import _better
+
+    best = {"dev": 0.5, "loss": 0.9}
+    assert _better(0.6, 2.0, best) and not _better(0.4, 0.1, best)
+    assert _better(0.5, 0.8, best) and not _better(0.5, 0.95, best)
+    assert _better(0.5, 0.8, {"dev": 0.5})  # checkpoints written before the loss was kept

@@ -1,0 +1,113 @@
+"""The unmodified Hugging Face model behind the tuner's session interface.
+
+``--mode plain --exact`` tunes against this: the plaintext baseline the paper
+compares with (original non-linearities, float32, transformers' own kernels).
+It is 5-10x faster on a CPU than the float64 oracle of the secure run
+(:class:`secptune.plain.PlainSession`), which is what makes tuning budgets of
+hundreds of API calls per task possible on a small machine.  It is not private:
+the caller holds the weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from secptune.arch import arch_from_config
+from secptune.checkpoints import load_hf_model, model_family
+from secptune.transformer import Batch
+
+MAX_TOKENS = 8192  # tokens per forward chunk: bounds float32 activation memory
+GROUP_ROWS = 8  # texts per length group (causal models)
+
+
+class HFSession:
+    def __init__(self, model_dir, verbalizer: torch.Tensor, model=None):
+        self.model = model if model is not None else load_hf_model(model_dir)
+        self.embed = self.model.get_input_embeddings()
+        self.embedding_std = float(self.embed.weight.detach().double().std())
+        self.label_ids = verbalizer.argmax(-1)  # [L] token ids of the label words
+        self.causal = model_family(self.model.config) == "causal"
+        # causal models: the server-side BOS comes first, as in the secure run (secptune.arch)
+        self.prefix = torch.tensor(arch_from_config(self.model.config).prefix_tokens if self.causal else (), dtype=torch.long)
+        self.texts: list[tuple[dict, Batch]] = []
+        self.forward_log: list[dict] = []
+        self.range_warnings: dict = {}
+
+    @torch.no_grad()
+    def load_texts(self, batch: Batch) -> int:
+        ids = batch.token_onehot.ids
+        present = (ids >= 0).unsqueeze(-1).float()
+        embeds = self.embed(ids.clamp(min=0)) * present  # prompt slots and padding: zero rows
+        if len(self.prefix):
+            embeds = torch.cat([self.embed(self.prefix).expand(len(embeds), -1, -1), embeds], dim=1)
+        pred = batch.pred_onehot.argmax(-1) + len(self.prefix)
+        mask = None if batch.key_penalty is None else (1 - batch.key_penalty).long()
+        types = None if batch.type_onehot is None else batch.type_onehot.argmax(-1)
+        groups = []
+        for rows in self._length_groups(pred, len(embeds)):
+            n = int(pred[rows].max()) + 1 if self.causal else embeds.size(1)
+            groups.append({
+                "rows": rows,
+                "embeds": embeds[rows, :n],
+                "pred": pred[rows],
+                "mask": None if mask is None else mask[rows, :n],
+                "types": None if types is None else types[rows, :n],
+            })
+        self.texts.append((groups, batch, len(embeds)))
+        return len(self.texts) - 1
+
+    def _length_groups(self, pred: torch.Tensor, B: int) -> list[torch.Tensor]:
+        """Rows in groups of similar length.  In a causal LM the tokens after the scored
+        position never reach it, so each group is cut at its longest scored position:
+        a task with a few long texts no longer pads every row to the longest (AG News: ~2x)."""
+        if not self.causal:
+            return [torch.arange(B)]
+        order = torch.argsort(pred)
+        return list(order.split(GROUP_ROWS))
+
+    @torch.no_grad()
+    def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
+        """Label-word logits [R*B, L] of every prompt [R, P, H] on the loaded texts (row r*B + b)."""
+        started = time.perf_counter()
+        groups, batch, B = self.texts[text_id]
+        R, P, start = prompts.size(0), prompts.size(1), batch.prompt_start + len(self.prefix)
+        out = torch.zeros(R, B, len(self.label_ids), dtype=torch.float64)
+        for g in groups:
+            rows, (b, n, _) = g["rows"], g["embeds"].shape
+            step = max(1, MAX_TOKENS // (b * n))
+            for first in range(0, R, step):
+                chunk = prompts[first : first + step].float()
+                r = chunk.size(0)
+                embeds = g["embeds"].repeat(r, 1, 1)
+                if P:
+                    embeds[:, start : start + P] += chunk.repeat_interleave(b, dim=0)
+                kwargs = {"inputs_embeds": embeds}
+                if g["mask"] is not None:
+                    kwargs["attention_mask"] = g["mask"].repeat(r, 1)
+                if g["types"] is not None:
+                    kwargs["token_type_ids"] = g["types"].repeat(r, 1)
+                logits = self._label_logits(kwargs, (torch.arange(r * b), g["pred"].repeat(r)))
+                out[first : first + r, rows] = logits.view(r, b, -1).double()
+        self.forward_log.append(
+            {"texts": text_id, "sequences": R * B, "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
+        )
+        return out.view(R * B, -1)
+
+    def _label_logits(self, kwargs: dict, rows) -> torch.Tensor:
+        """Logits of the label words at the scored positions.  Causal LMs: the label rows
+        of the output matrix only (the vocabulary-wide head is most of SmolLM2's cost at
+        short sequences); masked LMs: transformers' own head, then the label columns."""
+        if not self.causal:
+            return self.model(**kwargs).logits[rows][:, self.label_ids]
+        pooled = self.model.base_model(**kwargs).last_hidden_state[rows]
+        out = self.model.get_output_embeddings()
+        bias = 0 if out.bias is None else out.bias[self.label_ids]
+        return pooled @ out.weight[self.label_ids].T + bias
+
+    def traffic(self) -> tuple[int, int]:
+        return 0, 0
+
+    def close(self) -> None:
+        pass

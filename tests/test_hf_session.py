@@ -1,0 +1,27 @@
+"""--mode plain --exact: transformers' own model gives the scores of our exact plaintext transformer."""
+
+import torch
+
+from conftest import prepared_inputs
+from mpc import approx
+from secptune.hf_session import HFSession
+from secptune.plain import PlainSession
+
+
+def test_hf_session_matches_exact_transformer(tiny_model, monkeypatch):
+    monkeypatch.setattr("secptune.hf_session.GROUP_ROWS", 3)  # causal: groups of 3 and 1 rows, each cut short
+    monkeypatch.setattr("secptune.hf_session.MAX_TOKENS", 40)  # several forward chunks per group
+    opts, prep = prepared_inputs(tiny_model, prompt_len=3, batch_size=4)
+    hf = HFSession(prep.model_dir, prep.verbalizer)
+    ours = PlainSession(prep.model_dir, prep.verbalizer, exact=True, cfg=approx.ApproxConfig())
+    batch = prep.batches[0]
+    prompts = torch.randn(3, 3, batch.prompt.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = ours.scores(ours.load_texts(batch), prompts)
+    got = hf.scores(hf.load_texts(batch), prompts)
+    assert got.shape == expected.shape == (3 * batch.pred_onehot.shape[0], prep.verbalizer.shape[0])
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-4 * scale
+    # the prompt matters: different candidates give different scores
+    rows = batch.pred_onehot.shape[0]
+    assert (got[:rows] - got[rows : 2 * rows]).abs().max() > 1e-3 * scale
+    assert abs(hf.embedding_std - ours.embedding_std) < 1e-6 * ours.embedding_std
