@@ -2,7 +2,7 @@
 
 ``--mode plain --exact`` tunes against this: the plaintext baseline the paper
 compares with (original non-linearities, float32, transformers' own kernels).
-It is 5-10x faster on a CPU than the float64 oracle of the secure run
+It is ~3x faster on a CPU than the float64 oracle of the secure run
 (:class:`secptune.plain.PlainSession`), which is what makes tuning budgets of
 hundreds of API calls per task possible on a small machine.  It is not private:
 the caller holds the weights.
@@ -31,9 +31,8 @@ class HFSession:
         self.causal = model_family(self.model.config) == "causal"
         # causal models: the server-side BOS comes first, as in the secure run (secptune.arch)
         self.prefix = torch.tensor(arch_from_config(self.model.config).prefix_tokens if self.causal else (), dtype=torch.long)
-        self.texts: list[tuple[dict, Batch]] = []
+        self.texts: list[tuple[list[dict], Batch, int]] = []  # (length groups, layout, rows)
         self.forward_log: list[dict] = []
-        self.range_warnings: dict = {}
 
     @torch.no_grad()
     def load_texts(self, batch: Batch) -> int:

@@ -88,12 +88,17 @@ def pad_token(tokenizer, arch: Arch) -> int:
     return 0
 
 
+def check_mode(mode: str, exact: bool) -> None:
+    """--mode and --exact, as `infer` and `tune` both take them."""
+    if mode not in ("plain", "secure"):
+        raise InputError(f"--mode must be plain or secure, not {mode!r}")
+    if exact and mode == "secure":
+        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
+
+
 def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepared:
     """Resolve the model, tokenize and lay out the owner's inputs (no weights loaded)."""
-    if opts.mode not in ("plain", "secure"):
-        raise InputError(f"--mode must be plain or secure, not {opts.mode!r}")
-    if opts.exact and opts.mode == "secure":
-        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
+    check_mode(opts.mode, opts.exact)
     attention_config(opts.attention)  # a clear error for an unknown kind, before any work
     model_dir = resolve_model(opts.model)
     arch = arch_from_config(load_config(model_dir))

@@ -14,7 +14,7 @@ from secptune.arch import arch_from_config
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
-from secptune.infer import pad_token
+from secptune.infer import check_mode, pad_token
 from secptune.inputs import Example, Template, build_batch, check_lengths, encode, load_jsonl, verbalizer_ids, verbalizer_onehot
 from secptune.tasks import get_task, task_file
 from secptune.transformer import Batch
@@ -77,8 +77,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
 
     ``network`` (:class:`mpc.net.Network`): secure mode with the server and dealer on
     other hosts (``secptune party``); this process is the data owner."""
-    if cfg.mode not in ("plain", "secure"):
-        raise InputError(f"--mode must be plain or secure, not {cfg.mode!r}")
+    check_mode(cfg.mode, cfg.exact)
     attention = attention_config(cfg.attention)
     if cfg.device != "cpu":
         raise InputError("--device cuda is not available in this version; use cpu")
@@ -86,8 +85,6 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     cfg.loss = loss
     started = time.perf_counter()
     args = (cfg, texts, out_dir, resume, show_progress)
-    if cfg.exact and cfg.mode != "plain":
-        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
     if cfg.exact and cfg.attention != "softmax":
         raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
     if cfg.mode == "plain":

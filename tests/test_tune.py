@@ -73,6 +73,11 @@ def test_exact_plain_tuning_runs_the_unmodified_model(data, tmp_path):
         run_tune(small_config("tiny-llama", "secure", data, exact=True), str(tmp_path / "no"), show_progress=False)
 
 
+def _without_wall(generations: list[dict]) -> list[dict]:
+    """Generation records minus their timings: what two runs of one search must share."""
+    return [{k: v for k, v in g.items() if k != "wall_s"} for g in generations]
+
+
 def _cli(args, **kw):
     cmd = [sys.executable, "-m", "secptune.cli", "tune", *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
@@ -100,8 +105,7 @@ def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     a = json.loads((tmp_path / "whole" / "report.json").read_text())
     b = json.loads((tmp_path / "killed" / "report.json").read_text())
-    strip = lambda gens: [{k: v for k, v in g.items() if k not in ("wall_s",)} for g in gens]  # noqa: E731
-    assert strip(a["generations"]) == strip(b["generations"])
+    assert _without_wall(a["generations"]) == _without_wall(b["generations"])
     assert a["final"] == b["final"]
 
 
@@ -120,9 +124,8 @@ def test_resume_with_a_larger_budget_extends_the_run(data, tmp_path):
     short = run_tune(small_config("tiny-llama", "plain", data, budget=4), str(tmp_path / "grown"), show_progress=False)
     grown = run_tune(small_config("tiny-llama", "plain", data, budget=12), str(tmp_path / "grown"), resume=True,
                      show_progress=False)
-    strip = lambda gens: [{k: v for k, v in g.items() if k != "wall_s"} for g in gens]  # noqa: E731
     assert len(short["generations"]) == 1 and len(grown["generations"]) == 3
-    assert strip(grown["generations"]) == strip(whole["generations"])
+    assert _without_wall(grown["generations"]) == _without_wall(whole["generations"])
     assert grown["final"] == whole["final"] and grown["config"]["budget"] == 12
     assert grown["per_call"]["calls"] == 12  # every generation's forward, not only this process's
 
