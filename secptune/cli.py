@@ -161,6 +161,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--test-limit", type=int)
     p.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
+    p.add_argument("--time-limit", type=float, metavar="MIN",
+                   help="stop tuning after MIN minutes, test the best prompt so far; --resume continues")
     p.add_argument("--out", help="run directory (default runs/<task>-<model>-<mode>)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

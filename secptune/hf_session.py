@@ -16,26 +16,32 @@ import torch
 
 from secptune.arch import arch_from_config
 from secptune.checkpoints import load_hf_model, model_family
+from secptune.devices import batch_to
 from secptune.transformer import Batch
 
-MAX_TOKENS = 8192  # tokens per forward chunk: bounds float32 activation memory
-GROUP_ROWS = 8  # texts per length group (causal models)
+# tokens per forward chunk (bounds float32 activation memory) and texts per length group
+# (causal models): small on a CPU, where padding costs time; large on a GPU, which is busy
+# only with large batches
+MAX_TOKENS = {"cpu": 8192, "cuda": 1 << 17}
+GROUP_ROWS = {"cpu": 8, "cuda": 64}
 
 
 class HFSession:
-    def __init__(self, model_dir, verbalizer: torch.Tensor, model=None):
-        self.model = model if model is not None else load_hf_model(model_dir)
+    def __init__(self, model_dir, verbalizer: torch.Tensor, model=None, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model = (model if model is not None else load_hf_model(model_dir)).to(self.device)
         self.embed = self.model.get_input_embeddings()
         self.embedding_std = float(self.embed.weight.detach().double().std())
-        self.label_ids = verbalizer.argmax(-1)  # [L] token ids of the label words
+        self.label_ids = verbalizer.argmax(-1).to(self.device)  # [L] token ids of the label words
         self.causal = model_family(self.model.config) == "causal"
         # causal models: the server-side BOS comes first, as in the secure run (secptune.arch)
-        self.prefix = torch.tensor(arch_from_config(self.model.config).prefix_tokens if self.causal else (), dtype=torch.long)
+        self.prefix = torch.tensor(arch_from_config(self.model.config).prefix_tokens if self.causal else (), dtype=torch.long, device=self.device)
         self.texts: list[tuple[list[dict], Batch, int]] = []  # (length groups, layout, rows)
         self.forward_log: list[dict] = []
 
     @torch.no_grad()
     def load_texts(self, batch: Batch) -> int:
+        batch = batch_to(batch, self.device)
         ids = batch.token_onehot.ids
         present = (ids >= 0).unsqueeze(-1).float()
         embeds = self.embed(ids.clamp(min=0)) * present  # prompt slots and padding: zero rows
@@ -48,7 +54,7 @@ class HFSession:
         for rows in self._length_groups(pred, len(embeds)):
             n = int(pred[rows].max()) + 1 if self.causal else embeds.size(1)
             groups.append({
-                "rows": rows,
+                "rows": rows.cpu(),  # where the group's scores go in the (CPU) output
                 "embeds": embeds[rows, :n],
                 "pred": pred[rows],
                 "mask": None if mask is None else mask[rows, :n],
@@ -64,7 +70,7 @@ class HFSession:
         if not self.causal:
             return [torch.arange(B)]
         order = torch.argsort(pred)
-        return list(order.split(GROUP_ROWS))
+        return list(order.split(GROUP_ROWS[self.device.type]))
 
     @torch.no_grad()
     def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
@@ -75,9 +81,9 @@ class HFSession:
         out = torch.zeros(R, B, len(self.label_ids), dtype=torch.float64)
         for g in groups:
             rows, (b, n, _) = g["rows"], g["embeds"].shape
-            step = max(1, MAX_TOKENS // (b * n))
+            step = max(1, MAX_TOKENS[self.device.type] // (b * n))
             for first in range(0, R, step):
-                chunk = prompts[first : first + step].float()
+                chunk = prompts[first : first + step].to(self.device, torch.float32)
                 r = chunk.size(0)
                 embeds = g["embeds"].repeat(r, 1, 1)
                 if P:
@@ -87,8 +93,8 @@ class HFSession:
                     kwargs["attention_mask"] = g["mask"].repeat(r, 1)
                 if g["types"] is not None:
                     kwargs["token_type_ids"] = g["types"].repeat(r, 1)
-                logits = self._label_logits(kwargs, (torch.arange(r * b), g["pred"].repeat(r)))
-                out[first : first + r, rows] = logits.view(r, b, -1).double()
+                logits = self._label_logits(kwargs, (torch.arange(r * b, device=self.device), g["pred"].repeat(r)))
+                out[first : first + r, rows] = logits.view(r, b, -1).double().cpu()
         self.forward_log.append(
             {"texts": text_id, "sequences": R * B, "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
         )

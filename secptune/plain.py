@@ -3,6 +3,9 @@
 Used for ``--mode plain``: with ``exact=False`` it runs the secure run's
 approximations in float64 (the oracle); with ``exact=True`` the original
 non-linearities.  The caller holds the weights — plain mode is not private.
+On a GPU (``device="cuda"``) the same float64 code runs there: the weights and
+texts move once, every tensor the forward creates is made on the device
+(``torch.device`` as the default), and the scores come back to the CPU.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import torch
 from mpc import approx
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
+from secptune.devices import batch_to
 from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
 
 
-MAX_SEQUENCES = 64  # float64 activations of 64 SmolLM2 sequences of ~100 tokens: a few hundred MB
+# sequences per forward: float64 activations of 64 SmolLM2 sequences of ~100 tokens are a few
+# hundred MB of CPU memory; a GPU takes 8x more at once and is busy only with large batches
+MAX_SEQUENCES = {"cpu": 64, "cuda": 512}
 
 
 class PlainSession:
@@ -29,11 +35,14 @@ class PlainSession:
         cfg: approx.ApproxConfig,
         attention: AttentionConfig = SOFTMAX,
         model=None,
+        device: torch.device | str = "cpu",
     ):
         self.arch, weights = server_weights(model if model is not None else load_hf_model(model_dir), attention)
         self.embedding_std = float(weights["emb.word"].std())
+        self.device = torch.device(device)
+        weights = {name: t.to(self.device) for name, t in weights.items()}
         self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=attention))
-        self.head = self.model.label_head(verbalizer)
+        self.head = self.model.label_head(verbalizer.to(self.device))
         self.texts: list[tuple[torch.Tensor, Batch]] = []
         self.forward_log: list[dict] = []
 
@@ -43,6 +52,7 @@ class PlainSession:
 
     @torch.no_grad()
     def load_texts(self, batch: Batch) -> int:
+        batch = batch_to(batch, self.device)
         self.texts.append((self.model.embed_tokens(batch.token_onehot, batch.type_onehot), batch))
         return len(self.texts) - 1
 
@@ -52,11 +62,12 @@ class PlainSession:
         MAX_SEQUENCES sequences so a whole CMA-ES population fits in memory."""
         started = time.perf_counter()
         text_embeds, text_batch = self.texts[text_id]
-        per_chunk = max(1, MAX_SEQUENCES // text_embeds.size(0))
+        per_chunk = max(1, MAX_SEQUENCES[self.device.type] // text_embeds.size(0))
         parts = []
-        for chunk in prompts.double().split(per_chunk):
-            embeds, batch = population_inputs(text_embeds, text_batch, chunk)
-            parts.append(self.model.forward(embeds, batch, self.head))
+        with self.device:  # tensors made inside the forward (masks, RoPE tables) land on the device
+            for chunk in prompts.double().to(self.device).split(per_chunk):
+                embeds, batch = population_inputs(text_embeds, text_batch, chunk)
+                parts.append(self.model.forward(embeds, batch, self.head).cpu())
         out = torch.cat(parts)
         self.forward_log.append(
             {"texts": text_id, "sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}

@@ -45,7 +45,7 @@ def _markdown(d: dict) -> str:
         "",
         f"k={c['k']} seed={c['seed']} prompt_len={c['prompt_len']} d={c['intrinsic_dim']} "
         f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']} alpha={c.get('alpha', 1.0)} "
-        f"attention={c.get('attention', 'softmax')}",
+        f"attention={c.get('attention', 'softmax')} device={c.get('device', 'cpu')}",
         "",
         f"| split | zero-shot {f['metric']} | tuned {f['metric']} |",
         "|---|---|---|",
@@ -53,7 +53,7 @@ def _markdown(d: dict) -> str:
         f"| test | {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} |",
         "",
         f"Best generation {f['best_generation']} of {len(d['generations'])}; wall {t['wall_s']:.1f} s; "
-        f"{t['api_calls']} API calls.",
+        f"{t['api_calls']} API calls." + (f" Stopped early: {f['stopped']}." if f.get("stopped") else ""),
         "",
         "| party | bytes sent | rounds |",
         "|---|---|---|",

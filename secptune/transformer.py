@@ -104,7 +104,7 @@ class OneHot:
         return torch.Size((*self.ids.shape, self.size_))
 
     def double(self) -> torch.Tensor:
-        out = torch.zeros(self.shape, dtype=torch.float64)
+        out = torch.zeros(self.shape, dtype=torch.float64, device=self.ids.device)
         present = self.ids >= 0
         out[present, self.ids[present]] = 1.0
         return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from secptune.transformer import Batch
 CHECKPOINT = "checkpoint.pt"
 # what --resume may change: how long the run goes on and how large the final test is.  Everything
 # else (seed, model, data, CMA-ES and prompt settings) defines the search and must stay the same.
-RESUME_MAY_CHANGE = ("budget", "patience", "test_limit")
+RESUME_MAY_CHANGE = ("budget", "patience", "test_limit", "time_limit", "device")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TuneConfig:
     test_limit: int | None = None
     eval_every: int = 1
     patience: int | None = None
+    time_limit: float | None = None  # minutes of tuning in this process; then the best prompt so far is tested
     batch_size: int = 32  # test/dev chunk size
     cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
 
@@ -189,6 +191,7 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
     bar = tqdm(total=cfg.generations, initial=state["gen"], desc=f"tune {cfg.task}", disable=not show_progress,
                unit="gen", dynamic_ncols=True)
     started = time.perf_counter() - state["wall_s"]
+    deadline = None if cfg.time_limit is None else time.perf_counter() + 60 * cfg.time_limit
     while state["gen"] < cfg.generations and not _early_stop(state, cfg):
         zs = es.ask()
         scores = session.scores(train_id, prompts_from(A, zs, cfg.prompt_len, texts.hidden))
@@ -217,7 +220,13 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
         bar.set_postfix(loss=f"{record['best_loss']:.3f}", dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
                         MB=f"{record['bytes'] / 1e6:.0f}")
         bar.update(1)
+        if deadline is not None and time.perf_counter() > deadline and state["gen"] < cfg.generations:
+            # checked after a generation: every process adds at least one, so a best prompt exists
+            state["stopped"] = f"time limit ({cfg.time_limit:g} min) after {state['gen']} of {cfg.generations} generations"
+            break
     bar.close()
+    if "stopped" in state:  # not in any checkpoint: saved before the limit was reached
+        print(f"secptune: {state['stopped']}; --resume continues the run", file=sys.stderr, flush=True)
     return {**_finish(session, cfg, texts, A, state), "earlier_wall_s": earlier_wall}
 
 
@@ -245,6 +254,8 @@ def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: d
             "tuned": _evaluate(session, test_ids, prompt, texts.test_labels, texts.metric),
         },
         "best_generation": best["gen"],
+        "generations_run": state["gen"],
+        "stopped": state.get("stopped"),
         "metric": texts.metric,
     }
     return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": state["train_forwards"]}

@@ -1,7 +1,8 @@
 """What `secptune tune` runs when flags are left out: chosen for the machine it finds.
 
 BBT's settings (prompt 50 tokens, d = 500, popsize 20, budget 8000) are the
-defaults wherever a flag is given or a GPU is present.  On a CPU-only machine a
+defaults wherever a flag is given or a GPU is present (with a GPU and no --mode:
+plain tuning there, since the secure run is CPU code in this version).  On a CPU-only machine a
 secure forward of SmolLM2 costs tens of seconds per sequence, so with no --mode
 the job runs a *short* secure run plus the plain run at the same settings and
 prints them side by side — enough to show latency and bytes per call in about
@@ -23,7 +24,7 @@ CPU_SHORT = dict(k=1, popsize=2, budget=2, prompt_len=2, intrinsic_dim=20, test_
 
 def _explicit(args) -> dict:
     keys = ("data", "train", "test", "template", "k", "seed", "prompt_len", "intrinsic_dim", "popsize",
-            "budget", "loss", "attention", "test_limit", "patience", "exact", "alpha")
+            "budget", "loss", "attention", "test_limit", "patience", "exact", "alpha", "time_limit")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if args.verbalizer:
         out["verbalizer"] = [w.strip() for w in args.verbalizer.split(",") if w.strip()]
@@ -32,7 +33,9 @@ def _explicit(args) -> dict:
 
 def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
     """[(config, out dir, what was chosen and why)] for this invocation."""
-    device = args.device or "cpu"  # GPU execution is not implemented yet
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     base = TuneConfig(task=args.task, model=args.model, device=device, **_explicit(args))
     out_root = Path("runs")
 
@@ -54,5 +57,6 @@ def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
             "settings, side by side; pass --mode and --budget for a full run"
         )
         return [(secure, out_for(secure), note), (plain, out_for(plain), "plain run at the same settings")]
-    cfg = replace(base, mode="secure")
-    return [(cfg, out_for(cfg), f"GPU found: secure tuning, budget {cfg.budget}")]
+    cfg = replace(base, mode="plain", exact=base.exact if "exact" in _explicit(args) else True)
+    return [(cfg, out_for(cfg), f"GPU found: plain tuning on it (the secure run is CPU code in this version), "
+                                f"budget {cfg.budget}")]

@@ -12,6 +12,7 @@ from rfa.config import attention_config
 from secptune import report
 from secptune.arch import arch_from_config
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
+from secptune.devices import resolve_device
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
 from secptune.infer import check_mode, pad_token
@@ -79,8 +80,10 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     other hosts (``secptune party``); this process is the data owner."""
     check_mode(cfg.mode, cfg.exact)
     attention = attention_config(cfg.attention)
-    if cfg.device != "cpu":
-        raise InputError("--device cuda is not available in this version; use cpu")
+    if cfg.mode == "secure" and cfg.device not in (None, "cpu"):
+        raise InputError("--device cuda runs plain mode only: the secure run's ring arithmetic is CPU code in this "
+                         "version; use --mode plain --device cuda, or --device cpu")
+    device = resolve_device(cfg.device)
     model_dir, texts, loss = build_texts(cfg)
     cfg.loss = loss
     started = time.perf_counter()
@@ -91,8 +94,9 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
         from secptune.hf_session import HFSession
         from secptune.plain import PlainSession
 
-        session = HFSession(model_dir, texts.verbalizer) if cfg.exact else PlainSession(
-            model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention
+        session = HFSession(model_dir, texts.verbalizer, device=device) if cfg.exact else PlainSession(
+            model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention,
+            device=device,
         )
         result = tune_program(session, *args)
         totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}

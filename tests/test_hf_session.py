@@ -4,13 +4,14 @@ import torch
 
 from conftest import prepared_inputs
 from mpc import approx
+from secptune import hf_session
 from secptune.hf_session import HFSession
 from secptune.plain import PlainSession
 
 
 def test_hf_session_matches_exact_transformer(tiny_model, monkeypatch):
-    monkeypatch.setattr("secptune.hf_session.GROUP_ROWS", 3)  # causal: groups of 3 and 1 rows, each cut short
-    monkeypatch.setattr("secptune.hf_session.MAX_TOKENS", 40)  # several forward chunks per group
+    monkeypatch.setitem(hf_session.GROUP_ROWS, "cpu", 3)  # causal: groups of 3 and 1 rows, each cut short
+    monkeypatch.setitem(hf_session.MAX_TOKENS, "cpu", 40)  # several forward chunks per group
     opts, prep = prepared_inputs(tiny_model, prompt_len=3, batch_size=4)
     hf = HFSession(prep.model_dir, prep.verbalizer)
     ours = PlainSession(prep.model_dir, prep.verbalizer, exact=True, cfg=approx.ApproxConfig())

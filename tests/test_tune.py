@@ -130,6 +130,20 @@ def test_resume_with_a_larger_budget_extends_the_run(data, tmp_path):
     assert grown["per_call"]["calls"] == 12  # every generation's forward, not only this process's
 
 
+def test_time_limit_stops_with_a_tested_prompt_and_resume_finishes_the_run(data, tmp_path):
+    """--time-limit ends tuning after the generation that crosses it (here: the first), tests the
+    best prompt so far and says why it stopped; --resume without the limit reaches the whole run."""
+    whole = run_tune(small_config("tiny-llama", "plain", data, budget=12), str(tmp_path / "whole"), show_progress=False)
+    out = str(tmp_path / "limited")
+    cut = run_tune(small_config("tiny-llama", "plain", data, budget=12, time_limit=0.0), out, show_progress=False)
+    assert len(cut["generations"]) == 1 and cut["final"]["generations_run"] == 1
+    assert cut["final"]["stopped"].startswith("time limit (0 min) after 1 of 3 generations")
+    assert "Stopped early: time limit" in (tmp_path / "limited" / "report.md").read_text()
+    done = run_tune(small_config("tiny-llama", "plain", data, budget=12), out, resume=True, show_progress=False)
+    assert _without_wall(done["generations"]) == _without_wall(whole["generations"])
+    assert done["final"] == whole["final"] and done["final"]["stopped"] is None
+
+
 def test_best_prompt_breaks_dev_ties_by_training_loss():
     from secptune.tune import _better
 

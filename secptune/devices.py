@@ -1,0 +1,48 @@
+"""Where a plaintext session computes: the CPU, or a CUDA GPU when one is asked for.
+
+Only plain mode runs on a GPU: the secure run's ring arithmetic (int64 products
+over Z_2^64) is CPU code in this version.  Results always come back to the CPU,
+so the tuner and the reports never see a device tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from secptune.errors import InputError
+
+DEVICES = ("cpu", "cuda")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``torch.device`` for ``--device``; a clear error when CUDA is asked for and absent."""
+    name = name or "cpu"
+    if name not in DEVICES:
+        raise InputError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+            "(or install a CUDA build of torch on a GPU machine)"
+        )
+    return torch.device(name)
+
+
+def batch_to(batch, device: torch.device):
+    """A copy of a plaintext :class:`secptune.transformer.Batch` with its tensors on ``device``."""
+    from secptune.transformer import OneHot
+
+    def move(x):
+        if isinstance(x, OneHot):
+            return OneHot(x.ids.to(device), x.size_)
+        return x.to(device) if isinstance(x, torch.Tensor) else x
+
+    return replace(
+        batch,
+        token_onehot=move(batch.token_onehot),
+        prompt=move(batch.prompt),
+        pred_onehot=move(batch.pred_onehot),
+        key_penalty=move(batch.key_penalty),
+        type_onehot=move(batch.type_onehot),
+    )
