@@ -34,6 +34,10 @@ class ApproxConfig:
     rfa_exp:         RFA feature exponentials: "fourier" (exp(a/2) from one
                      opening, then squared; on [rfa_exp_low, rfa_exp_high]) or
                      "limit" (exp_iters squarings).
+    rfa_exp_low:     smallest RFA feature exponent.  The series is periodic, so an
+                     argument below it wraps round to a large, wrong feature; a
+                     wide low end costs harmonics (dealer shares, offline) but no
+                     online bytes, and every exp below ~e^-11 is 0 in fixed point.
     rfa_exp_high:    largest RFA feature exponent (exp is accurate up to ~4).
     rfa_den_range:   range of RFA's attention denominators (power-of-4 reduction).
     activation:      "fourier": GeLU/SiLU as x/2 + a cosine series on [-bound, bound]
@@ -48,7 +52,7 @@ class ApproxConfig:
     norm_range: tuple[float, float] = (1e-5, 2.0**28)
     sigmoid_bound: float = 60.0
     rfa_exp: str = "fourier"
-    rfa_exp_low: float = -16.0
+    rfa_exp_low: float = -64.0
     rfa_exp_high: float = 4.0
     rfa_den_range: tuple[float, float] = (2.0**-10, 2.0**20)
     activation: str = "fourier"

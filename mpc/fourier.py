@@ -62,8 +62,9 @@ class FourierSeries:
             return self.series(x)
         out = self.reference(x)
         outside = (x < self.low) | (x > self.high)
-        if bool(outside.any()):
-            out = torch.where(outside, self.series(x), out)
+        if bool(outside.any()):  # the series on those elements only: it costs K harmonics each
+            out = out.clone()
+            out[outside] = self.series(x[outside])
         return out
 
     def series(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ class AttentionConfig:
     scale:           multiplies q and k before the feature map (1.0: the model's own).
     seed:            seed of the server's feature matrices (fixed per model).
     softmax_layers:  layers that keep softmax attention (a hybrid), by index.
+    auto_kl:         fitted maps only: the server chooses the hybrid itself — RFA in as many
+                     layers as keep its model within this KL (nats per token) of exact
+                     softmax on public text (secptune.feature_fit); the session then runs
+                     the resolved config the server returns.  None: softmax_layers as given.
     """
 
     kind: str = "rfa"
@@ -27,6 +31,7 @@ class AttentionConfig:
     scale: float = 1.0
     seed: int = 0
     softmax_layers: tuple[int, ...] = ()
+    auto_kl: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -35,8 +40,12 @@ class AttentionConfig:
             raise ValueError(f"RFA feature map must be one of {', '.join(FEATURE_MAPS)}, not {self.features!r}")
         if self.num_features < 1:
             raise ValueError(f"RFA needs at least one feature, got {self.num_features}")
+        if self.auto_kl is not None and (self.kind != "rfa" or self.features != "fitted" or self.auto_kl < 0):
+            raise ValueError(f"auto_kl (the server's choice of RFA layers) needs fitted RFA and a KL >= 0, not {self}")
 
     def uses_rfa(self, layer: int) -> bool:
+        if self.auto_kl is not None:
+            raise ValueError("the server has not chosen this config's RFA layers yet (auto_kl): use the one it returns")
         return self.kind == "rfa" and layer not in self.softmax_layers
 
     def as_dict(self) -> dict:
@@ -49,8 +58,10 @@ class AttentionConfig:
 
 SOFTMAX = AttentionConfig(kind="softmax")
 
-# The product's RFA default: chosen from the measurements in reports/rfa_fidelity.json.
-DEFAULT_RFA = AttentionConfig(kind="rfa", features="positive", num_features=64)
+# The product's RFA default, chosen from the measurements in reports/rfa_fidelity.json:
+# feature maps fitted to the server's model, in the layers where they cost the least
+# accuracy, as many as keep it within a KL of 0.15 nats per token of exact softmax.
+DEFAULT_RFA = AttentionConfig(kind="rfa", features="fitted", num_features=64, auto_kl=0.15)
 
 
 def attention_config(kind: str | AttentionConfig) -> AttentionConfig:

@@ -16,7 +16,7 @@ the secure run supports, so what is fitted is what runs under MPC.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,9 +26,16 @@ from rfa.random_features import feature_matrix
 
 @dataclass(frozen=True)
 class FitOptions:
-    steps: int = 100
+    """``exp_low``: the fit keeps exponent arguments above ``exp_low + range_margin``.
+    A feature below e^-16 is 0 in 16-bit fixed point, so the fit has no reason to go
+    lower; the secure exp covers a much wider range (``ApproxConfig.rfa_exp_low``) so
+    that task text, which the fit never saw, cannot wrap round the periodic series."""
+
+    steps: int = 200
     lr: float = 0.02
-    range_weight: float = 1.0
+    range_weight: float = 4.0
+    range_margin: float = 1.0  # keep exponent arguments this far inside the fit's range
+    exp_low: float = -16.0
 
 
 def _features(x, w, b, acfg: approx.ApproxConfig):
@@ -40,15 +47,8 @@ def _outside(x, low: float, high: float):
     return torch.relu(x - high).square().mean() + torch.relu(low - x).square().mean()
 
 
-def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.ApproxConfig, opts: FitOptions) -> dict:
-    """Feature maps {"q","k": [h, d, r], "bq","bk": [h, 1, r]} for one layer.
-
-    ``samples``: the layer's captured attention inputs, each with q [b, h, m, d]
-    (pre-scaled), k, v [b, h, n, d] and a penalty mask (1 = hidden) broadcastable
-    to [b, h, m, n].  Keys and queries are balanced by d^¼ as in rfa_attention.
-    """
-    heads, d = samples[0]["q"].size(1), samples[0]["q"].size(-1)
-    root = d**0.25
+def _targets(samples: list[dict], root: float) -> list[tuple]:
+    """Per sample: balanced q, k, the key mask (1 = visible) and softmax's attention weights."""
     data = []
     for s in samples:
         q, k = (s["q"] * root).float(), (s["k"] / root).float()
@@ -56,6 +56,25 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
         keep = torch.ones_like(logits) if s["penalty"] is None else (1 - s["penalty"].float()).expand_as(logits)
         target = torch.softmax(logits.masked_fill(keep < 0.5, float("-inf")), dim=-1)
         data.append((q, k, keep, target))
+    return data
+
+
+def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.ApproxConfig, opts: FitOptions) -> dict:
+    """Feature maps {"q","k": [h, d, r], "bq","bk": [h, 1, r]} for one layer.
+
+    ``samples``: the layer's captured attention inputs, each with q [b, h, m, d]
+    (pre-scaled), k, v [b, h, n, d] and a penalty mask (1 = hidden) broadcastable
+    to [b, h, m, n].  Keys and queries are balanced by d^¼ as in rfa_attention.
+    The loss is the cross-entropy to softmax's weights, averaged over all query rows
+    (a batch of 16 sequences counts 16 times one), plus a penalty on exponent
+    arguments and denominators near the edges of the ranges the secure run supports:
+    outside them the secure exp is a periodic series, i.e. wrong.
+    """
+    acfg = replace(acfg, rfa_exp_low=opts.exp_low)
+    heads, d = samples[0]["q"].size(1), samples[0]["q"].size(-1)
+    root = d**0.25
+    data = _targets(samples, root)
+    rows = sum(t.numel() // t.size(-1) for *_, t in data)
     init = feature_matrix(d, num_features, seed).float() / root
     params = {
         "q": init.unsqueeze(0).repeat(heads, 1, 1).requires_grad_(),
@@ -65,21 +84,18 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
     }
     optimiser = torch.optim.Adam(params.values(), lr=opts.lr)
     log_lo, log_hi = (math.log(v) for v in acfg.rfa_den_range)
+    lo, hi = acfg.rfa_exp_low + opts.range_margin, acfg.rfa_exp_high - opts.range_margin
     for _ in range(opts.steps):
         optimiser.zero_grad()
-        loss = 0.0
-        for q, k, keep, target in data:
+        for q, k, keep, target in data:  # one backward per sample: the graph of one at a time
             fq, aq = _features(q, params["q"], params["bq"], acfg)
             fk, ak = _features(k, params["k"], params["bk"], acfg)
             scores = (fq @ fk.transpose(-2, -1)) * keep
             den = scores.sum(-1, keepdim=True)
-            weights = scores / den
-            loss = loss - (target * torch.log(weights + 1e-9)).sum(-1).mean()
-            lo, hi = acfg.rfa_exp_low + 0.5, acfg.rfa_exp_high - 0.5
-            ranges = _outside(aq, lo, hi) + _outside(ak, lo, hi)
-            ranges = ranges + _outside(torch.log(den), log_lo + 2, log_hi - 2)
-            loss = loss + opts.range_weight * ranges
-        loss.backward()
+            share = target.numel() // target.size(-1) / rows
+            loss = -(target * torch.log(scores / den + 1e-9)).sum() / rows
+            ranges = _outside(aq, lo, hi) + _outside(ak, lo, hi) + _outside(torch.log(den), log_lo + 2, log_hi - 2)
+            (loss + opts.range_weight * share * ranges).backward()
         optimiser.step()
     return {name: p.detach().double() for name, p in params.items()}
 

@@ -41,7 +41,7 @@ def main() -> None:
     from secptune.transformer import server_weights
 
     model = load_hf_model(resolve_model("smollm2"))
-    arch, _ = server_weights(model)
+    arch, _, _ = server_weights(model)
     report = {
         "model": "smollm2",
         "act_bounds": list(arch.act_bounds),

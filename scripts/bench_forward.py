@@ -181,7 +181,7 @@ def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 
     from secptune.transformer import Nonlinear, Transformer, population_inputs, server_weights
 
     model = build_model(spec)
-    arch, weights = server_weights(model, attention)
+    arch, weights, attention = server_weights(model, attention)
     del model
     net = Transformer(arch, weights, Nonlinear(exact=False, attention=attention))
     with torch.no_grad():

@@ -9,9 +9,13 @@ Writes ``reports/rfa_fidelity.json`` and ``reports/rfa_fidelity.png``:
   softmax and with each configuration (plain mode: the secure run's own
   approximations in float64), plus agreement of the predictions with softmax's;
 * ``mpc_cost``: bytes, rounds and seconds of the attention op under MPC for each
-  configuration (tiny-llama secure forward, owner's traffic, 4 sequences).
+  configuration (tiny-llama secure forward, owner's traffic, 4 sequences);
+* ``server_choice``: for the default, the server's layer choice (damage per layer, KLs tried);
+* ``tuned`` (``--tune``): test accuracy after CMA-ES tuning against the default RFA and
+  against exact softmax, same seed, settings and number of generations.
 
-Usage: python scripts/rfa_fidelity.py [--limit 500] [--configs NAME,...] [--skip-accuracy]
+Usage: python scripts/rfa_fidelity.py [--limit 500] [--configs NAME,...] [--accuracy-configs NAME,...]
+       [--skip-accuracy] [--keep-previous] [--tune BUDGET --tune-minutes M]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch  # noqa: E402
 
 import mpc  # noqa: E402,F401
 from mpc import approx  # noqa: E402
-from rfa.config import SOFTMAX, AttentionConfig  # noqa: E402
+from rfa.config import DEFAULT_RFA, SOFTMAX, AttentionConfig  # noqa: E402
 
 CONFIGS = {
     "softmax-approx": SOFTMAX,
@@ -39,13 +43,21 @@ CONFIGS = {
     "rfa-fourier-128-s0.25": AttentionConfig(features="fourier", num_features=128, scale=0.25),
     # hybrids: RFA in the first four layers only, softmax in the other 26
     "rfa-positive-64-first4": AttentionConfig(features="positive", num_features=64, softmax_layers=tuple(range(4, 30))),
-    "rfa-fitted-64-first4": AttentionConfig(features="fitted", num_features=64, softmax_layers=tuple(range(4, 30))),
+    # maps fitted to the model (secptune.feature_fit) in every layer, and the product's default:
+    # fitted maps in the layers the server chooses (secptune.layer_choice)
+    "rfa-fitted-64": AttentionConfig(features="fitted", num_features=64),
+    "rfa-default": DEFAULT_RFA,
 }
-ACCURACY_CONFIGS = ("rfa-positive-64", "rfa-fourier-128-s0.25", "rfa-positive-64-first4", "rfa-fitted-64-first4")
+ACCURACY_CONFIGS = ("rfa-positive-64", "rfa-fourier-128-s0.25", "rfa-positive-64-first4", "rfa-fitted-64", "rfa-default")
 TASKS = ("sst2", "agnews")
+NOTE = (
+    "null in layer_error: the layer keeps softmax, or the configuration's denominator left its range (undefined "
+    "output); mpc_cost measured on tiny-llama (2 layers: '-first4' hybrids are all-RFA there, and rfa-default "
+    "is the server's choice for tiny-llama, not SmolLM2's)"
+)
 
 
-def _options(task: str, limit: int | None, batch_size: int = 16):
+def _options(task: str, limit: int | None, batch_size: int = 64):
     from secptune.infer import InferOptions
     from secptune.tasks import get_task, task_file
 
@@ -77,14 +89,16 @@ def layer_errors(model, configs: dict, sentences: int = 16) -> dict:
     for name, cfg in configs.items():
         if cfg.kind != "rfa":
             continue
-        _, weights = server_weights(model, cfg)
-        errors = []
-        for layer in [i for i in range(teacher.arch.layers) if cfg.uses_rfa(i)]:
+        _, weights, cfg = server_weights(model, cfg)
+        configs[name] = cfg  # as it runs (the default: with the server's choice of layers)
+        errors = []  # None: the layer keeps softmax
+        for layer in range(teacher.arch.layers):
             params = {n: weights[f"l{layer}.rfa.{n}"] for n in ("q", "k", "bq", "bk") if f"l{layer}.rfa.{n}" in weights}
             samples = [c for c in captured if c["layer"] == layer]
-            errors.append(round(attention_error(samples, params, acfg, cfg), 4))
+            errors.append(round(attention_error(samples, params, acfg, cfg), 4) if cfg.uses_rfa(layer) else None)
         out[name] = errors
-        print(f"{name}: mean layer error {sum(errors) / len(errors):.3f}", flush=True)
+        known = [e for e in errors if e is not None]
+        print(f"{name}: mean layer error {sum(known) / len(known):.3f} over {len(known)} RFA layers", flush=True)
     return out
 
 
@@ -147,6 +161,62 @@ def mpc_cost(configs: dict) -> dict:
     return out
 
 
+def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, test_limit: int, device: str = "cpu",
+              popsize: int = 10, k: int = 16, tasks=TASKS) -> dict:
+    """Tune a prompt against ``attention`` (float64 oracle of the secure run) and against exact
+    softmax (transformers), same seed, settings and number of generations; test both prompts."""
+    from dataclasses import replace
+
+    from secptune.hf_session import HFSession
+    from secptune.plain import PlainSession
+    from secptune.tune import TuneConfig, tune_program
+    from secptune.tune_job import build_texts
+
+    settings = {"k": k, "seed": 42, "prompt_len": 10, "intrinsic_dim": 100, "popsize": popsize, "alpha": 0.1,
+                "budget": budget, "minutes": minutes, "test_examples": test_limit, "attention": attention.as_dict()}
+    out: dict = {}
+    for task in tasks:
+        out[task] = {"settings": settings}
+        cfg = TuneConfig(task=task, mode="plain", k=k, seed=42, prompt_len=10, intrinsic_dim=100, popsize=popsize,
+                         budget=budget, alpha=0.1, test_limit=test_limit, device=device, time_limit=minutes,
+                         batch_size=256)  # fmt: skip
+        model_dir, texts, loss = build_texts(cfg)
+        for name in ("rfa", "softmax-exact"):  # the slower one first: its generations set the budget
+            if name == "rfa":
+                run = replace(cfg, loss=loss, attention="rfa")
+                session = PlainSession(model_dir, texts.verbalizer, False, approx.ApproxConfig(), attention, device=device)
+            else:
+                run = replace(cfg, loss=loss, exact=True, budget=out[task]["rfa"]["generations"] * popsize, time_limit=None)
+                session = HFSession(model_dir, texts.verbalizer, device=device)
+            started = time.perf_counter()
+            result = tune_program(session, run, texts, str(ROOT / "runs" / f"rfa-tune-{task}-{name}"), False, False)
+            final = result["final"]
+            out[task][name] = {"test": final["test"], "dev": final["dev"], "generations": final["generations_run"],
+                               "stopped": final["stopped"], "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+            print(f"tuned {task} {name}: {out[task][name]}", flush=True)
+    return out
+
+
+def carry_previous(report: dict, previous: dict) -> None:
+    """Keep the previous run's rows for configurations not measured this time (a pass over the
+    test sets costs minutes to a quarter of an hour per configuration on a 2-core CPU)."""
+    carried = set()
+    for section in ("configs", "mpc_cost", "layer_error"):
+        for name, row in previous.get(section, {}).items():
+            if name in CONFIGS and name not in report[section]:
+                report[section][name] = row
+                carried.add(name)
+    for task, block in previous.get("accuracy", {}).items():
+        now = report.get("accuracy", {}).get(task)
+        if now is None or now["examples"] != block["examples"]:
+            continue
+        for name, row in block["results"].items():
+            if name in CONFIGS and name not in now["results"]:
+                now["results"][name] = row
+                carried.add(name)
+    report["carried_from_previous_run"] = sorted(carried)
+
+
 def _strict(x):
     """JSON without Infinity/NaN: an undefined error (denominator out of range) becomes null."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -166,7 +236,8 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, errors in report["layer_error"].items():
-        ax.plot(range(len(errors)), errors, marker=".", label=name)
+        points = [(i, e) for i, e in enumerate(errors) if e is not None]
+        ax.plot(*zip(*points), marker=".", linestyle="-" if len(points) == len(errors) else "none", label=name)
     ax.set_xlabel("layer")
     ax.set_ylabel("relative error of attention output vs softmax")
     ax.set_yscale("log")
@@ -181,8 +252,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500, help="test examples per task (default 500)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--keep-previous", action="store_true",
+                        help="keep the rows of configurations not measured this time from the existing report")
     parser.add_argument("--accuracy-configs", default=",".join(ACCURACY_CONFIGS),
                         help="configurations whose zero-shot accuracy is measured (each costs a pass over the test sets)")
+    parser.add_argument("--tune", type=int, default=0, metavar="BUDGET",
+                        help="also tune a prompt against the default RFA and against exact softmax (API calls)")
+    parser.add_argument("--tune-minutes", type=float, default=None, help="time limit of each default-RFA tuning run")
+    parser.add_argument("--tune-k", type=int, default=16, help="k-shot examples per class for --tune (default 16)")
+    parser.add_argument("--tune-popsize", type=int, default=10, help="CMA-ES population for --tune (default 10)")
+    parser.add_argument("--tune-tasks", default=",".join(TASKS), help="tasks for --tune")
     parser.add_argument("--out", default=str(ROOT / "reports" / "rfa_fidelity.json"))
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
@@ -191,19 +270,26 @@ def main() -> None:
     from secptune.checkpoints import load_hf_model, resolve_model
 
     model = load_hf_model(resolve_model("smollm2"))
-    report = {
-        "model": "smollm2",
-        "configs": {name: cfg.as_dict() for name, cfg in configs.items()},
-        "mpc_cost": mpc_cost(configs),
-        "layer_error": layer_errors(model, configs),
-    }
+    from secptune.feature_fit import choice_record
+
+    report = {"model": "smollm2", "note": NOTE, "mpc_cost": mpc_cost(configs), "layer_error": layer_errors(model, configs)}
+    report["configs"] = {name: cfg.as_dict() for name, cfg in configs.items()}  # resolved by layer_errors
+    report["server_choice"] = {name: choice_record(cfg) for name, cfg in configs.items() if choice_record(cfg)}
     out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_strict(report), indent=1))
-    plot(report, out.with_suffix(".png"))
     if not args.skip_accuracy:
-        chosen = {name: CONFIGS[name] for name in args.accuracy_configs.split(",")}
+        chosen = {name: configs.get(name, CONFIGS[name]) for name in args.accuracy_configs.split(",")}
         report["accuracy"] = accuracy(model, chosen, args.limit)
+    if args.keep_previous and previous:
+        carry_previous(report, previous)
+    out.write_text(json.dumps(_strict(report), indent=1))
+    plot(report, out.with_suffix(".png"))
+    if args.tune:
+        tuned = tune_pair(configs.get("rfa-default", DEFAULT_RFA), args.tune, args.tune_minutes, args.limit,
+                          popsize=args.tune_popsize, k=args.tune_k, tasks=args.tune_tasks.split(","))
+        report["tuned"] = {**(previous or {}).get("tuned", {}), **tuned} if args.keep_previous else tuned
         out.write_text(json.dumps(_strict(report), indent=1))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

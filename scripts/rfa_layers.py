@@ -150,40 +150,6 @@ def sweep(bench: Bench, counts, limit: int, log, save) -> dict:
     return report
 
 
-def tune_pair(report: dict, device: str, budget: int, minutes: float, log) -> dict:
-    """Tune against the chosen hybrid and against exact softmax: same seed, budget, settings."""
-    from dataclasses import replace
-
-    from secptune.hf_session import HFSession
-    from secptune.plain import PlainSession
-    from secptune.tune import TuneConfig, tune_program
-    from secptune.tune_job import build_texts
-
-    layers = report["chosen"]["rfa_layers"]
-    out = {}
-    for task in TASKS:
-        cfg = TuneConfig(task=task, mode="plain", k=16, seed=42, prompt_len=10, intrinsic_dim=100, popsize=20,
-                         budget=budget, alpha=0.1, test_limit=500, device=device, time_limit=minutes, batch_size=256)
-        model_dir, texts, loss = build_texts(cfg)
-        for name in ("rfa-chosen", "softmax-exact"):  # the slower one first: its generations set the budget
-            run = replace(cfg, loss=loss, exact=name == "softmax-exact", attention="softmax" if name == "softmax-exact" else "rfa")
-            if name == "softmax-exact":
-                run = replace(run, budget=out[task]["rfa-chosen"]["generations"] * cfg.popsize, time_limit=None)
-            if name == "softmax-exact":
-                session = HFSession(model_dir, texts.verbalizer, device=device)
-            else:
-                session = PlainSession(model_dir, texts.verbalizer, False, approx.ApproxConfig(),
-                                       hybrid(layers, len(report["layer_damage"])), device=device)
-            started = time.perf_counter()
-            result = tune_program(session, run, texts, str(ROOT / "runs" / f"rfa-tune-{task}-{name}"), False, False)
-            final = result["final"]
-            out.setdefault(task, {})[name] = {"test": final["test"], "dev": final["dev"],
-                                              "generations": final["generations_run"], "stopped": final["stopped"],
-                                              "wall_s": round(time.perf_counter() - started, 1)}
-            log(f"tuned {task} {name}: {out[task][name]}")
-    return out
-
-
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -237,9 +203,10 @@ def main() -> None:
         plot(report, out.with_suffix(".png"))
     log(f"chosen: {report['chosen']}")
     if args.tune:
-        report["tuned"] = tune_pair(report, args.device, args.tune, args.tune_minutes, log)
-        report["tuned_settings"] = {"k": 16, "seed": 42, "prompt_len": 10, "intrinsic_dim": 100, "popsize": 20,
-                                    "budget": args.tune, "alpha": 0.1, "test_examples": 500}
+        from rfa_fidelity import tune_pair
+
+        chosen = hybrid(report["chosen"]["rfa_layers"], len(report["layer_damage"]))
+        report["tuned"] = tune_pair(chosen, args.tune, args.tune_minutes, 500, args.device, popsize=20)
         out.write_text(json.dumps(report, indent=1))
     log(f"wrote {out}")
 

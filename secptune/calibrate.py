@@ -20,6 +20,7 @@ import torch
 log = logging.getLogger(__name__)
 MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
 STEP = 8.0
+BATCH = 16  # public sequences of one length run together
 
 
 def public_sequences(model, vocab_size: int, count: int = 8, lines_each: int = 4) -> list[list[int]]:
@@ -49,9 +50,8 @@ def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):
     model = Transformer(arch, weights, nonlinear)
     model.capture = [] if capture else None
     with torch.no_grad():
-        for ids in sequences:
-            ids = [min(t, arch.vocab_size - 1) for t in ids[: arch.max_positions - 8]]
-            h = weights["emb.word"][torch.tensor(ids)].unsqueeze(0)
+        for ids in batches(sequences, arch):
+            h = weights["emb.word"][ids]
             if arch.family == "causal":
                 model._causal(h)
             else:
@@ -61,13 +61,31 @@ def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):
     return model
 
 
+def batches(sequences, arch, size: int = BATCH) -> list[torch.Tensor]:
+    """Token-id batches [b, n]: runs of equal-length sequences (no padding needed)."""
+    out: list[torch.Tensor] = []
+    for ids in sequences:
+        ids = torch.tensor([min(t, arch.vocab_size - 1) for t in ids[: arch.max_positions - 8]])
+        if out and out[-1].size(1) == ids.numel() and out[-1].size(0) < size:
+            out[-1] = torch.cat([out[-1], ids.unsqueeze(0)])
+        else:
+            out.append(ids.unsqueeze(0))
+    return out
+
+
 def _bound(largest: float) -> float:
     return max(STEP, math.ceil(largest * MARGIN / STEP) * STEP)
 
 
-def with_activation_bounds(model, arch, weights):
-    """``arch`` with ``act_bounds`` measured on public text (one entry per layer)."""
+def with_activation_bounds(model, arch, weights, sequences=None, attention=None):
+    """``arch`` with ``act_bounds`` measured on public text (one entry per layer).
+
+    Given ``sequences`` and an RFA ``attention`` (the server's fitted hybrid), the model
+    runs with that attention and the bounds only grow: RFA's small errors shift the
+    activations a little, and a bound is only right if it covers what the secure run sees.
+    """
     from secptune.transformer import Nonlinear
+    from rfa.config import SOFTMAX
 
     seen: list[float] = []
 
@@ -76,9 +94,12 @@ def with_activation_bounds(model, arch, weights):
             seen.append(float(x.abs().max()))
             return super()._act(x, name, bound)
 
-    run_public_text(arch, weights, public_sequences(model, arch.vocab_size), Recorder(exact=True))
+    sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
+    run_public_text(arch, weights, sequences, Recorder(exact=True, attention=attention or SOFTMAX))
     per_layer = [max(seen[i :: arch.layers]) for i in range(arch.layers)]
     bounds = tuple(_bound(v) for v in per_layer)
     if arch.family == "encoder":
         bounds += (max(bounds),)  # the LM head's dense layer: not reached by the pass above
+    if arch.act_bounds:
+        bounds = tuple(max(a, b) for a, b in zip(bounds, arch.act_bounds))
     return replace(arch, act_bounds=bounds)

@@ -1,11 +1,14 @@
-"""Server side: fit RFA feature maps to the server's own model, once, and cache them.
+"""Server side: fit RFA feature maps to the server's own model and choose its RFA layers, once.
 
-The fit (rfa.fit) needs the model's attention inputs on text the server owns;
-we use secptune's built-in neutral English corpus (never the owner's data).  Each
-layer's fit sees the *exact* model's inputs to that layer, so it does not depend on
-which other layers keep softmax: every layer is fitted once and a hybrid takes its
-layers from that one fit.  The cache is keyed by the weights' content (not a
-path), so a fit made on one machine serves the same checkpoint on another.
+The fit (rfa.fit) needs the model's attention inputs on text the server owns
+(secptune.public_text: the built-in corpus plus the model's own samples; never the
+owner's data).  Each layer's fit sees the *exact* model's inputs to that layer, so
+it does not depend on which other layers keep softmax: every layer is fitted once
+and a hybrid takes its layers from that one fit.
+
+With ``auto_kl`` the server also chooses the hybrid (secptune.layer_choice) on held-out
+public text.  Fits and choices are cached by the weights' content (not a path), so a
+fit made on one machine serves the same checkpoint on another.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -22,16 +26,7 @@ from rfa.config import AttentionConfig
 from rfa.fit import FitOptions, fit_layer
 
 log = logging.getLogger(__name__)
-FIT_VERSION = 4  # 4: all layers in one fit, keyed by the weights' content
-
-
-def _capture(model, arch, weights) -> list[dict]:
-    """Every layer's attention inputs on the public corpus."""
-    from secptune.calibrate import public_sequences, run_public_text
-    from secptune.transformer import Nonlinear
-
-    sequences = public_sequences(model, arch.vocab_size)
-    return run_public_text(arch, weights, sequences, Nonlinear(exact=True), capture=True).capture
+FIT_VERSION = 5  # 5: corpus + the model's own samples, 200 steps, batched, wider range margin
 
 
 def weights_fingerprint(weights: dict) -> str:
@@ -44,33 +39,81 @@ def weights_fingerprint(weights: dict) -> str:
     return digest.hexdigest()
 
 
-def _cache_path(weights: dict, attention: AttentionConfig, opts: FitOptions) -> Path:
+def _cache_path(fingerprint: str, stamp: list, suffix: str) -> Path:
     from secptune.checkpoints import cache_dir
 
-    stamp = [weights_fingerprint(weights), attention.num_features, attention.seed, opts.steps, FIT_VERSION]
-    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
-    return cache_dir() / "rfa-fits" / f"{key}.pt"
+    key = hashlib.sha256(json.dumps([fingerprint, *stamp, FIT_VERSION]).encode()).hexdigest()[:16]
+    return cache_dir() / "rfa-fits" / f"{key}{suffix}"
 
 
-def fitted_feature_maps(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None) -> dict:
-    """``l{i}.rfa.{q,k,bq,bk}`` of the RFA layers, fitted to this model's attention (cached)."""
+def _save(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None):
+    """``(arch, maps, attention)`` for fitted RFA: ``maps`` holds ``l{i}.rfa.{q,k,bq,bk}`` of
+    the RFA layers, ``attention`` is resolved (the server's layer choice made), and
+    ``arch``'s activation bounds also cover the model *with* this attention on public text."""
+    from secptune.calibrate import with_activation_bounds
+    from secptune.public_text import public_text
+
     opts = opts or FitOptions()
-    path = _cache_path(weights, attention, opts)
+    fingerprint = weights_fingerprint(weights)
+    text = public_text(model, arch, fingerprint)
+    path = _cache_path(fingerprint, [attention.num_features, attention.seed, opts.steps], ".pt")
     if path.is_file():
         fits = torch.load(path, weights_only=True)
     else:
-        fits = _fit_all(model, arch, weights, attention, opts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(fits, tmp)
-        tmp.replace(path)
-    return {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
+        fits = _fit_all(arch, weights, text.fit, attention, opts)
+        _save(path, lambda p: torch.save(fits, p))
+    if attention.auto_kl is not None:
+        attention = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
+    maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
+    arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
+    return arch, maps, attention
 
 
-def _fit_all(model, arch, weights, attention: AttentionConfig, opts: FitOptions) -> dict:
+def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: FitOptions) -> AttentionConfig:
+    from secptune.layer_choice import choose_layers
+
+    # the choice measures the secure run's approximations: a change to them is a new choice;
+    # the per-layer damage does not depend on the budget (a new budget reuses it)
+    stamp = [opts.steps, asdict(approx.ApproxConfig())]
+    path = _cache_path(fingerprint, [attention.as_dict(), *stamp], "-choice.json")
+    damage_path = _cache_path(fingerprint, [replace(attention, auto_kl=None).as_dict(), *stamp], "-damage.json")
+    if path.is_file():
+        choice = json.loads(path.read_text())
+    else:
+        damage = json.loads(damage_path.read_text()) if damage_path.is_file() else None
+        choice = choose_layers(arch, weights, text.check, attention, damage)
+        _save(path, lambda p: p.write_text(json.dumps(choice, indent=1)))
+    if not damage_path.is_file():
+        _save(damage_path, lambda p: p.write_text(json.dumps(choice["damage"])))
+    log.info("server's RFA layers: %s (KL %.3f on public text)", choice["rfa_layers"], choice["kl"])
+    rfa = set(choice["rfa_layers"])
+    resolved = replace(attention, auto_kl=None, softmax_layers=tuple(i for i in range(arch.layers) if i not in rfa))
+    _CHOICES[json.dumps(resolved.as_dict())] = choice
+    return resolved
+
+
+_CHOICES: dict[str, dict] = {}  # this process's layer choices, for reports
+
+
+def choice_record(resolved: AttentionConfig) -> dict | None:
+    """How this process's server chose ``resolved``'s layers (damage per layer, KLs tried), if it did."""
+    return _CHOICES.get(json.dumps(resolved.as_dict()))
+
+
+def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions) -> dict:
     from tqdm import tqdm
 
-    captured = _capture(model, arch, weights)
+    from secptune.calibrate import run_public_text
+    from secptune.transformer import Nonlinear
+
+    captured = run_public_text(arch, weights, sequences, Nonlinear(exact=True), capture=True).capture
     acfg = approx.ApproxConfig()
     out = {}
     for i in tqdm(range(arch.layers), desc="fitting RFA feature maps", unit="layer", disable=arch.layers < 4):

@@ -37,11 +37,12 @@ class PlainSession:
         model=None,
         device: torch.device | str = "cpu",
     ):
-        self.arch, weights = server_weights(model if model is not None else load_hf_model(model_dir), attention)
+        model = model if model is not None else load_hf_model(model_dir)
+        self.arch, weights, self.attention = server_weights(model, attention)
         self.embedding_std = float(weights["emb.word"].std())
         self.device = torch.device(device)
         weights = {name: t.to(self.device) for name, t in weights.items()}
-        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=attention))
+        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=self.attention))
         self.head = self.model.label_head(verbalizer.to(self.device))
         self.texts: list[tuple[torch.Tensor, Batch]] = []
         self.forward_log: list[dict] = []

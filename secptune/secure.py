@@ -100,10 +100,20 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
             f"model mismatch: the owner's tokenizer has {request.expected_vocab} tokens but the "
             f"server's model has {info['arch']['vocab_size']}; both sides must use the same checkpoint"
         )
+    elif not _same_attention(request.attention, info.get("attention", request.attention)):
+        problem = f"the server runs attention {info['attention']}, not the requested {request.attention}"
     verdict = _broadcast(problem or "ok", OWNER)
     if verdict != "ok":
         raise HandshakeError(verdict)
     return request, info
+
+
+def _same_attention(requested: dict, served: dict) -> bool:
+    """The server may only resolve the layer choice it was asked to make (auto_kl)."""
+    if requested.get("auto_kl") is None:
+        return served == requested
+    free = ("auto_kl", "softmax_layers")
+    return {k: v for k, v in served.items() if k not in free} == {k: v for k, v in requested.items() if k not in free}
 
 
 @dataclass
@@ -122,6 +132,8 @@ class SecureSession:
         self.arch = Arch.from_dict(info["arch"])
         # public scalar the owner needs to scale its random projection (BBT); see docs/protocol.md
         self.embedding_std = info["embedding_std"]
+        # the attention as the server runs it (fitted RFA: with its choice of layers)
+        self.attention = AttentionConfig.from_dict(info.get("attention", request.attention))
         weights = weights() if callable(weights) else weights
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
         if request.fixed_weights and not request.native:  # once per session; then each linear opens only its input
@@ -129,7 +141,7 @@ class SecureSession:
         nonlinear = Nonlinear(
             exact=False,
             cfg=approx.ApproxConfig.from_dict(request.cfg),
-            attention=AttentionConfig.from_dict(request.attention),
+            attention=self.attention,
             native=request.native,
         )
         self.model = Transformer(self.arch, shared, nonlinear)
@@ -330,11 +342,12 @@ def server_description(model):
     prepared: dict = {}
 
     def describe(request: OwnerRequest) -> dict:
-        arch, weights = server_weights(model, AttentionConfig.from_dict(request.attention))
+        arch, weights, attention = server_weights(model, AttentionConfig.from_dict(request.attention))
         prepared["weights"] = weights
         return {
             "version": __version__,
             "arch": arch.to_dict(),
+            "attention": attention.as_dict(),  # as it runs: with the server's choice of RFA layers
             "shapes": {name: tuple(t.shape) for name, t in weights.items()},
             "embedding_std": float(weights["emb.word"].std()),
         }

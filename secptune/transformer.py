@@ -188,10 +188,11 @@ def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
     return future.repeat(repeat, 1)
 
 
-def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, dict]:
+def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, dict, AttentionConfig]:
     """Server side, plaintext: the architecture and canonical weights of an HF model,
     plus the keys/values of the fixed prefix tokens (causal models) and, for RFA,
-    the feature matrices ``l{i}.rfa`` (the server's, fixed per model).
+    the feature matrices ``l{i}.rfa`` (the server's, fixed per model); and the
+    attention config as it will run (fitted RFA: with the server's choice of layers).
 
     The prefix (BOS) never depends on the owner's input, so its per-layer keys and
     values are computed here once, exactly, and shared like weights.  This also
@@ -208,12 +209,13 @@ def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, d
         weights.update(capture)
     arch = with_activation_bounds(model, arch, weights)
     if attention.kind == "rfa" and attention.features == "fitted":
-        from secptune.feature_fit import fitted_feature_maps
+        from secptune.feature_fit import fitted_attention
 
-        weights.update(fitted_feature_maps(model, arch, weights, attention))
+        arch, maps, attention = fitted_attention(model, arch, weights, attention)
+        weights.update(maps)
     else:
         weights.update(server_feature_matrices(attention, arch.layers, arch.head_dim, arch.kv_heads))
-    return arch, weights
+    return arch, weights, attention
 
 
 class Transformer:

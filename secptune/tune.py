@@ -258,4 +258,6 @@ def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: d
         "stopped": state.get("stopped"),
         "metric": texts.metric,
     }
+    if getattr(session, "attention", None) is not None:  # as it ran: with the server's choice of RFA layers
+        final["attention"] = session.attention.as_dict()
     return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": state["train_forwards"]}

@@ -14,7 +14,7 @@ def _plain_grads(prep, batch, labels, method):
     from secptune.checkpoints import load_hf_model
     from secptune.transformer import Nonlinear, Transformer, server_weights
 
-    arch, weights = server_weights(load_hf_model(prep.model_dir))
+    arch, weights, _ = server_weights(load_hf_model(prep.model_dir))
     model = Transformer(arch, weights, Nonlinear(native=True))
     text = (batch.token_onehot.double(), replace(batch, token_onehot=None), None)
     return baseline.loss_and_grads(model, text, batch.prompt[:1], prep.verbalizer, labels, method)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpc import approx
-from rfa.config import AttentionConfig
+from rfa.config import DEFAULT_RFA, AttentionConfig
 from rfa.random_features import (
     feature_matrix,
     linear_form,
@@ -85,7 +85,7 @@ def test_range_monitor_flags_out_of_range_attention():
     cfg = AttentionConfig(num_features=8)
     q = torch.full((1, 1, 2, 4), 3.0, dtype=torch.float64)
     monitor = approx.RangeMonitor()
-    rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, ACFG, monitor)
+    rfa_attention(q * 2, q * 8, q, _params(cfg, 4), None, cfg, ACFG, monitor)
     assert monitor.violations.get("rfa_exp_argument", 0) > 0  # -|x|^2/2 is far below the Fourier exp's range
     monitor = approx.RangeMonitor()
     rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, dataclasses.replace(ACFG, rfa_exp="limit"), monitor)
@@ -95,6 +95,21 @@ def test_range_monitor_flags_out_of_range_attention():
     fitted = AttentionConfig(features="fitted", num_features=8)
     rfa_attention(q * 0.1, q * 0.1, q, params, None, fitted, ACFG, monitor)
     assert monitor.violations.get("rfa_exp_argument", 0) > 0
+
+
+def test_feature_exp_is_exp_on_its_whole_range():
+    """Below its range the periodic series wraps round to large, wrong features; task text
+    drives fitted-map arguments far below anything the fit saw (SmolLM2 on AG News: to −40),
+    so the range reaches down to where exp is 0 in 16-bit fixed point anyway."""
+    from mpc.fourier import exp_series
+
+    series = exp_series(ACFG.rfa_exp_low / 2, ACFG.rfa_exp_high / 2)
+    a = torch.linspace(ACFG.rfa_exp_low, ACFG.rfa_exp_high, 40001, dtype=torch.float64)
+    assert ((series.series(a / 2).square() - a.exp()).abs() / math.exp(ACFG.rfa_exp_high)).max() < 1e-3
+    assert ACFG.rfa_exp_low <= -48
+    # what a narrow range did to such arguments: [-16, 4] maps -25 onto nearly e^4
+    narrow = exp_series(-8.0, 2.0).series(torch.tensor(-25.0 / 2)).square()
+    assert narrow > 10 and series.series(torch.tensor(-25.0 / 2)).square() < 1e-3
 
 
 def test_unknown_settings_are_refused():
@@ -115,8 +130,9 @@ def relative_error(a, b):
         ("tiny-roberta", AttentionConfig(features="positive", num_features=16)),
         ("tiny-llama", AttentionConfig(features="fourier", num_features=16, scale=0.25)),
         ("tiny-llama", AttentionConfig(features="fitted", num_features=8, softmax_layers=(1,))),
+        ("tiny-llama", DEFAULT_RFA),  # the server chooses the layers; the owner runs its choice
     ],
-    ids=["llama-positive", "roberta-positive", "llama-fourier", "llama-fitted-hybrid"],
+    ids=["llama-positive", "roberta-positive", "llama-fourier", "llama-fitted-hybrid", "llama-default"],
 )
 def test_secure_rfa_equals_plain_rfa(model, cfg):
     opts, prep = prepared_inputs(model, prompt_len=4, batch_size=2)

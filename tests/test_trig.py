@@ -67,9 +67,12 @@ def test_large_views_are_evaluated_in_chunks_that_agree_with_the_oracle():
 
 
 def test_fourier_exp_matches_its_series():
+    """The RFA features' exp(a/2) on the default range: a wide series (many harmonics) from one opening."""
+    from mpc.approx import ApproxConfig
     from mpc.fourier import exp_series
 
-    x = torch.linspace(-8, 2, 2001, dtype=torch.float64)
-    got, cost = op_jobs.run("fourier_exp", x, extra={"low": -8.0, "high": 2.0})
-    assert (got - exp_series(-8.0, 2.0).series(x)).abs().max() < 1e-3  # values up to e^2
+    low, high = ApproxConfig().rfa_exp_low / 2, ApproxConfig().rfa_exp_high / 2
+    x = torch.linspace(low, high, 4001, dtype=torch.float64)
+    got, cost = op_jobs.run("fourier_exp", x, extra={"low": low, "high": high})
+    assert (got - exp_series(low, high).series(x)).abs().max() < 2e-3  # values up to e^2
     assert cost["rounds"] == 1

@@ -1,0 +1,104 @@
+"""The server's public text: what it runs its own model on to fit RFA and choose its layers.
+
+Never the owner's data.  Two sources: secptune's built-in neutral English corpus
+(tiny_corpus, ~800 words) and, for causal models, text the model samples itself
+from generic openers ("The", "Yesterday", "Scientists", ...; seeded).  The corpus
+alone is too little: RFA maps fitted to it generalised badly (SmolLM2: relative
+attention error 0.5-0.75 on held-out sentences; with the generated text added,
+mostly 0.4-0.55 and half the KL; BENCHMARKS.md).  Sampled text is in the model's
+own distribution and costs the server one generation pass, cached per weights.
+
+The text is split: ``fit`` (feature-map fit, activation bounds) and ``check``
+(held out: the server's choice of RFA layers is measured on text the fit never saw).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+TEXT_VERSION = 1
+OPENERS = (
+    "The", "In", "Yesterday", "A", "When", "It", "My", "This",
+    "Scientists", "The company", "After", "Many people", "Today", "She", "He", "We",
+)  # fmt: skip
+SAMPLES = 128  # generated sequences: 96 to fit, 32 to check
+CHECK = 32
+LENGTH = 80  # tokens per generated sequence (all equal: the fit runs them as batches)
+
+
+@dataclass(frozen=True)
+class PublicText:
+    fit: list[list[int]]
+    check: list[list[int]]
+
+
+def public_text(model, arch, fingerprint: str) -> PublicText:
+    """Corpus sequences plus, for causal models, the model's own samples (cached by ``fingerprint``)."""
+    from secptune.calibrate import public_sequences
+
+    corpus = public_sequences(model, arch.vocab_size, count=17)
+    if arch.family != "causal":  # an encoder cannot sample text: corpus lines only
+        return PublicText(fit=corpus[:8], check=corpus[8:])
+    samples = _cached_samples(model, arch, fingerprint)
+    return PublicText(fit=corpus[:8] + samples[: SAMPLES - CHECK], check=samples[SAMPLES - CHECK :])
+
+
+def _cached_samples(model, arch, fingerprint: str) -> list[list[int]]:
+    from secptune.checkpoints import cache_dir
+
+    path = cache_dir() / "public-text" / f"{fingerprint[:24]}-v{TEXT_VERSION}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    samples = sample_text(model, arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(samples, tmp)
+    tmp.replace(path)
+    return samples
+
+
+def _openers(model, arch) -> list[list[int]]:
+    from secptune.checkpoints import load_tokenizer
+    from secptune.errors import CheckpointError
+
+    try:
+        tokenizer = load_tokenizer(model.config._name_or_path)
+    except CheckpointError:  # a random test model without a tokenizer: seeded token ids
+        g = torch.Generator().manual_seed(0)
+        return [[int(t)] for t in torch.randint(0, arch.vocab_size, (len(OPENERS),), generator=g)]
+    return [tokenizer(o, add_special_tokens=False)["input_ids"] for o in OPENERS]
+
+
+def sample_text(model, arch) -> list[list[int]]:
+    """``SAMPLES`` sequences of equal length sampled from the model (top-p 0.95, seed 0),
+    each after the model's prefix (BOS) and a generic opener; the prefix is not included."""
+    from tqdm import tqdm
+
+    openers = _openers(model, arch)
+    width = max(map(len, openers))
+    length = min(LENGTH, arch.max_positions - len(arch.prefix_tokens) - 8)
+    prefix = list(arch.prefix_tokens)
+    # left-pad the openers to one width so each round is one batch
+    ids = torch.tensor([[0] * (width - len(o)) + prefix + o for o in openers])
+    mask = torch.tensor([[0] * (width - len(o)) + [1] * (len(prefix) + len(o)) for o in openers])
+    new = length - min(map(len, openers)) + 1
+    rounds = SAMPLES // len(openers)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded without touching the caller's RNG
+        torch.manual_seed(0)
+        out = [s for _ in tqdm(range(rounds), desc="sampling public text", unit="round", disable=arch.layers < 4)
+               for s in _sample_round(model, ids, mask, new, len(prefix), length)]  # fmt: skip
+    log.info("sampled %d public sequences of %d tokens", len(out), length)
+    return out
+
+
+def _sample_round(model, ids, mask, new: int, prefix: int, length: int) -> list[list[int]]:
+    rows = model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=True, top_p=0.95, temperature=1.0,
+        max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+    )  # fmt: skip
+    starts = [m.index(1) + prefix for m in mask.tolist()]  # after the left padding and the prefix
+    return [row[start : start + length] for row, start in zip(rows.tolist(), starts)]
