@@ -8,9 +8,11 @@ relative error.  Instead the server learns, per layer and key/value head, maps
 φ(q)φ(k)ᵀ, normalised, matches the softmax attention weights of its own model
 on public text (attention distillation, as in Hedgehog, Zhang et al. 2024).
 
-The fit evaluates exp with the *same* fixed-iteration approximation the secure
-run uses and penalises exponent arguments and denominators outside the ranges
-the secure run supports, so what is fitted is what runs under MPC.
+The fit evaluates exp with the secure run's own approximation and penalises
+exponent arguments outside [exp_low, rfa_exp_high] (narrower than the secure
+run's exp range: below e^-16 a feature is 0 in fixed point anyway) and
+denominators near the edges of their range, so what is fitted is what runs
+under MPC.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
     to [b, h, m, n].  Keys and queries are balanced by d^¼ as in rfa_attention.
     The loss is the cross-entropy to softmax's weights, averaged over all query rows
     (a batch of 16 sequences counts 16 times one), plus a penalty on exponent
-    arguments and denominators near the edges of the ranges the secure run supports:
-    outside them the secure exp is a periodic series, i.e. wrong.
+    arguments and denominators near the edges of the fit's ranges (``opts``): outside
+    the secure run's range the exp is a periodic series, i.e. wrong.
     """
     acfg = replace(acfg, rfa_exp_low=opts.exp_low)
     heads, d = samples[0]["q"].size(1), samples[0]["q"].size(-1)

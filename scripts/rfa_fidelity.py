@@ -102,16 +102,31 @@ def layer_errors(model, configs: dict, sentences: int = 16) -> dict:
     return out
 
 
-def accuracy(model, configs: dict, limit: int) -> dict:
+def eval_examples(task: str, limit: int, split: str = "test") -> list:
+    """The first ``limit`` test examples, or (``validation``) a seeded sample of ``limit`` from
+    the train pool: defaults are chosen on validation text, never on the test figures."""
+    import random
+
+    from secptune.inputs import load_jsonl
+    from secptune.tasks import task_file
+
+    if split == "test":
+        return load_jsonl(task_file(task, "test"), limit)
+    if split != "validation":
+        raise ValueError(f"split must be test or validation, not {split!r}")
+    pool = load_jsonl(task_file(task, "train"))
+    return random.Random(f"validation-{task}").sample(pool, min(limit, len(pool)))
+
+
+def accuracy(model, configs: dict, limit: int, split: str = "test") -> dict:
     """Zero-shot accuracy per configuration: an AttentionConfig, or (AttentionConfig, ApproxConfig)."""
     from secptune.infer import plain_scores, prepare
-    from secptune.inputs import load_jsonl
 
     out = {}
     for task in TASKS:
         opts = _options(task, limit)
         # sorted by length so that each batch pads little (accuracy does not depend on order)
-        examples = sorted(load_jsonl(opts.data, limit), key=lambda e: len(e.text) + len(e.text_b or ""))
+        examples = sorted(eval_examples(task, limit, split), key=lambda e: len(e.text) + len(e.text_b or ""))
         prep = prepare(opts, examples)
         labels = torch.tensor([e.label for e in prep.examples])
         started = time.perf_counter()

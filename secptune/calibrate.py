@@ -24,22 +24,27 @@ BATCH = 16  # public sequences of one length run together
 
 
 def public_sequences(model, vocab_size: int, count: int = 8, lines_each: int = 4) -> list[list[int]]:
-    """``count`` sequences of a few corpus lines each, in the model's own tokens (a model
-    without a tokenizer — a random test model — gets seeded random ids of similar length)."""
-    from secptune.checkpoints import load_tokenizer
-    from secptune.errors import CheckpointError
+    """``count`` sequences of a few corpus lines each, in the model's own tokens."""
     from secptune.tiny_corpus import TEXT
 
     lines = [line.strip() for line in TEXT.splitlines() if line.strip()]
     chunks = [" ".join(lines[i : i + lines_each]) for i in range(0, count * lines_each, lines_each)]
-    chunks = [c for c in chunks if c]
+    return public_tokens(model, [c for c in chunks if c], vocab_size, 48)
+
+
+def public_tokens(model, texts: list[str], vocab_size: int, random_length: int) -> list[list[int]]:
+    """``texts`` in the model's own tokens; a model saved without a tokenizer (a random
+    test model) gets seeded random ids instead, ``random_length`` per text."""
+    from secptune.checkpoints import load_tokenizer
+    from secptune.errors import CheckpointError
+
     try:
         tokenizer = load_tokenizer(model.config._name_or_path)
-    except CheckpointError as exc:  # no tokenizer saved with the model (random test models)
-        log.info("calibrating on seeded random token ids: %s", exc)
+    except CheckpointError as exc:
+        log.info("public text as seeded random token ids: %s", exc)
         g = torch.Generator().manual_seed(0)
-        return [torch.randint(0, vocab_size, (48,), generator=g).tolist() for _ in chunks]
-    return [tokenizer(chunk, add_special_tokens=False)["input_ids"] for chunk in chunks]
+        return [torch.randint(0, vocab_size, (random_length,), generator=g).tolist() for _ in texts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):

@@ -56,7 +56,8 @@ def _save(path: Path, write) -> None:
 def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None):
     """``(arch, maps, attention)`` for fitted RFA: ``maps`` holds ``l{i}.rfa.{q,k,bq,bk}`` of
     the RFA layers, ``attention`` is resolved (the server's layer choice made), and
-    ``arch``'s activation bounds also cover the model *with* this attention on public text."""
+    ``arch``'s activation bounds also cover the model *with* this attention on public text
+    (all three cached by the weights' content)."""
     from secptune.calibrate import with_activation_bounds
     from secptune.public_text import public_text
 
@@ -72,7 +73,13 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
     if attention.auto_kl is not None:
         attention = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
     maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
+    # a pass of the hybrid over all public text (SmolLM2: ~1 min on 2 cores), once per hybrid
+    stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), list(arch.act_bounds or ())]
+    bounds_path = _cache_path(fingerprint, stamp, "-bounds.json")
+    if bounds_path.is_file():
+        return replace(arch, act_bounds=tuple(json.loads(bounds_path.read_text()))), maps, attention
     arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
+    _save(bounds_path, lambda p: p.write_text(json.dumps(list(arch.act_bounds))))
     return arch, maps, attention
 
 

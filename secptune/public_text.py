@@ -61,24 +61,14 @@ def _cached_samples(model, arch, fingerprint: str) -> list[list[int]]:
     return samples
 
 
-def _openers(model, arch) -> list[list[int]]:
-    from secptune.checkpoints import load_tokenizer
-    from secptune.errors import CheckpointError
-
-    try:
-        tokenizer = load_tokenizer(model.config._name_or_path)
-    except CheckpointError:  # a random test model without a tokenizer: seeded token ids
-        g = torch.Generator().manual_seed(0)
-        return [[int(t)] for t in torch.randint(0, arch.vocab_size, (len(OPENERS),), generator=g)]
-    return [tokenizer(o, add_special_tokens=False)["input_ids"] for o in OPENERS]
-
-
 def sample_text(model, arch) -> list[list[int]]:
     """``SAMPLES`` sequences of equal length sampled from the model (top-p 0.95, seed 0),
     each after the model's prefix (BOS) and a generic opener; the prefix is not included."""
     from tqdm import tqdm
 
-    openers = _openers(model, arch)
+    from secptune.calibrate import public_tokens
+
+    openers = public_tokens(model, list(OPENERS), arch.vocab_size, 1)
     width = max(map(len, openers))
     length = min(LENGTH, arch.max_positions - len(arch.prefix_tokens) - 8)
     prefix = list(arch.prefix_tokens)

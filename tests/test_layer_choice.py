@@ -62,19 +62,40 @@ def test_server_resolves_its_layer_choice(llama):
     assert none.softmax_layers == tuple(range(llama.config.num_hidden_layers)) and every.softmax_layers == ()
 
 
-def test_a_new_budget_reuses_the_per_layer_damage(llama, tmp_path, monkeypatch):
-    """Damage costs one pass per layer (SmolLM2: 15 min on 2 cores) and does not depend on the budget."""
+def _cache_without_choices(llama, tmp_path, monkeypatch):
+    """A cache holding the shared cache's fits and public text but no choices or bounds
+    (a fresh fit would cost minutes and is not what these tests are about)."""
+    import shutil
+
+    from secptune.checkpoints import cache_dir
+
+    server_weights(llama, DEFAULT_RFA)  # fits the maps into the shared cache, if not there yet
+    shutil.copytree(cache_dir() / "public-text", tmp_path / "public-text")
+    (tmp_path / "rfa-fits").mkdir()
+    for fit in (cache_dir() / "rfa-fits").glob("*.pt"):
+        shutil.copy(fit, tmp_path / "rfa-fits")
+    monkeypatch.setenv("SECPTUNE_CACHE", str(tmp_path))
+
+
+def test_the_choice_is_made_once_and_a_new_budget_reuses_the_per_layer_damage(llama, tmp_path, monkeypatch):
+    """Damage costs one pass per layer (SmolLM2: 15 min on 2 cores) and does not depend on the
+    budget; the hybrid's activation bounds cost a pass over all public text."""
+    import secptune.calibrate as calibrate
     import secptune.layer_choice as layer_choice
     from secptune.feature_fit import choice_record
 
-    monkeypatch.setenv("SECPTUNE_CACHE", str(tmp_path))
-    calls = []
-    real = layer_choice._log_probs
+    _cache_without_choices(llama, tmp_path, monkeypatch)
+    calls, bounds = [], []
+    real, real_bounds = layer_choice._log_probs, calibrate.with_activation_bounds
     monkeypatch.setattr(layer_choice, "_log_probs", lambda *a: calls.append(1) or real(*a))
-    _, _, first = server_weights(llama, DEFAULT_RFA)
+    monkeypatch.setattr(calibrate, "with_activation_bounds", lambda *a, **k: bounds.append(1) or real_bounds(*a, **k))
+    first_arch, _, first = server_weights(llama, DEFAULT_RFA)
     layers, tries = llama.config.num_hidden_layers, len(choice_record(first)["tried"])
     assert len(calls) == 1 + layers + tries  # reference, one pass per layer, the bisection
+    assert len(bounds) == 1  # the hybrid on the server's public text
     calls.clear()
+    again_arch, _, again = server_weights(llama, DEFAULT_RFA)
+    assert not calls and len(bounds) == 1 and (again_arch, again) == (first_arch, first)
     _, _, other = server_weights(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=DEFAULT_RFA.auto_kl / 3))
     record = choice_record(other)
     assert len(calls) == 1 + len(record["tried"]) and record["damage"] == choice_record(first)["damage"]
@@ -116,3 +137,4 @@ def test_fitting_brings_rfa_closer_to_softmax():
     for data, gain in ((train, 0.75), (held_out, 0.95)):  # measured: 0.83 -> 0.56 and 0.87 -> 0.78
         before, after = attention_error(data, start, acfg, cfg), attention_error(data, fitted, acfg, cfg)
         assert after < gain * before, (before, after)
+
