@@ -1,7 +1,10 @@
 """Shared fixtures: small prepared inputs for the tiny built-in models."""
 
+import dataclasses
+
 import pytest
 
+from rfa.config import DEFAULT_RFA
 from secptune.infer import InferOptions, prepare
 from secptune.inputs import Example
 
@@ -19,6 +22,9 @@ TEMPLATES = {
 }
 
 TINY_MODELS = list(TEMPLATES)
+# the server's choice of RFA layers with a budget that makes tiny-llama a hybrid (RFA in one of
+# its two layers): the default's budget, chosen for SmolLM2, keeps softmax in both
+SERVER_CHOICE = dataclasses.replace(DEFAULT_RFA, auto_kl=0.15)
 
 
 def prepared_inputs(model: str, prompt_len: int = 4, batch_size: int = 2, examples=SENTENCES):

@@ -11,6 +11,8 @@ from secptune.public_text import CHECK, SAMPLES, public_text
 from secptune.secure import _same_attention
 from secptune.transformer import server_weights
 
+from conftest import SERVER_CHOICE
+
 
 @pytest.fixture(scope="module")
 def llama():
@@ -47,12 +49,12 @@ def test_encoders_use_the_corpus_only():
 def test_server_resolves_its_layer_choice(llama):
     from secptune.feature_fit import choice_record
 
-    _, weights, resolved = server_weights(llama, DEFAULT_RFA)
+    _, weights, resolved = server_weights(llama, SERVER_CHOICE)
     assert resolved.auto_kl is None and resolved.features == "fitted"
     record = choice_record(resolved)
-    assert record["kl"] <= DEFAULT_RFA.auto_kl and record["budget"] == DEFAULT_RFA.auto_kl
+    assert record["kl"] <= SERVER_CHOICE.auto_kl and record["budget"] == SERVER_CHOICE.auto_kl
     rfa = [i for i in range(llama.config.num_hidden_layers) if resolved.uses_rfa(i)]
-    assert rfa == record["rfa_layers"]
+    assert rfa == record["rfa_layers"] and 0 < len(rfa) < llama.config.num_hidden_layers  # a hybrid
     assert {int(n.split(".")[0][1:]) for n in weights if ".rfa." in n} == set(rfa)  # maps of RFA layers only
     # the ranking decides: the layers chosen are the least damaging ones
     assert rfa == sorted(record["order"][: len(rfa)])
@@ -69,7 +71,7 @@ def _cache_without_choices(llama, tmp_path, monkeypatch):
 
     from secptune.checkpoints import cache_dir
 
-    server_weights(llama, DEFAULT_RFA)  # fits the maps into the shared cache, if not there yet
+    server_weights(llama, SERVER_CHOICE)  # fits the maps into the shared cache, if not there yet
     shutil.copytree(cache_dir() / "public-text", tmp_path / "public-text")
     (tmp_path / "rfa-fits").mkdir()
     for fit in (cache_dir() / "rfa-fits").glob("*.pt"):
@@ -89,14 +91,14 @@ def test_the_choice_is_made_once_and_a_new_budget_reuses_the_per_layer_damage(ll
     real, real_bounds = layer_choice._log_probs, calibrate.with_activation_bounds
     monkeypatch.setattr(layer_choice, "_log_probs", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(calibrate, "with_activation_bounds", lambda *a, **k: bounds.append(1) or real_bounds(*a, **k))
-    first_arch, _, first = server_weights(llama, DEFAULT_RFA)
+    first_arch, _, first = server_weights(llama, SERVER_CHOICE)
     layers, tries = llama.config.num_hidden_layers, len(choice_record(first)["tried"])
     assert len(calls) == 1 + layers + tries  # reference, one pass per layer, the bisection
     assert len(bounds) == 1  # the hybrid on the server's public text
     calls.clear()
-    again_arch, _, again = server_weights(llama, DEFAULT_RFA)
+    again_arch, _, again = server_weights(llama, SERVER_CHOICE)
     assert not calls and len(bounds) == 1 and (again_arch, again) == (first_arch, first)
-    _, _, other = server_weights(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=DEFAULT_RFA.auto_kl / 3))
+    _, _, other = server_weights(llama, dataclasses.replace(SERVER_CHOICE, auto_kl=SERVER_CHOICE.auto_kl / 3))
     record = choice_record(other)
     assert len(calls) == 1 + len(record["tried"]) and record["damage"] == choice_record(first)["damage"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpc import approx
-from rfa.config import DEFAULT_RFA, AttentionConfig
+from rfa.config import AttentionConfig
 from rfa.random_features import (
     feature_matrix,
     linear_form,
@@ -23,7 +23,7 @@ from rfa.softmax_attention import attention
 from secptune.infer import plain_scores, secure_scores
 from secptune.transformer import causal_penalty
 
-from conftest import prepared_inputs
+from conftest import SERVER_CHOICE, prepared_inputs
 
 ACFG = approx.ApproxConfig()
 
@@ -130,7 +130,7 @@ def relative_error(a, b):
         ("tiny-roberta", AttentionConfig(features="positive", num_features=16)),
         ("tiny-llama", AttentionConfig(features="fourier", num_features=16, scale=0.25)),
         ("tiny-llama", AttentionConfig(features="fitted", num_features=8, softmax_layers=(1,))),
-        ("tiny-llama", DEFAULT_RFA),  # the server chooses the layers; the owner runs its choice
+        ("tiny-llama", SERVER_CHOICE),  # the server chooses the layers; the owner runs its choice
     ],
     ids=["llama-positive", "roberta-positive", "llama-fourier", "llama-fitted-hybrid", "llama-default"],
 )
