@@ -63,9 +63,9 @@ def main() -> None:
     for b in budgets:  # the server's choice per budget (per-layer damage cached: a bisection each)
         _, _, resolved = server_weights(model, replace(DEFAULT_RFA, auto_kl=b))
         configs[f"kl{b}"] = resolved
-        record = choice_record(resolved) or {}
-        choices[f"kl{b}"] = {"rfa_layers": record.get("rfa_layers"), "public_kl": record.get("kl")}
-        print(f"budget {b}: RFA in {choices[f'kl{b}']['rfa_layers']} (public KL {record.get('kl', 0):.4f})", flush=True)
+        record = choice_record(resolved)  # this process's server made it (auto_kl is set)
+        choices[f"kl{b}"] = {"rfa_layers": record["rfa_layers"], "public_kl": record["kl"]}
+        print(f"budget {b}: RFA in {record['rfa_layers']} (public KL {record['kl']:.4f})", flush=True)
     results = accuracy(model, configs, args.limit, split="validation")
     chosen = pick(results, budgets, args.tolerance)
     report = {

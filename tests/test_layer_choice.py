@@ -139,4 +139,3 @@ def test_fitting_brings_rfa_closer_to_softmax():
     for data, gain in ((train, 0.75), (held_out, 0.95)):  # measured: 0.83 -> 0.56 and 0.87 -> 0.78
         before, after = attention_error(data, start, acfg, cfg), attention_error(data, fitted, acfg, cfg)
         assert after < gain * before, (before, after)
-
