@@ -80,7 +80,7 @@ class TextSets:
     test: list[Batch]
     test_labels: list[int]
     dev_zero: list[Batch]  # the same texts without prompt slots (zero-shot)
-    test_zero: list[Batch]
+    test_zero: list[Batch] | None  # None: the caller knows the zero-shot test score already
     verbalizer: torch.Tensor
     hidden: int
     metric: str
@@ -157,6 +157,12 @@ def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[i
     for tid in text_ids:
         pred += session.scores(tid, prompt.unsqueeze(0)).argmax(-1).tolist()
     return metric(pred, labels, kind)
+
+
+def test_score(session, texts: TextSets, prompt: torch.Tensor) -> float:
+    """Test metric of ``prompt`` on ``session``; the prompt may have been tuned on another session
+    (scripts/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
+    return _evaluate(session, [session.load_texts(b) for b in texts.test], prompt, texts.test_labels, texts.metric)
 
 
 def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume: bool, show_progress: bool = True):
@@ -244,14 +250,13 @@ def _early_stop(state: dict, cfg: TuneConfig) -> bool:
 def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict) -> dict:
     best = state["best"]
     prompt = prompts_from(A, [best["z"]], cfg.prompt_len, texts.hidden)[0]
-    test_ids = [session.load_texts(b) for b in texts.test]
-    zero_ids = [session.load_texts(b) for b in texts.test_zero]
+    zero_ids = None if texts.test_zero is None else [session.load_texts(b) for b in texts.test_zero]
     empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
     final = {
         "dev": {"zero_shot": state["zero_shot_dev"], "tuned": best["dev"]},
         "test": {
-            "zero_shot": _evaluate(session, zero_ids, empty, texts.test_labels, texts.metric),
-            "tuned": _evaluate(session, test_ids, prompt, texts.test_labels, texts.metric),
+            "zero_shot": None if zero_ids is None else _evaluate(session, zero_ids, empty, texts.test_labels, texts.metric),
+            "tuned": test_score(session, texts, prompt),
         },
         "best_generation": best["gen"],
         "generations_run": state["gen"],

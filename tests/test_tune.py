@@ -5,14 +5,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from secptune.errors import InputError
 from secptune.report import compare
-from secptune.tune import TuneConfig, losses, metric
-from secptune.tune_job import run_tune
+from secptune.hf_session import HFSession
+from secptune.tune import TuneConfig, losses, metric, test_score, tune_program
+from secptune.tune_job import build_texts, run_tune
 
 POS = ["a great film", "good acting and a fine story", "great music", "a good and positive day", "fine and great"]
 NEG = ["a bad film", "terrible acting and a slow story", "bad music", "a terrible and negative day", "slow and bad"]
@@ -71,6 +73,20 @@ def test_exact_plain_tuning_runs_the_unmodified_model(data, tmp_path):
         assert abs(o["best_loss"] - e["best_loss"]) <= 2e-2 * max(1.0, abs(o["best_loss"]))  # ... of the same function
     with pytest.raises(InputError, match="--mode plain only"):
         run_tune(small_config("tiny-llama", "secure", data, exact=True), str(tmp_path / "no"), show_progress=False)
+
+
+def test_a_tuned_prompt_scores_the_same_on_another_session_and_a_known_zero_shot_is_skipped(data, tmp_path):
+    """rfa_fidelity's after-tuning check scores a prompt on a session it was not tuned on, and skips
+    zero-shot passes whose scores it has already (an AG News RFA pass is ~10 minutes)."""
+    cfg = small_config("tiny-llama", "plain", data, exact=True, test_limit=10)
+    run = run_tune(cfg, str(tmp_path / "run"), show_progress=False)
+    model_dir, texts, loss = build_texts(cfg)
+    prompt = torch.load(tmp_path / "run" / "prompt.pt", weights_only=True)
+    assert test_score(HFSession(model_dir, texts.verbalizer), texts, prompt) == run["final"]["test"]["tuned"]
+    again = tune_program(HFSession(model_dir, texts.verbalizer), replace(cfg, loss=loss), replace(texts, test_zero=None),
+                         str(tmp_path / "again"), False, False)  # fmt: skip
+    assert again["final"]["test"] == {"zero_shot": None, "tuned": run["final"]["test"]["tuned"]}
+    assert torch.equal(again["prompt"], prompt)
 
 
 def _without_wall(generations: list[dict]) -> list[dict]:
