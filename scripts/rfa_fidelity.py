@@ -12,10 +12,11 @@ Writes ``reports/rfa_fidelity.json`` and ``reports/rfa_fidelity.png``:
   configuration (tiny-llama secure forward, owner's traffic, 4 sequences);
 * ``server_choice``: for the default, the server's layer choice (damage per layer, KLs tried);
 * ``tuned`` (``--tune``): test accuracy after CMA-ES tuning against the default RFA and
-  against exact softmax, same seed, settings and number of generations.
+  against exact softmax, same seed, settings and number of generations; ``cross``: each
+  tuned prompt tested under the other attention too.
 
 Usage: python scripts/rfa_fidelity.py [--limit 500] [--configs NAME,...] [--accuracy-configs NAME,...]
-       [--skip-accuracy] [--keep-previous] [--tune BUDGET --tune-minutes M]
+       [--skip-accuracy] [--keep-previous] [--tune BUDGET --tune-minutes M [--tune-tasks T] [--tune-only]]
 """
 
 from __future__ import annotations
