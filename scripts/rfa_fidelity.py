@@ -189,7 +189,7 @@ def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, te
 
     from secptune.hf_session import HFSession
     from secptune.plain import PlainSession
-    from secptune.tune import TuneConfig, test_score, tune_program
+    from secptune.tune import TuneConfig, score_on_test, tune_program
     from secptune.tune_job import build_texts
 
     settings = {"k": k, "seed": 42, "prompt_len": 10, "intrinsic_dim": 100, "popsize": popsize, "alpha": 0.1,
@@ -226,7 +226,7 @@ def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, te
                                "stopped": final["stopped"], "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
             print(f"tuned {task} {name}: {out[task][name]}", flush=True)
         for tuned_on, scored_on in (("rfa", "softmax-exact"), ("softmax-exact", "rfa")):
-            score = test_score(sessions[scored_on], texts, prompts[tuned_on])
+            score = score_on_test(sessions[scored_on], texts, prompts[tuned_on])
             out[task]["cross"] = {**out[task].get("cross", {}), f"tuned {tuned_on}, tested {scored_on}": score}
             print(f"{task}: prompt tuned under {tuned_on}, tested under {scored_on}: {score:.3f}", flush=True)
     return out

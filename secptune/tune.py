@@ -159,7 +159,7 @@ def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[i
     return metric(pred, labels, kind)
 
 
-def test_score(session, texts: TextSets, prompt: torch.Tensor) -> float:
+def score_on_test(session, texts: TextSets, prompt: torch.Tensor) -> float:
     """Test metric of ``prompt`` on ``session``; the prompt may have been tuned on another session
     (scripts/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
     return _evaluate(session, [session.load_texts(b) for b in texts.test], prompt, texts.test_labels, texts.metric)
@@ -256,7 +256,7 @@ def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: d
         "dev": {"zero_shot": state["zero_shot_dev"], "tuned": best["dev"]},
         "test": {
             "zero_shot": None if zero_ids is None else _evaluate(session, zero_ids, empty, texts.test_labels, texts.metric),
-            "tuned": test_score(session, texts, prompt),
+            "tuned": score_on_test(session, texts, prompt),
         },
         "best_generation": best["gen"],
         "generations_run": state["gen"],

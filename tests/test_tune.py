@@ -13,7 +13,7 @@ import torch
 from secptune.errors import InputError
 from secptune.report import compare
 from secptune.hf_session import HFSession
-from secptune.tune import TuneConfig, losses, metric, test_score, tune_program
+from secptune.tune import TuneConfig, losses, metric, score_on_test, tune_program
 from secptune.tune_job import build_texts, run_tune
 
 POS = ["a great film", "good acting and a fine story", "great music", "a good and positive day", "fine and great"]
@@ -82,7 +82,7 @@ def test_a_tuned_prompt_scores_the_same_on_another_session_and_a_known_zero_shot
     run = run_tune(cfg, str(tmp_path / "run"), show_progress=False)
     model_dir, texts, loss = build_texts(cfg)
     prompt = torch.load(tmp_path / "run" / "prompt.pt", weights_only=True)
-    assert test_score(HFSession(model_dir, texts.verbalizer), texts, prompt) == run["final"]["test"]["tuned"]
+    assert score_on_test(HFSession(model_dir, texts.verbalizer), texts, prompt) == run["final"]["test"]["tuned"]
     again = tune_program(HFSession(model_dir, texts.verbalizer), replace(cfg, loss=loss), replace(texts, test_zero=None),
                          str(tmp_path / "again"), False, False)  # fmt: skip
     assert again["final"]["test"] == {"zero_shot": None, "tuned": run["final"]["test"]["tuned"]}
