@@ -204,6 +204,7 @@ def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, te
         known = (zero_shot or {}).get(task)
         if known:
             texts = replace(texts, test_zero=None)
+            out[task]["zero_shot_from"] = "the report's accuracy section (same test examples)"
         sessions, prompts = {}, {}
         for name in ("rfa", "softmax-exact"):  # the slower one first: its generations set the budget
             if name == "rfa":
@@ -216,12 +217,10 @@ def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, te
             run_dir = ROOT / "runs" / f"rfa-tune-{task}-{name}"
             result = tune_program(sessions[name], run, texts, str(run_dir), False, False)
             prompts[name] = result["prompt"]
-            run_dir.mkdir(parents=True, exist_ok=True)
             torch.save(prompts[name], run_dir / "prompt.pt")
             final = result["final"]
             if known:
                 final["test"]["zero_shot"] = known[name]
-                out[task]["zero_shot_from"] = "the report's accuracy section (same test examples)"
             out[task][name] = {"test": final["test"], "dev": final["dev"], "generations": final["generations_run"],
                                "stopped": final["stopped"], "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
             print(f"tuned {task} {name}: {out[task][name]}", flush=True)
