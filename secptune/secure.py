@@ -8,8 +8,9 @@ then execute it.  What crosses in the clear is public by design:
 * owner -> server: commands with shapes (batch size, padded length, prompt
   length, population size), the number of label words, approximation settings,
   protocol version;
-* server -> owner: the public architecture (:class:`secptune.arch.Arch`) and the
-  weight shapes.
+* server -> owner: the public architecture (:class:`secptune.arch.Arch`), the
+  weight shapes, its cap on label words and the seed of the one-hot check;
+* both ways: the one-hot check's combinations of the verbalizer (0 when one-hot).
 
 Weights are shared once per session, text inputs once per text set (training
 texts do not change during tuning), prompts once per forward; scores are
@@ -39,6 +40,10 @@ WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a r
 MAX_ATTEMPTS = 3  # a wild forward is recomputed; three in a row is an error
 # linears the model applies to the same input: one fixed-mask product, one opening
 FUSED_LINEARS = (("q", "k", "v"), ("gate", "up"))
+# the server's default cap on label words per query: each label word is one more
+# score of the server's model the owner reads per input (docs/protocol.md)
+MAX_LABEL_WORDS = 16
+VERBALIZER_CHALLENGES = 4  # independent random combinations in the one-hot check
 
 
 class HandshakeError(SecptuneError):
@@ -47,6 +52,10 @@ class HandshakeError(SecptuneError):
 
 class SecureComputationError(SecptuneError):
     """The secure computation produced values that cannot be right."""
+
+
+class VerbalizerError(SecureComputationError):
+    """The owner's verbalizer failed the one-hot check: the server scores nothing with it."""
 
 
 @dataclass
@@ -102,9 +111,17 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
         )
     elif not _same_attention(request.attention, info.get("attention", request.attention)):
         problem = f"the server runs attention {info['attention']}, not the requested {request.attention}"
+    elif not 1 <= request.labels <= info.get("max_labels", MAX_LABEL_WORDS):
+        cap = info.get("max_labels", MAX_LABEL_WORDS)
+        problem = (
+            f"the data owner asks for {request.labels} label words per query; this server scores "
+            f"between 1 and {cap} (its max_labels setting): use at most {cap} label words"
+        )
     verdict = _broadcast(problem or "ok", OWNER)
     if verdict != "ok":
         raise HandshakeError(verdict)
+    if problem:  # the server enforces its own limits whatever verdict the owner sends
+        raise HandshakeError(problem)
     return request, info
 
 
@@ -130,6 +147,11 @@ class SecureSession:
         self.is_owner = _rank() == OWNER
         request, info = _handshake(request, server_info)
         self.arch = Arch.from_dict(info["arch"])
+        # before the server shares anything: the verbalizer is checked one-hot under MPC
+        # (once per session; its traffic is kept in check_log), a failure stops both sides
+        self.check_log: dict = {}
+        with _PhaseRecorder(self.check_log)("verbalizer_check"):
+            verbalizer = _checked_verbalizer(verbalizer, request.labels, self.arch.vocab_size)
         # public scalar the owner needs to scale its random projection (BBT); see docs/protocol.md
         self.embedding_std = info["embedding_std"]
         # the attention as the server runs it (fitted RFA: with its choice of layers)
@@ -145,7 +167,7 @@ class SecureSession:
             native=request.native,
         )
         self.model = Transformer(self.arch, shared, nonlinear)
-        self.verbalizer = _share(verbalizer, (request.labels, self.arch.vocab_size), OWNER)
+        self.verbalizer = verbalizer  # shared, checked one-hot (_checked_verbalizer)
         self.head = self.model.label_head(self.verbalizer)
         self.texts: list[_TextSet] = []
         self.forward_log: list[dict] = []
@@ -319,6 +341,111 @@ def _is_wild(scores: torch.Tensor) -> bool:
     return bool(not torch.isfinite(scores).all() or scores.abs().max() > WILD_SCORE)
 
 
+def _checked_verbalizer(verbalizer, labels: int, vocab: int):
+    """The owner's verbalizer [labels, vocab], secret-shared and checked one-hot under MPC.
+
+    Why: the label head is ``verbalizer @ W_out`` and the owner reads its products with
+    the hidden state.  With free rows (several 1s, fractions, random projections) one
+    query would reveal arbitrary linear functions of the full logit vector instead of
+    the scores of ``labels`` words; the server is the party this protects.
+
+    How (both parties, in lockstep; once per session):
+
+    1. The owner shares its entries as *integers* B (scale 1, not fixed point) and the
+       session uses 2^16·B — a local multiple, the same encoding as a shared 0/1 at 16-bit
+       fixed point — so every entry used is a whole number by construction.  The check
+       cannot run on fixed-point encodings Y: any integer polynomial that vanishes at
+       Y = 0 and Y = 2^16 has its linear coefficient divisible by 2^16, so it also
+       vanishes at Y = 2^48·k (the value 2^32·k) and no product check can refuse those.
+    2. B is opened once under a fresh Beaver mask (:class:`mpc.opened.Opened`: one
+       exchange of 8 bytes per entry, uniform), which binds the owner's shares; only then
+       does the server draw a 32-byte seed from OS randomness and send it, and both
+       expand it with SHAKE-256 into public coefficients r_c (per entry) and q_c (per row).
+       The owner cannot pick its verbalizer after seeing them.  The server choosing the
+       coins is safe: it is the verifier, and an honest owner passes for every choice.
+    3. Shares of B² come from the same opening (the dealer's shares of A², no traffic),
+       so both hold exact ring shares of z = B² − B (per entry) and s = Σ_row B − 1 (per
+       row), and open t_c = Σ r_c·z + Σ q_c·s for c = 1..4 (one exchange of 32 bytes).
+    4. Accepted iff every t_c = 0.  Otherwise both sides raise :class:`VerbalizerError`
+       and the session ends before the server shares any weight.
+
+    Soundness (Z_2^64 has zero divisors): the used entry 2^16·B is 0 or 1 exactly when
+    B mod 2^48 is 0 or 1, and a row of the used matrix sums to 1 exactly when its B sum
+    is 1 mod 2^48.  If either fails, some z or s is non-zero mod 2^48 (B and B − 1 are
+    coprime), i.e. has at most 47 factors of two, so each t_c is 0 with probability at
+    most 2^-17 over the coins, independently: at most 2^-68 for the four.
+
+    What it reveals — opened to both parties, so each decides on its own and neither has
+    to trust the other's verdict, in one exchange: t is a function of the owner's
+    verbalizer and the public coins only.  For a one-hot verbalizer every t_c is 0, a
+    fixed outcome, so the opening tells either party nothing but "one-hot".  The owner
+    learns nothing it did not know (it can compute t itself).  For a rejected verbalizer
+    the server sees four random combinations of the owner's deviations from one-hot —
+    about the rejected matrix, never about the server's model.  Threat model: the owner
+    follows the protocol but chooses its input freely; an owner that also alters its
+    shares in later steps is out of scope (additive shares carry no MACs).
+    """
+    import hashlib
+    import secrets
+
+    import numpy as np
+    from crypten.mpc import MPCTensor
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    from mpc.opened import Opened
+    from mpc.tensorops import PRECISION_BITS, open_shares
+
+    shape = (labels, vocab)
+    owner = _rank() == OWNER
+    if owner and tuple(verbalizer.shape) != shape:
+        raise VerbalizerError(f"the verbalizer has shape {tuple(verbalizer.shape)}; the request says {shape}")
+    ints = _verbalizer_integers(verbalizer) if owner else torch.zeros(shape, dtype=torch.long)
+    bits = ArithmeticSharedTensor(ints, precision=0, src=OWNER).share
+    # Opened needs the 16-bit label; it works on the ring shares, and only the exact
+    # (untruncated) square shares are used
+    opened = Opened(MPCTensor.from_shares(bits, precision=PRECISION_BITS))
+    seed = _broadcast(secrets.token_bytes(32) if not owner else None, SERVER)
+    count = VERBALIZER_CHALLENGES * (labels * vocab + labels)
+    coins = np.frombuffer(hashlib.shake_256(seed).digest(8 * count), dtype=np.int64).copy()
+    coins = torch.from_numpy(coins).to(bits.device).view(VERBALIZER_CHALLENGES, -1)
+    r, q = coins[:, : labels * vocab].view(-1, labels, vocab), coins[:, labels * vocab :]
+    z = opened._square_shares(last=True) - bits  # shares of B² − B, exact in the ring
+    s = bits.sum(-1)  # shares of the row sums; the owner's share carries the − 1
+    if owner:
+        s = s - 1
+    t = (r * z).sum((1, 2)) + (q * s).sum(1)  # int64 arithmetic wraps: exact mod 2^64
+    (t,) = open_shares([t])
+    if bool((t == 0).all()):
+        return MPCTensor.from_shares(bits * 2**PRECISION_BITS, precision=PRECISION_BITS)
+    if owner:
+        raise VerbalizerError(
+            "the server refused the verbalizer: each row must be one-hot (one 1, zeros elsewhere); "
+            + _verbalizer_problem(verbalizer)
+        )
+    raise VerbalizerError(
+        "refusing to continue: the data owner's verbalizer failed the one-hot check "
+        "(a row is not a single 1 among zeros); nothing was scored"
+    )
+
+
+def _verbalizer_integers(verbalizer: torch.Tensor) -> torch.Tensor:
+    """The owner's integer entries B.  An entry that is not a whole number cannot be shared
+    at scale 1; it is shared as 2 — not a bit, so the check refuses it like any other."""
+    v = verbalizer.double().clamp(-(2.0**62), 2.0**62)
+    whole = torch.round(v)
+    return torch.where(whole == v, whole, torch.full_like(v, 2.0)).long()
+
+
+def _verbalizer_problem(verbalizer: torch.Tensor) -> str:
+    """Owner side, plaintext: which row is not one-hot (for the owner's own error message)."""
+    v = verbalizer.double()
+    for i, row in enumerate(v):
+        if not bool(((row == 0) | (row == 1)).all()) or float(row.sum()) != 1.0:
+            shown = row[row != 0][:4].tolist()
+            return f"row {i} is not (its non-zero entries start {shown}, {int((row != 0).sum())} of them)"
+    return "every row looks one-hot here, but the shared entries failed the check"
+
+
 def owner_party(
     program: Callable, args: tuple, request: OwnerRequest, verbalizer: torch.Tensor, canaries=None
 ):
@@ -331,14 +458,17 @@ def owner_party(
         session.close()
     return {
         "result": result, "forwards": session.forward_log, "train": session.train_log,
-        "server_traffic": session.server_traffic,
+        "server_traffic": session.server_traffic, "checks": session.check_log,
     }
 
 
-def server_description(model):
+def server_description(model, max_labels: int = MAX_LABEL_WORDS):
     """The server's side of the handshake for ``model``: ``describe(request)`` prepares the
     weights for the attention the owner asked for and returns the public info;
-    ``weights()`` then hands them (once) to the session that shares them."""
+    ``weights()`` then hands them (once) to the session that shares them.
+
+    ``max_labels`` is the server's cap on label words per query: a request for more is
+    refused in the handshake (each label word is one more score the owner reads)."""
     prepared: dict = {}
 
     def describe(request: OwnerRequest) -> dict:
@@ -350,20 +480,21 @@ def server_description(model):
             "attention": attention.as_dict(),  # as it runs: with the server's choice of RFA layers
             "shapes": {name: tuple(t.shape) for name, t in weights.items()},
             "embedding_std": float(weights["emb.word"].std()),
+            "max_labels": int(max_labels),
         }
 
     return describe, lambda: prepared.pop("weights")
 
 
-def server_party(model_dir: str, canaries=None) -> dict:
+def server_party(model_dir: str, canaries=None, max_labels: int = MAX_LABEL_WORDS) -> dict:
     """The model server's process: loads and shares the weights, learns nothing."""
     from secptune.checkpoints import load_hf_model
 
     accounting.set_canaries(canaries)
-    describe, weights = server_description(load_hf_model(model_dir))
+    describe, weights = server_description(load_hf_model(model_dir), max_labels)
     session = SecureSession(None, server_info=describe, weights=weights)
     session.serve()
-    return {"forwards": session.forward_log, "train": session.train_log}
+    return {"forwards": session.forward_log, "train": session.train_log, "checks": session.check_log}
 
 
 def run_local(
@@ -374,12 +505,14 @@ def run_local(
     verbalizer: torch.Tensor,
     canaries: dict | None = None,
     timeout_s: float = 24 * 3600.0,
+    max_labels: int = MAX_LABEL_WORDS,
 ) -> dict[str, launcher.PartyResult]:
-    """Launch owner, server and dealer on this machine and run ``program`` on the owner."""
+    """Launch owner, server and dealer on this machine and run ``program`` on the owner
+    (``max_labels``: the server's cap on label words per query)."""
     canaries = canaries or {}
     return launcher.run_local(
         owner=launcher.PartyJob(owner_party, (program, args, request, verbalizer, canaries.get("owner"))),
-        server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"))),
+        server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"), max_labels)),
         timeout_s=timeout_s,
     )
 
