@@ -10,10 +10,24 @@ We wrap the communicator's methods instead and record, per process:
 A *round* is one communication call that waits for the peer (a batched call of
 several tensors is one round).  Bytes are what this process puts on the wire.
 
-The same hook can *audit* what a process receives: every received payload is
-checked against a set of "canary" ring elements (fixed-point encodings of the
-other party's secrets).  Honest shares and masked openings are uniform over
-Z_2^64, so a canary hit means plaintext crossed the wire.
+The same hooks *audit* what a process learns, on every receive path (send/recv,
+isend/irecv, broadcast, (all-)reduce, gather, scatter) and every integer dtype: the
+payload received and, for an opening, the opened value itself (the sum of both
+shares).  Two checks:
+
+* canaries: exact ring elements that must never appear (fixed-point encodings of
+  the other party's secrets, as CrypTen encodes them; for a b-bit opening, their
+  low b bits);
+* uniformity: a masked share or opening is uniform over its ring (Z_2^64, or Z_2^b
+  for the b-bit openings of :mod:`mpc.trig`), so the top 4 bits of its elements
+  fall evenly into 16 bins.  A payload of >= 1024 elements whose chi-square over
+  those bins exceeds 400 (15 degrees of freedom: p < 1e-70 for uniform data) is
+  counted as *unmasked* — a missing or broken mask, whatever the secret was.
+  A payload of 0/1 values only is a one-bit opening: it must hold about as many
+  ones as zeros (more than 75 % either way is unmasked).  The owner's reveals (the
+  protocol's output, :mod:`mpc.reveal`) are exempt.
+
+Hits are counted per receive path, so a test can show that every path is watched.
 """
 
 from __future__ import annotations
@@ -46,6 +60,8 @@ class TrafficLog:
     dealer: ChannelStats = field(default_factory=ChannelStats)
     received_elements: int = 0
     canary_hits: int = 0
+    unmasked: int = 0  # payloads that fail the uniformity check
+    paths: dict[str, dict] = field(default_factory=dict)  # receive path -> its audit counts
     canaries: torch.Tensor | None = None
     sections: dict[str, "SectionStats"] = field(default_factory=dict)
     current: list[str] = field(default_factory=list)
@@ -64,7 +80,17 @@ class TrafficLog:
         self.dealer = ChannelStats()
         self.received_elements = 0
         self.canary_hits = 0
+        self.unmasked = 0
+        self.paths = {}
         self.sections = {}
+
+    def audit_summary(self) -> dict:
+        return {
+            "received_elements": self.received_elements,
+            "canary_hits": self.canary_hits,
+            "unmasked": self.unmasked,
+            "paths": {k: dict(v) for k, v in self.paths.items()},
+        }
 
 
 @dataclass
@@ -130,16 +156,87 @@ def _nbytes(x) -> int:
     return 0
 
 
-def _audit(received) -> None:
+_UNIFORM_MIN = 1024  # elements: below this the uniformity check is not run
+_CHI2_LIMIT = 400.0
+_BINS = 16
+_EXEMPT = threading.local()  # set while the owner receives a reveal (the protocol's output)
+
+
+def _chi2_top_bits(values: torch.Tensor, bits: int) -> float:
+    top = (values >> (bits - 4)) & (_BINS - 1)  # the top 4 bits of a ``bits``-bit ring element
+    counts = torch.bincount(top.flatten(), minlength=_BINS).double()
+    expected = values.numel() / _BINS
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def looks_unmasked(values: torch.Tensor, bits: int = 64) -> bool:
+    """True when ``values`` (ring elements of ``bits`` bits) cannot be uniform: a missing mask."""
+    values = values.flatten().long().cpu()
+    if values.numel() < _UNIFORM_MIN:
+        return False
+    if bool(((values == 0) | (values == 1)).all()):  # a one-bit opening: masked bits are balanced
+        return abs(values.double().mean().item() - 0.5) > 0.25
+    if bits < 64:
+        values = values & ((1 << bits) - 1)
+    return _chi2_top_bits(values, bits) > _CHI2_LIMIT
+
+
+def _audit(received, path: str, bits: int | None = None) -> None:
+    """Check what this process received (or opened) on ``path``; ``bits``: ring width
+    (default: the dtype's width)."""
     if isinstance(received, (list, tuple)):
         for t in received:
-            _audit(t)
+            _audit(t, path, bits)
         return
-    if not torch.is_tensor(received) or received.dtype != torch.long:
+    if not torch.is_tensor(received) or received.dtype.is_floating_point or received.dtype == torch.bool:
         return
-    _LOG.received_elements += received.numel()
-    if _LOG.canaries is not None and received.numel():
-        _LOG.canary_hits += int(torch.isin(received.flatten().cpu(), _LOG.canaries).sum())
+    width = bits or torch.iinfo(received.dtype).bits
+    values = received.flatten().cpu().long()
+    stats = _LOG.paths.setdefault(path, {"received": 0, "canary_hits": 0, "unmasked": 0})
+    stats["received"] += values.numel()
+    _LOG.received_elements += values.numel()
+    if _LOG.canaries is not None and values.numel():
+        canaries = _LOG.canaries
+        if width < 64:
+            values, canaries = values & ((1 << width) - 1), canaries & ((1 << width) - 1)
+        hits = int(torch.isin(values, canaries).sum())
+        stats["canary_hits"] += hits
+        _LOG.canary_hits += hits
+    if not getattr(_EXEMPT, "on", False) and looks_unmasked(received, width):
+        stats["unmasked"] += 1
+        _LOG.unmasked += 1
+
+
+def audit_opened(values: torch.Tensor, bits: int) -> None:
+    """Protocols that open values outside CrypTen's reductions (:mod:`mpc.trig`) report them here."""
+    _audit(values, "opened", bits)
+
+
+@contextlib.contextmanager
+def revealing():
+    """The owner receives the protocol's output here: no uniformity check (canaries still apply)."""
+    _EXEMPT.on = True
+    try:
+        yield
+    finally:
+        _EXEMPT.on = False
+
+
+class _AuditedWork:
+    """An irecv's work handle: the payload is audited once the wait returns."""
+
+    def __init__(self, work, tensor):
+        self._work, self._tensor, self._done = work, tensor, False
+
+    def wait(self, *args, **kwargs):
+        out = self._work.wait(*args, **kwargs)
+        if not self._done:
+            self._done = True
+            _audit(self._tensor, "irecv")
+        return out
+
+    def is_completed(self) -> bool:
+        return self._work.is_completed()
 
 
 def _difference(result, sent, op):
@@ -168,14 +265,24 @@ def _record(channel: ChannelStats, nbytes: int) -> None:
             part.rounds += 1
 
 
+def record_send(channel: str, nbytes: int) -> None:
+    """Count bytes sent outside CrypTen's communicator that nobody waits for (no round)."""
+    stats = _LOG.online if channel == "online" else _LOG.dealer
+    with _LOCK:
+        stats.bytes += nbytes
+        if _LOG.current:
+            section_stats = _LOG.sections[_LOG.current[-1]]
+            (section_stats.online if channel == "online" else section_stats.dealer).bytes += nbytes
+
+
 def _wrap(cls, name, account):
     original = getattr(cls, name)
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
-        account(self, result, *args, **kwargs)
-        return result
+        replaced = account(self, result, *args, **kwargs)
+        return result if replaced is None else replaced
 
     wrapper.__secptune_original__ = original
     setattr(cls, name, wrapper)
@@ -192,12 +299,15 @@ def install() -> None:
 
     def all_reduce(c, result, input, op=torch.distributed.ReduceOp.SUM, batched=False):
         _record(_LOG.online, _nbytes(input))
-        _audit(_difference(result, input if batched else input, op))
+        _audit(_difference(result, input, op), "all_reduce")
+        _audit(result, "all_reduce")  # the opened value: what this party learns
 
     def reduce(c, result, input, dst, op=torch.distributed.ReduceOp.SUM, batched=False):
         if rank(c) == dst:
             _record(_LOG.online, 0)
-            _audit(_difference(result, input, op))
+            _audit(_difference(result, input, op), "reduce")
+            with revealing():
+                _audit(result, "reduce")
         else:
             _record(_LOG.online, _nbytes(input))
 
@@ -207,32 +317,32 @@ def install() -> None:
             _record(channel, _nbytes(input))
         else:
             _record(channel, 0)
-            _audit(result)
+            _audit(result, "broadcast")
 
     def send(c, result, tensor, dst, *a, **k):
         _record(_LOG.online, _nbytes(tensor))
 
     def recv(c, result, tensor, src=None, *a, **k):
         _record(_LOG.online, 0)
-        _audit(result)
+        _audit(result, "recv")
 
     def gather(c, result, tensor, dst):
         if rank(c) == dst:
             _record(_LOG.online, 0)
-            _audit([t for i, t in enumerate(result) if i != dst])
+            _audit([t for i, t in enumerate(result) if i != dst], "gather")
         else:
             _record(_LOG.online, _nbytes(tensor))
 
     def all_gather(c, result, tensor):
         _record(_LOG.online, _nbytes(tensor) * (c.get_world_size() - 1))
-        _audit([t for i, t in enumerate(result) if i != rank(c)])
+        _audit([t for i, t in enumerate(result) if i != rank(c)], "all_gather")
 
     def scatter(c, result, scatter_list, src, *a, **k):
         if rank(c) == src:
             _record(_LOG.online, sum(_nbytes(t) for i, t in enumerate(scatter_list) if i != src))
         else:
             _record(_LOG.online, 0)
-            _audit(result)
+            _audit(result, "scatter")
 
     def send_obj(c, result, obj, dst, group=None):
         import pickle
@@ -248,6 +358,10 @@ def install() -> None:
         sent = len(pickle.dumps(obj)) + 4 if rank(c) == src else 0
         _record(_channel(c, group), sent)
 
+    def irecv(c, work, tensor, src=None, *a, **k):
+        # no round of its own: the exchange's round is counted at its isend
+        return _AuditedWork(work, tensor)
+
     for name, account in {
         "all_reduce": all_reduce,
         "reduce": reduce,
@@ -255,6 +369,7 @@ def install() -> None:
         "send": send,
         "isend": send,
         "recv": recv,
+        "irecv": irecv,
         "gather": gather,
         "all_gather": all_gather,
         "scatter": scatter,

@@ -1,35 +1,64 @@
-"""The dealer process and its extra kinds of correlated randomness.
+"""The dealer: correlated randomness on request, from an allow-list, agreed by both parties.
 
-CrypTen's ``TTPServer`` answers requests for Beaver triples and a few other
-tuples.  secptune needs more (e.g. shares of sin t / cos t for a one-round
-cosine).  Modules register a *dealer function* with :func:`dealer_function`; the
-dealer answers it like CrypTen's own requests: it knows the random values both
-parties derive from their seeded generators, computes the correlated value, and
-sends the data owner's share (the server's share comes from its generator).  The
-dealer sees request names and shapes only — never a share of data or weights.
+The dealer (rank 2) shares one keystream (:mod:`mpc.prg`) with each computing party;
+the party sends it its own key at start-up.  For a Beaver triple, say, both parties
+draw their shares of a, b from their streams, the dealer draws the same values from
+both streams, computes c = a·b and sends the data owner c − c1, where c1 is the
+server's next draw (the server draws it too).  The server never talks to the dealer
+again after sending its key, and the dealer never sees a share of data or weights —
+only request names and shapes.
 
-Extension modules are listed in ``EXTENSIONS`` so the dealer process, which runs
-no model code, imports and registers them before it serves.
+Every request is a registered *dealer function* (:func:`dealer_function`), CrypTen's
+five tuple kinds included (this module serves them in place of CrypTen's
+``TTPServer``, whose request loop ran any method name it was sent).  Before serving
+a request the dealer checks it:
+
+* its name is registered and its sizes are bounded (:data:`MAX_ELEMENTS`);
+* the **server asked for the same thing**: for every request the server sends the
+  dealer a 32-byte hash chained over all requests so far (no wait on its side);
+  the dealer serves only if the owner's request hashes to the same chain.  An owner
+  who asks for anything the protocol did not (an extra request, another size, a
+  reordering) would otherwise make the dealer draw from the server's stream ahead of
+  the server and hand back values the server is about to use as masks.
+
+A refused request ends the session with :class:`DealerRefusedError` on the owner's
+side naming the reason; the server stops with a transport error or timeout.  No
+reply is a raw output of the server's stream: requests that only make the dealer
+remember a mask (``hold_mask``, ``fixed_masks``) get an empty reply and draw nothing
+from the server's stream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import math
+import sys
 from typing import Callable
 
-EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")
+import torch
+
+MAX_ELEMENTS = 1 << 29  # one reply or operand: 4 GiB of int64 at most
+REFUSED = "refused"
+_EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")  # modules that register functions
 
 _FUNCTIONS: dict[str, Callable] = {}
 _RELEASE_HOOKS: list[Callable] = []  # dealer side: fn(handles) drops held values
 _PENDING_RELEASE: list[int] = []  # party side: handles to release with the next request
 
 
-def dealer_function(name: str):
-    """Register ``fn(server, *args)`` as dealer request ``name`` (server: the dealer object).
+class DealerRefusedError(RuntimeError):
+    """The dealer refused a request (not allowed, too large, or not agreed by the server)."""
 
-    ``fn`` returns the data owner's share; it may use ``server.prss(size)`` (the
-    plaintext sum of both parties' next generator draws) and
-    ``server.prss_server(size)`` (the server's next draw alone).
+
+def dealer_function(name: str):
+    """Register ``fn(dealer, size, *args)`` as dealer request ``name``.
+
+    ``fn`` returns the data owner's share (shape ``size``); it may use
+    ``dealer.prss(size)`` (the plaintext sum of both parties' next draws),
+    ``dealer.prss_server(size)`` (the server's next draw alone) and
+    ``dealer.draws(size)`` (each party's next draw, separately).
     """
 
     def register(fn):
@@ -37,6 +66,13 @@ def dealer_function(name: str):
         return fn
 
     return register
+
+
+def registered() -> tuple[str, ...]:
+    """The allow-list: every request name the dealer serves."""
+    for module in _EXTENSIONS:
+        importlib.import_module(module)
+    return tuple(sorted(_FUNCTIONS))
 
 
 def release_hook(fn: Callable) -> Callable:
@@ -51,59 +87,290 @@ def release_later(handle: int) -> None:
     _PENDING_RELEASE.append(handle)
 
 
+# ---- the request, as both parties and the dealer see it -----------------------
+
+def _plain(value):
+    """JSON-able form of a request argument (tuples and sizes become lists)."""
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    raise TypeError(f"dealer request argument of type {type(value).__name__} is not allowed")
+
+
+def _canonical(message: dict) -> bytes:
+    return json.dumps(message, sort_keys=True, separators=(",", ":")).encode()
+
+
+class _Chain:
+    """SHA-256 chained over requests: both ends compute it independently."""
+
+    def __init__(self):
+        self.digest = bytes(32)
+        self.count = 0
+
+    def update(self, message: dict) -> bytes:
+        self.digest = hashlib.sha256(self.digest + _canonical(message)).digest()
+        self.count += 1
+        return self.digest
+
+
+_CLIENT_CHAIN = _Chain()
+_PENDING_SENDS: list = []
+
+
+def _digest_tensor(digest: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(digest), dtype=torch.int64).clone()
+
+
 def request(name: str, size, *args, device=None):
     """Client side: both parties call this in the same order; returns this party's share (int64).
 
     The owner's share arrives from the dealer; the server draws its own from the
-    generator it shares with the dealer, so only the owner talks to the dealer.
+    stream it shares with the dealer and sends the dealer the request's chained hash.
     """
     import crypten.communicator as comm
-    import torch
-    from crypten.common.rng import generate_random_ring_element
-    from crypten.mpc.provider.ttp_provider import TTPClient
+    from crypten.mpc.provider import ttp_provider
 
-    client = TTPClient.get()
-    release = list(_PENDING_RELEASE)
-    _PENDING_RELEASE.clear()
-    if comm.get().get_rank() == 0:
-        return client.ttp_request(name, device, tuple(size), *args, **({"release": release} if release else {}))
-    return generate_random_ring_element(torch.Size(size), generator=client.get_generator(device=device), device=device)
+    from mpc import accounting
+
+    channel = comm.get()
+    client = ttp_provider.TTPClient.get()
+    message = {"f": name, "size": _plain(tuple(size)), "args": _plain(args)}
+    if _PENDING_RELEASE:
+        message["release"] = list(_PENDING_RELEASE)
+        _PENDING_RELEASE.clear()
+    digest = _CLIENT_CHAIN.update(message)
+    ttp_rank = channel.get_ttp_rank()
+    if channel.get_rank() == 0:
+        channel.send_obj(message, ttp_rank, client.ttp_group)
+        reply = channel.recv_obj(ttp_rank, client.ttp_group)
+        if isinstance(reply, dict) and REFUSED in reply:
+            raise DealerRefusedError(f"the dealer refused request {name!r}: {reply[REFUSED]}")
+        result = torch.empty(tuple(reply), dtype=torch.long)
+        if result.numel():
+            channel.broadcast(result, ttp_rank, client.comm_group)
+        return result if device is None or torch.device(device).type == "cpu" else _to_device(result, device)
+    tensor = _digest_tensor(digest)
+    # (work, buffer): gloo needs the buffer alive until its send completes
+    _PENDING_SENDS[:] = [p for p in _PENDING_SENDS if not p[0].is_completed()]
+    _PENDING_SENDS.append((ttp_provider.dist.isend(tensor, dst=ttp_rank, group=client.ttp_group), tensor))
+    accounting.record_send("dealer", tensor.numel() * 8)
+    return client.get_generator(device=device).ring(tuple(size), device)
+
+
+def _to_device(t, device):
+    from mpc.prg import _place
+
+    return _place(t, device)
 
 
 def party_draw(size, device=None):
-    """Both parties' next draw from their dealer-shared generators (a share of a PRSS value)."""
-    import torch
-    from crypten.common.rng import generate_random_ring_element
-    from crypten.mpc.provider.ttp_provider import TTPClient
+    """Both parties' next draw from their dealer-shared streams (a share of a PRSS value)."""
+    from crypten.mpc.provider import ttp_provider
 
-    generator = TTPClient.get().get_generator(device=device)
-    return generate_random_ring_element(torch.Size(size), generator=generator, device=device)
+    return ttp_provider.TTPClient.get().get_generator(device=device).ring(tuple(size), device)
 
 
-def make_server_class():
-    """A TTPServer subclass that also answers the registered dealer functions."""
-    from crypten.mpc.provider.ttp_provider import TTPServer
+# ---- CrypTen's tuple kinds, served here ----------------------------------------
 
-    for module in EXTENSIONS:
-        importlib.import_module(module)
+_TRIPLE_OPS = ("mul", "matmul")
 
-    class DealerServer(TTPServer):
-        def prss(self, size):
-            return self._get_additive_PRSS(size)
 
-        def prss_server(self, size):
-            return self._get_additive_PRSS(size, remove_rank=True)
+def _op_shape(op: str, size0, size1) -> tuple:
+    if op not in _TRIPLE_OPS:
+        raise ValueError(f"triples for {op!r} are not served (only {', '.join(_TRIPLE_OPS)})")
+    a, b = torch.empty(tuple(size0), device="meta"), torch.empty(tuple(size1), device="meta")
+    return tuple(getattr(torch, op)(a, b).shape)
 
-        def __getattr__(self, name):
-            fn = _FUNCTIONS.get(name)
-            if fn is None:
-                raise AttributeError(name)
 
-            def serve(*args, release=(), **kwargs):
-                for hook in _RELEASE_HOOKS:
-                    hook(release)
-                return fn(self, *args, **kwargs)
+@dealer_function("additive")
+def _deal_additive(dealer, size, size0, size1, op):
+    from mpc.ring import ring_matmul
 
-            return serve
+    _op_shape(op, size0, size1)
+    a, b = dealer.prss(torch.Size(size0)), dealer.prss(torch.Size(size1))
+    c = a * b if op == "mul" else ring_matmul(a, b)
+    return c - dealer.prss_server(c.size())
 
-    return DealerServer
+
+@dealer_function("square")
+def _deal_square(dealer, size):
+    r = dealer.prss(torch.Size(size))
+    return r * r - dealer.prss_server(torch.Size(size))
+
+
+@dealer_function("binary")
+def _deal_binary(dealer, size, size0, size1):
+    a0, a1 = dealer.draws(torch.Size(size0))
+    b0, b1 = dealer.draws(torch.Size(size1))
+    c = (a0 ^ a1) & (b0 ^ b1)
+    return c ^ dealer.prss_server(c.size())
+
+
+@dealer_function("wraps")
+def _deal_wraps(dealer, size):
+    from crypten.common.util import count_wraps
+
+    return count_wraps(list(dealer.draws(torch.Size(size)))) - dealer.prss_server(torch.Size(size))
+
+
+@dealer_function("B2A")
+def _deal_b2a(dealer, size):
+    r0, r1 = dealer.draws(torch.Size(size))
+    return ((r0 ^ r1) & 1) - dealer.prss_server(torch.Size(size))
+
+
+class _Provider:
+    """CrypTen's TTP tuple provider methods, routed through :func:`request`."""
+
+    @staticmethod
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        from crypten.mpc.primitives import ArithmeticSharedTensor as A
+
+        if args or kwargs:
+            raise ValueError(f"triples with extra arguments {args} {kwargs} are not served")
+        out = _op_shape(op, size0, size1)
+        a, b = party_draw(size0, device), party_draw(size1, device)
+        c = request("additive", out, tuple(size0), tuple(size1), op, device=device)
+        return A.from_shares(a, precision=0), A.from_shares(b, precision=0), A.from_shares(c, precision=0)
+
+    @staticmethod
+    def square(self, size, device=None):
+        from crypten.mpc.primitives import ArithmeticSharedTensor as A
+
+        r = party_draw(size, device)
+        r2 = request("square", tuple(size), device=device)
+        return A.from_shares(r, precision=0), A.from_shares(r2, precision=0)
+
+    @staticmethod
+    def generate_binary_triple(self, size0, size1, device=None):
+        from crypten.mpc.primitives import BinarySharedTensor as B
+
+        a, b = party_draw(size0, device), party_draw(size1, device)
+        out = tuple(torch.broadcast_shapes(tuple(size0), tuple(size1)))
+        c = request("binary", out, tuple(size0), tuple(size1), device=device)
+        return B.from_shares(a), B.from_shares(b), B.from_shares(c)
+
+    @staticmethod
+    def wrap_rng(self, size, device=None):
+        from crypten.mpc.primitives import ArithmeticSharedTensor as A
+
+        r = party_draw(size, device)
+        theta = request("wraps", tuple(size), device=device)
+        return A.from_shares(r, precision=0), A.from_shares(theta, precision=0)
+
+    @staticmethod
+    def B2A_rng(self, size, device=None):
+        from crypten.mpc.primitives import ArithmeticSharedTensor as A
+        from crypten.mpc.primitives import BinarySharedTensor as B
+
+        r_bit = party_draw(size, device) & 1
+        r_arith = request("B2A", tuple(size), device=device)
+        return A.from_shares(r_arith, precision=0), B.from_shares(r_bit)
+
+
+def _no_direct_requests(self, *args, **kwargs):
+    raise RuntimeError("CrypTen's raw TTP request path is disabled in secptune; use mpc.dealer.request")
+
+
+def install_into_crypten() -> None:
+    """Route CrypTen's TTP provider through this dealer (idempotent)."""
+    from crypten.mpc.provider import ttp_provider
+
+    for name in ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng"):
+        setattr(ttp_provider.TrustedThirdParty, name, getattr(_Provider, name))
+    ttp_provider.TTPClient._TTPClient__TTPClient.ttp_request = _no_direct_requests
+    _CLIENT_CHAIN.__init__()
+
+
+# ---- the dealer process ---------------------------------------------------------
+
+def _check_sizes(value, where: str) -> None:
+    """Every list of ints in a request is a shape: non-negative and bounded."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if any(v < 0 for v in value) or math.prod(value) > MAX_ELEMENTS:
+                raise ValueError(f"{where}: shape {value} is negative or above {MAX_ELEMENTS} elements")
+        for v in value:
+            _check_sizes(v, where)
+
+
+class Dealer:
+    """The dealer process: receives both parties' keys, then serves requests until told to stop."""
+
+    def __init__(self):
+        import crypten
+        import crypten.communicator as comm
+
+        from mpc import prg
+
+        crypten.init()
+        self.comm = comm.get()
+        self.ttp_group, self.comm_group = self.comm.ttp_group, self.comm.ttp_comm_group
+        keys = [prg.key_to_tensor(bytes(prg.KEY_BYTES)) for _ in range(2)]
+        for rank, key in enumerate(keys):
+            self._dist.recv(key, src=rank, group=self.ttp_group)
+        self.streams = [prg.stream(prg.key_from_tensor(k), f"party {r}") for r, k in enumerate(keys)]
+        self.chain = _Chain()
+        self.allowed = registered()
+
+    @property
+    def _dist(self):
+        from crypten.mpc.provider import ttp_provider
+
+        return ttp_provider.dist
+
+    # what dealer functions use
+    def draws(self, size) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.streams[0].ring(size), self.streams[1].ring(size)
+
+    def prss(self, size) -> torch.Tensor:
+        a0, a1 = self.draws(size)
+        return a0 + a1
+
+    def prss_server(self, size) -> torch.Tensor:
+        return self.streams[1].ring(size)
+
+    def serve(self) -> int:
+        """Answer requests until the owner's "terminate"; returns how many were served."""
+        while True:
+            message = self.comm.recv_obj(0, self.ttp_group)
+            if message == "terminate":
+                return self.chain.count
+            problem = self._problem(message)
+            if problem:
+                print(f"secptune dealer: refused a request: {problem}", file=sys.stderr, flush=True)
+                self.comm.send_obj({REFUSED: problem}, 0, self.ttp_group)
+                raise DealerRefusedError(problem)
+            result = self._answer(message)
+            self.comm.send_obj(tuple(result.shape), 0, self.ttp_group)
+            if result.numel():
+                self.comm.broadcast(result, self.comm.get_ttp_rank(), self.comm_group)
+
+    def _problem(self, message) -> str | None:
+        if not isinstance(message, dict) or not isinstance(message.get("f"), str):
+            return f"not a request: {type(message).__name__}"
+        name = message["f"]
+        expected = self.chain.update(message)
+        theirs = torch.empty(4, dtype=torch.int64)
+        self._dist.recv(theirs, src=1, group=self.ttp_group)
+        if theirs.numpy().tobytes() != expected:
+            return (f"request #{self.chain.count} ({name!r}) differs from what the server asked for at this "
+                    "point of the protocol")
+        if name not in self.allowed:
+            return f"{name!r} is not a dealer request (allowed: {', '.join(self.allowed)})"
+        try:
+            _check_sizes([message.get("size"), message.get("args")], name)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _answer(self, message: dict) -> torch.Tensor:
+        for hook in _RELEASE_HOOKS:
+            hook(message.get("release", ()))
+        size = tuple(message["size"])
+        result = _FUNCTIONS[message["f"]](self, size, *message["args"])
+        if tuple(result.shape) != size:
+            raise DealerRefusedError(f"dealer function {message['f']!r} made shape {tuple(result.shape)}, request said {size}")
+        return result

@@ -52,10 +52,10 @@ _HANDLES = itertools.count()
 
 @dealer_function("fixed_masks")
 def _deal_masks(server, size, handles, shapes):
-    """Remember B = the parties' next PRSS draw for each handle; answer a share of zero."""
+    """Remember B = the parties' next PRSS draw for each handle; the reply is empty."""
     for handle, shape in zip(handles, shapes):
         _DEALER_MASKS[handle] = server.prss(torch.Size(shape))
-    return torch.zeros(size, dtype=torch.long) - server.prss_server(torch.Size(size))
+    return torch.zeros(size, dtype=torch.long)
 
 
 @dealer_function("held_fixed_product")
@@ -226,7 +226,7 @@ def prepare(weights: dict, fuse: Iterable[Iterable[str]] = ()) -> dict:
         shares = [torch.cat([weights[n].share for n in g], dim=1) if len(g) > 1 else weights[g[0]].share for g in groups]
         masks = [party_draw(s.shape) for s in shares]
         handles = [next(_HANDLES) for _ in groups]
-        request("fixed_masks", (1,), handles, [tuple(s.shape) for s in shares])
+        request("fixed_masks", (0,), handles, [tuple(s.shape) for s in shares])
         opened = open_shares([s - b for s, b in zip(shares, masks)])
     out = dict(weights)
     rank = party_rank()

@@ -47,7 +47,7 @@ def _release(handles) -> None:
 @dealer_function("hold_mask")
 def _deal_hold(server, size, handle, shape):
     _DEALER_MASKS[handle] = server.prss(torch.Size(shape))
-    return torch.zeros(size, dtype=torch.long) - server.prss_server(torch.Size(size))
+    return torch.zeros(size, dtype=torch.long)  # nothing to send: no draw from the server's stream
 
 
 @dealer_function("held_product")
@@ -77,7 +77,7 @@ class Opened:
         self.shape = tuple(x.share.shape)
         self.handle = next(_HANDLES)
         self.a = party_draw(self.shape)
-        request("hold_mask", (1,), self.handle, self.shape)
+        request("hold_mask", (0,), self.handle, self.shape)
         (self.e,) = open_shares([x.share - self.a])
 
     def release(self) -> None:

@@ -4,9 +4,10 @@ Three roles, three OS processes:
 
 * ``owner``  (rank 0) — holds inputs, receives outputs;
 * ``server`` (rank 1) — holds model weights;
-* ``dealer`` (rank 2) — CrypTen's trusted-third-party (TTP) server: it produces
-  Beaver triples and the other correlated randomness, and sees neither inputs nor
-  weights (only tensor shapes and op names).
+* ``dealer`` (rank 2) — the trusted third party (:mod:`mpc.dealer`, in place of
+  CrypTen's TTP server): it produces Beaver triples and the other correlated
+  randomness from keystreams each party keys (:mod:`mpc.prg`), and sees neither
+  inputs nor weights (only tensor shapes and request names).
 
 CrypTen's default provider, "TFP", lets rank 0 generate every triple; rank 0 is the
 data owner, who would then know the masks and could unmask the server's weights.
@@ -83,10 +84,12 @@ def _with_timeout(init_process_group, timeout_s: float):
 
 
 def _install_hooks() -> None:
-    from mpc import accounting, ring
+    from mpc import accounting, dealer, prg, ring
 
     accounting.install()
     ring.install_into_crypten()
+    prg.install_into_crypten()  # every mask from AES-CTR streams keyed by os.urandom
+    dealer.install_into_crypten()  # triples from secptune's allow-listed dealer
 
 
 def start(spec: SessionSpec, role: str) -> None:
@@ -114,15 +117,15 @@ def run_dealer(spec: SessionSpec) -> None:
     import crypten  # noqa: F401
     import torch.distributed as dist
 
-    from mpc.dealer import make_server_class
+    from mpc.dealer import Dealer
 
-    server_class = make_server_class()
     original = dist.init_process_group
     dist.init_process_group = _with_timeout(original, spec.timeout_s)
     try:
-        server_class()
+        dealer = Dealer()
     finally:
         dist.init_process_group = original
+    dealer.serve()
 
 
 def stop() -> None:

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from mpc import accounting
 from mpc.dealer import dealer_function, party_draw, request
 
 FRAC_BITS = 16  # CrypTen's fixed-point precision: the turn of a unit period is the low 16 bits
@@ -57,7 +58,9 @@ def _open_low_bits(low: torch.Tensor, bits: int) -> torch.Tensor:
     pending = [channel.isend(mine, dst=peer), channel.irecv(theirs, src=peer)]
     for request_ in pending:
         request_.wait()
-    return (mine.long() + theirs.long()) & (2**bits - 1)
+    opened = (mine.long() + theirs.long()) & (2**bits - 1)
+    accounting.audit_opened(opened, bits)
+    return opened
 
 
 def masked_angle(x, bits: int, count: int):
