@@ -3,10 +3,11 @@
 Parties are *spawned*, never forked: forking after multi-threaded torch work has
 deadlocked the dealer here before, and every process needs the CrypTen shim.
 
-* :func:`run_local`: all three on this machine over gloo (loopback).  The
-  launcher watches all three; if one dies or reports an error, the others are
-  stopped at once and the caller gets a :class:`PartyFailedError` naming the
-  party — never a hang.
+* :func:`run_local`: all three on this machine, over the same TLS transport as
+  across hosts, bound to 127.0.0.1 with keys made for this run only (so another
+  local user cannot take a role).  The launcher watches all three; if one dies or
+  reports an error, the others are stopped at once and the caller gets a
+  :class:`PartyFailedError` naming the party — never a hang.
 * :func:`run_party`: this host's one party of a run across machines, over the TLS
   transport of :mod:`mpc.transport` (a :class:`mpc.net.Network` says where the
   others are).  Nobody watches the other hosts' processes here: the transport
@@ -20,13 +21,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import socket
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from mpc import session
+from mpc.session import ROLES
 
 
 class PartyFailedError(RuntimeError):
@@ -73,8 +77,15 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("gloo" in text or "Connection" in text or "Timed out" in text)
 
 
-def _report_error(conn, role: str, exc: BaseException) -> None:
-    if _is_transport_error(exc):
+def _is_local_symptom(exc: BaseException) -> bool:
+    """In a local run a lost or silent peer is a symptom: the launcher names the party that died."""
+    from mpc.net import PeerLostError, PeerTimeoutError, StartupError
+
+    return isinstance(exc, (PeerLostError, PeerTimeoutError, StartupError))
+
+
+def _report_error(conn, role: str, exc: BaseException, local: bool = False) -> None:
+    if _is_transport_error(exc) or (local and _is_local_symptom(exc)):
         detail = LOST_CONNECTION
     elif type(exc).__module__.startswith(("secptune", "mpc")):
         detail = str(exc)
@@ -97,8 +108,9 @@ def _die_with_parent(parent_pid: int | None) -> None:
 
 
 def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn, network=None,
-                parent_pid: int | None = None) -> None:
-    """Entry point of every spawned party process (``network``: a multi-host run, see run_party)."""
+                parent_pid: int | None = None, listener: socket.socket | None = None) -> None:
+    """Entry point of every spawned party process (``network``: where the parties are;
+    ``listener``: this party's socket, bound by the launcher of a local run)."""
     from mpc import accounting, reveal
 
     if parent_pid is not None:
@@ -109,7 +121,7 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
         if network is not None:
             from mpc import transport
 
-            transport.install(network)
+            transport.install(network, listener)
         if role == "dealer":
             session.run_dealer(spec)
             value = None
@@ -127,7 +139,7 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
                     traffic=log.as_dict(),
                     wall_s=time.perf_counter() - started,
                     reveals=reveal.reveals(),
-                    audit={"received_elements": log.received_elements, "canary_hits": log.canary_hits},
+                    audit=log.audit_summary(),
                 ),
             )
         )
@@ -135,7 +147,7 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
             session.stop()
         finished = True
     except BaseException as exc:  # reported to the launcher, which stops the others
-        _report_error(conn, role, exc)
+        _report_error(conn, role, exc, local=listener is not None)
         if network is not None:
             from mpc.net import TransportError
 
@@ -177,22 +189,53 @@ def run_local(
 
     Returns the :class:`PartyResult` of each role.  Raises PartyFailedError if any
     party fails, dies, or the whole run exceeds ``timeout_s``.
+
+    The parties talk over :mod:`mpc.transport` with TLS on 127.0.0.1, as across
+    hosts: any local process can reach a loopback port, so the address alone
+    authenticates nobody (gloo, used here before, let whoever joined first take a
+    role).  Each run makes a key pair per role in its own temporary directory (mode
+    0700, deleted afterwards) and pins the three certificates, so a connection is
+    accepted only from a process holding one of this run's keys.  TLS rather than a
+    shared secret: it is the transport's tested path, keeps shares confidential from
+    anyone who can read loopback traffic, and the three EC keys (openssl) cost 0.03-0.2 s.
+    The launcher binds the three listening sockets itself (port 0) and hands each
+    party its socket, so no other process can take a port between choosing and binding.
     """
+    from mpc import tls
+    from mpc.net import Address, Network, TransportError
+
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="secptune-rdv-") as rdv:
-        spec = session.SessionSpec(
-            rendezvous=f"file://{os.path.join(rdv, 'rendezvous')}", timeout_s=peer_timeout_s
-        )
+    with tempfile.TemporaryDirectory(prefix="secptune-run-") as run_dir:
+        os.chmod(run_dir, 0o700)  # the keys of this run: readable by this user only
+        try:
+            key_dirs = tls.role_dirs(Path(run_dir) / "tls")
+        except TransportError as exc:
+            raise PartyFailedError(f"cannot make this run's keys: {exc}") from exc
+        listeners = {role: _loopback_listener() for role in ROLES}
+        peers = tuple(Address("127.0.0.1", listeners[role].getsockname()[1]) for role in ROLES)
         jobs = {"owner": owner, "server": server, "dealer": None}
         pipes, procs = {}, {}
-        for role, job in jobs.items():
-            parent_end, child_end = ctx.Pipe(duplex=False)
-            proc = ctx.Process(  # parent_pid: a killed command takes its parties with it
-                target=_party_main, args=(role, spec, job, child_end, None, os.getpid()), name=f"secptune-{role}"
-            )
-            proc.start()
-            child_end.close()
-            pipes[role], procs[role] = parent_end, proc
+        try:
+            for role, job in jobs.items():
+                network = Network(peers, role, tls_dir=str(key_dirs[role]), connect_timeout_s=peer_timeout_s,
+                                  peer_timeout_s=peer_timeout_s)
+                spec = session.SessionSpec(rendezvous=network.describe(), timeout_s=peer_timeout_s)
+                parent_end, child_end = ctx.Pipe(duplex=False)
+                proc = ctx.Process(  # parent_pid: a killed command takes its parties with it
+                    target=_party_main,
+                    args=(role, spec, job, child_end, network, os.getpid(), listeners[role]),
+                    name=f"secptune-{role}",
+                )
+                proc.start()
+                child_end.close()
+                listeners.pop(role).close()  # the party holds its own copy now
+                pipes[role], procs[role] = parent_end, proc
+        except BaseException:
+            _stop_all(procs)
+            raise
+        finally:
+            for sock in listeners.values():
+                sock.close()
         grace_s = 0.0
         try:
             results = _collect(pipes, procs, timeout_s)
@@ -200,6 +243,18 @@ def run_local(
             return results
         finally:
             _stop_all(procs, grace_s)
+
+
+def _loopback_listener() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1 only (never the host's other addresses)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _collect(pipes, procs, timeout_s: float) -> dict[str, PartyResult]:

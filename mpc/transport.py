@@ -17,7 +17,9 @@ one thread in one direction.  A reader thread per incoming channel drains it int
 per-group queues, so a send never waits for the peer's program to post a receive.
 Messages of one group between two parties are matched in order (as in MPI/gloo).
 
-Start-up.  Each party listens on its own address and connects to the other two.
+Start-up.  Each party listens on its own address (a local run's launcher binds
+that socket itself and hands it over, see :func:`mpc.launcher.run_local`) and
+connects to the other two.
 After the TLS handshake (TLS 1.3, both sides present certificates pinned by
 fingerprint, see :mod:`mpc.tls`) the connector sends a hello (role, secptune
 version, transport protocol) and the listener answers with its own; a wrong
@@ -110,7 +112,7 @@ def _describe_oserror(exc: BaseException) -> str:
 class Transport:
     """The channels of one party of a run: start them, send, receive, close."""
 
-    def __init__(self, network: Network, log=_log):
+    def __init__(self, network: Network, log=_log, listener: socket.socket | None = None):
         network.validate()
         self.net = network
         self.rank = network.rank
@@ -129,14 +131,15 @@ class Transport:
         self.started = False
         self.closing = False
         self.close_reason: str | None = None
-        self.listener: socket.socket | None = None
+        self.listener: socket.socket | None = listener  # already bound and listening (local runs)
         self.heartbeat_s = max(0.05, min(2.0, network.peer_timeout_s / 5))
 
     # -- start-up --------------------------------------------------------------
     def start(self) -> None:
         """Listen, connect to both peers, exchange hellos; blocks until all channels are up."""
         try:
-            self.listener = self._listen()
+            if self.listener is None:
+                self.listener = self._listen()
             threading.Thread(target=self._accept_loop, name="secptune-accept", daemon=True).start()
             if self.rank == 0:
                 self._start_connectors()
@@ -736,8 +739,9 @@ class Dist:
 
     ReduceOp = torch.distributed.ReduceOp
 
-    def __init__(self, network: Network):
+    def __init__(self, network: Network, listener: socket.socket | None = None):
         self.network = network
+        self.listener = listener
         self.transport: Transport | None = None
         self.groups: list[Group] = []
 
@@ -751,7 +755,8 @@ class Dist:
                 f"this transport runs owner, server and dealer (world size 3, rank {self.network.rank}); "
                 f"CrypTen asked for world size {world_size}, rank {rank}"
             )
-        transport = Transport(self.network)
+        transport = Transport(self.network, listener=self.listener)
+        self.listener = None  # the transport owns (and closes) it now
         transport.start()
         self.transport = transport
         self.groups = [Group(0, list(range(len(ROLES))))]
@@ -917,13 +922,17 @@ class Dist:
 _INSTALLED: Dist | None = None
 
 
-def install(network: Network) -> Dist:
-    """Make CrypTen's communicator and TTP provider use this transport (in this process)."""
+def install(network: Network, listener: socket.socket | None = None) -> Dist:
+    """Make CrypTen's communicator and TTP provider use this transport (in this process).
+
+    ``listener``: a socket already listening on this party's address (a local run binds
+    it in the launcher, so no other process can take the port between choosing and binding).
+    """
     global _INSTALLED
     import crypten.communicator.distributed_communicator as communicator_module
     import crypten.mpc.provider.ttp_provider as ttp_module
 
-    dist = Dist(network.validate())
+    dist = Dist(network.validate(), listener)
     communicator_module.dist = dist
     ttp_module.dist = dist
     _INSTALLED = dist

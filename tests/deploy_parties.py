@@ -190,3 +190,117 @@ def open_secret(secret: torch.Tensor | None, shape):
     share = x._tensor.share.clone()
     plain = x.get_plain_text()
     return {"share": share, "plain": plain}
+
+
+def open_secret_when(secret: torch.Tensor | None, shape, ready: str, go: str):
+    """:func:`open_secret` once the test says so: writes ``ready`` (this party's session is
+    up), waits for ``go`` to exist, then opens."""
+    Path(ready).write_text("up")
+    deadline = time.monotonic() + 300
+    while not Path(go).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{go} did not appear")
+        time.sleep(0.05)
+    return open_secret(secret, shape)
+
+
+# -- an intruder: another local process that tries to take a party's role ----------------
+def _claim(port: int, role: str, use_tls: bool, tls_context, version: str, timeout_s: float, held: list) -> dict:
+    """Connect to ``port`` and say "I am ``role``" as a party's hello does; accepted when the
+    listener answers its hello with status ok (it then holds this connection as that role;
+    the connection goes to ``held``, so that the role stays taken)."""
+    import json
+    import ssl
+    import struct
+
+    from mpc.transport import PROTOCOL
+
+    record = {"port": port, "role": role, "tls": use_tls, "accepted": False, "answer": ""}
+    hello = json.dumps({"protocol": PROTOCOL, "version": version, "role": role, "rank": ROLES.index(role),
+                        "tls": use_tls, "status": "ok"}).encode()
+    sock = None
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        if use_tls:
+            sock = tls_context.wrap_socket(sock)
+        sock.sendall(struct.pack("!4sI", b"SPTN", len(hello)) + hello)
+        head = b""
+        while len(head) < 8:
+            chunk = sock.recv(8 - len(head))
+            if not chunk:
+                raise EOFError("the listener closed the connection")
+            head += chunk
+        magic, length = struct.unpack("!4sI", head)
+        body = b""
+        while magic == b"SPTN" and len(body) < length:
+            chunk = sock.recv(length - len(body))
+            if not chunk:
+                raise EOFError("the listener closed the connection")
+            body += chunk
+        reply = json.loads(body) if magic == b"SPTN" else {"status": f"not a hello: {head!r}"}
+        record["answer"] = str(reply.get("status"))
+        record["accepted"] = reply.get("status") == "ok"
+    except (OSError, ValueError, EOFError, ssl.SSLError) as exc:
+        record["answer"] = f"{type(exc).__name__}: {exc}"
+    if record["accepted"]:
+        held.append(sock)
+    elif sock is not None:
+        sock.close()
+    return record
+
+
+def _claim_all(ports, version: str, tls_context, timeout_s: float) -> list[dict]:
+    """Every role on every port, in plain TCP and in TLS, all at once (so that some tries
+    arrive before the real parties do)."""
+    records: list[dict] = []
+    held: list = []
+    lock = threading.Lock()
+
+    def one(*args):
+        record = _claim(*args, tls_context, version, timeout_s, held)
+        with lock:
+            records.append(record)
+
+    threads = [threading.Thread(target=one, args=(port, role, use_tls), daemon=True)
+               for port in ports for role in ROLES for use_tls in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 5)
+    for sock in held:
+        sock.close()
+    return records
+
+
+def intrude(ports_file: str, out_file: str, ready_files=(), version: str = "", timeout_s: float = 60.0) -> None:
+    """The intruder process: waits for ``ports_file`` (JSON list of ports), claims every role
+    there at once; if ``ready_files`` are given, waits for them and does it again; writes
+    every try to ``out_file`` (JSON).  ``out_file.armed`` appears once it is ready to strike.  Its TLS tries present a key and certificate of its own."""
+    import json
+    import ssl
+    import tempfile
+
+    from mpc import tls
+
+    def wait_for(path):
+        deadline = time.monotonic() + 300
+        while not Path(path).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear")
+            time.sleep(0.02)
+
+    with tempfile.TemporaryDirectory() as keys:
+        tls.keygen("owner", keys)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the intruder trusts whatever answers
+        ctx.load_cert_chain(Path(keys) / "owner.crt", Path(keys) / "owner.key")
+        Path(f"{out_file}.armed").write_text("armed")
+        wait_for(ports_file)
+        ports = json.loads(Path(ports_file).read_text())
+        rounds = [_claim_all(ports, version, ctx, timeout_s)]
+        if ready_files:
+            for path in ready_files:
+                wait_for(path)
+            rounds.append(_claim_all(ports, version, ctx, timeout_s))
+    Path(out_file).write_text(json.dumps(rounds))
