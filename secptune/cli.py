@@ -30,6 +30,8 @@ def _add_infer(sub) -> None:
     p.add_argument("--prompt-seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use the first N examples")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--pad-bucket", type=int, default=0, metavar="N",
+                   help="pad each batch's length to a multiple of N, so the server learns the bucket, not the longest text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_network(p, owner=True)
 
@@ -104,6 +106,7 @@ def _infer_options(args):
         prompt_seed=args.prompt_seed,
         limit=args.limit,
         batch_size=args.batch_size,
+        pad_bucket=args.pad_bucket,
         network=_network(args, "owner"),
     )
 
@@ -160,6 +163,8 @@ def _add_tune(sub) -> None:
                         "without it plain mode runs the secure run's approximations in float64)")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--test-limit", type=int)
+    p.add_argument("--pad-bucket", type=int, metavar="N",
+                   help="pad text lengths to multiples of N (the server learns the bucket, not the length)")
     p.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
     p.add_argument("--time-limit", type=float, metavar="MIN",
                    help="stop tuning after MIN minutes, test the best prompt so far; --resume continues")

@@ -47,6 +47,7 @@ class InferOptions:
     prompt_std: float = 0.02
     limit: int | None = None
     batch_size: int = 8
+    pad_bucket: int = 0  # pad each batch's length to a multiple of this (0: to its longest text)
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
     network: object = None  # mpc.net.Network: server and dealer on other hosts (secure mode)
 
@@ -112,7 +113,7 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
     pad_id = pad_token(tokenizer, arch)
     rows = list(range(len(examples)))
     chunks = [rows[i : i + opts.batch_size] for i in range(0, len(rows), opts.batch_size)]
-    batches = [build_batch(enc, chunk, prompt, arch, pad_id) for chunk in chunks]
+    batches = [build_batch(enc, chunk, prompt, arch, pad_id, opts.pad_bucket) for chunk in chunks]
     return Prepared(model_dir, arch, examples, batches, verbalizer_onehot(label_ids, arch.vocab_size), label_ids)
 
 

@@ -146,13 +146,24 @@ def check_lengths(enc: Encoded, arch: Arch, prompt_len: int, model_name: str) ->
             )
 
 
+def padded_length(longest: int, bucket: int, limit: int) -> int:
+    """The public sequence length: the longest sequence, or (``bucket`` > 0) the next multiple of
+    ``bucket`` up to the model's limit, so the server learns only the bucket, not the longest text."""
+    if bucket < 0:
+        raise InputError(f"--pad-bucket must be 0 (off) or a positive length, got {bucket}")
+    if not bucket:
+        return longest
+    return max(longest, min(-(-longest // bucket) * bucket, limit))
+
+
 def build_batch(
-    enc: Encoded, rows: list[int], prompt: torch.Tensor, arch: Arch, pad_id: int
+    enc: Encoded, rows: list[int], prompt: torch.Tensor, arch: Arch, pad_id: int, pad_bucket: int = 0
 ) -> Batch:
-    """Plaintext owner inputs for the examples ``rows``; ``prompt`` is [P, H] or [len(rows), P, H]."""
+    """Plaintext owner inputs for the examples ``rows``; ``prompt`` is [P, H] or [len(rows), P, H].
+    ``pad_bucket``: pad the length to a multiple of it (see :func:`padded_length`)."""
     P = prompt.shape[-2]
     seqs = [enc.ids[r] for r in rows]
-    n = max(len(s) for s in seqs) + P
+    n = padded_length(max(len(s) for s in seqs) + P, pad_bucket, arch.max_positions - len(arch.prefix_tokens))
     B, V, H = len(rows), arch.vocab_size, arch.hidden
     token = torch.full((B, n), -1, dtype=torch.long)
     if len({enc.lead[r] for r in rows}) != 1:

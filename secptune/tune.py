@@ -62,6 +62,7 @@ class TuneConfig:
     patience: int | None = None
     time_limit: float | None = None  # minutes of tuning in this process; then the best prompt so far is tested
     batch_size: int = 32  # test/dev chunk size
+    pad_bucket: int = 0  # pad text lengths to multiples of this (hides exact lengths from the server)
     cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
 
     @property

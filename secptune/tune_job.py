@@ -55,7 +55,7 @@ def build_texts(cfg: TuneConfig) -> tuple[Path, TextSets, str]:
         rows = list(range(len(examples)))
         size = len(rows) if whole else cfg.batch_size
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        return [build_batch(enc, c, prompt if with_prompt else empty, arch, pad_id) for c in chunks]
+        return [build_batch(enc, c, prompt if with_prompt else empty, arch, pad_id, cfg.pad_bucket) for c in chunks]
 
     texts = TextSets(
         train=batches(train, True, whole=True)[0],  # one text set: one forward per generation
