@@ -16,16 +16,18 @@ payload received and, for an opening, the opened value itself (the sum of both
 shares).  Two checks:
 
 * canaries: exact ring elements that must never appear (fixed-point encodings of
-  the other party's secrets, as CrypTen encodes them; for a b-bit opening, their
-  low b bits);
+  the other party's secrets, as CrypTen encodes them), on payloads of 48 bits or
+  more (in a narrower ring thousands of canaries would match uniform values by
+  chance);
 * uniformity: a masked share or opening is uniform over its ring (Z_2^64, or Z_2^b
   for the b-bit openings of :mod:`mpc.trig`), so the top 4 bits of its elements
   fall evenly into 16 bins.  A payload of >= 1024 elements whose chi-square over
   those bins exceeds 400 (15 degrees of freedom: p < 1e-70 for uniform data) is
   counted as *unmasked* — a missing or broken mask, whatever the secret was.
   A payload of 0/1 values only is a one-bit opening: it must hold about as many
-  ones as zeros (more than 75 % either way is unmasked).  The owner's reveals (the
-  protocol's output, :mod:`mpc.reveal`) are exempt.
+  ones as zeros (more than 75 % either way is unmasked).  Of a reveal to the owner
+  (:mod:`mpc.reveal`, a reduce) only the server's share is checked: the result is
+  the protocol's output.
 
 Hits are counted per receive path, so a test can show that every path is watched.
 """
@@ -123,7 +125,8 @@ def log() -> TrafficLog:
 
 def set_canaries(values: torch.Tensor | None) -> None:
     """Audit received payloads against these int64 ring elements (None: off)."""
-    _LOG.canaries = None if values is None else torch.unique(values.long().flatten())
+    _LOG.canaries = None if values is None else torch.unique(values.long().flatten())  # sorted
+    _SORTED_CANARIES.clear()
 
 
 @contextlib.contextmanager
@@ -159,7 +162,10 @@ def _nbytes(x) -> int:
 _UNIFORM_MIN = 1024  # elements: below this the uniformity check is not run
 _CHI2_LIMIT = 400.0
 _BINS = 16
-_EXEMPT = threading.local()  # set while the owner receives a reveal (the protocol's output)
+_WIDTH = threading.local()  # ring width of the small-dtype exchange in progress (mpc.trig)
+# below this ring width a random element matches one of thousands of canaries by chance:
+# narrow openings are checked for uniformity only
+_CANARY_MIN_BITS = 48
 
 
 def _chi2_top_bits(values: torch.Tensor, bits: int) -> float:
@@ -181,6 +187,24 @@ def looks_unmasked(values: torch.Tensor, bits: int = 64) -> bool:
     return _chi2_top_bits(values, bits) > _CHI2_LIMIT
 
 
+_SORTED_CANARIES: dict[int, torch.Tensor] = {}  # ring width -> sorted unique canaries in that ring
+
+
+def _canary_hits(values: torch.Tensor, width: int) -> int:
+    """How many ``values`` are canaries: a binary search per value in the sorted canaries
+    (torch.isin re-sorts the canaries on every call; thousands of small openings made that minutes)."""
+    canaries = _SORTED_CANARIES.get(width)
+    if canaries is None:
+        canaries = _LOG.canaries if width == 64 else torch.unique(_LOG.canaries & ((1 << width) - 1))
+        _SORTED_CANARIES[width] = canaries
+    if not canaries.numel():
+        return 0
+    if width < 64:
+        values = values & ((1 << width) - 1)
+    found = canaries[torch.searchsorted(canaries, values).clamp_(max=canaries.numel() - 1)]
+    return int((found == values).sum())
+
+
 def _audit(received, path: str, bits: int | None = None) -> None:
     """Check what this process received (or opened) on ``path``; ``bits``: ring width
     (default: the dtype's width)."""
@@ -190,19 +214,16 @@ def _audit(received, path: str, bits: int | None = None) -> None:
         return
     if not torch.is_tensor(received) or received.dtype.is_floating_point or received.dtype == torch.bool:
         return
-    width = bits or torch.iinfo(received.dtype).bits
+    width = bits or getattr(_WIDTH, "bits", None) or torch.iinfo(received.dtype).bits
     values = received.flatten().cpu().long()
     stats = _LOG.paths.setdefault(path, {"received": 0, "canary_hits": 0, "unmasked": 0})
     stats["received"] += values.numel()
     _LOG.received_elements += values.numel()
-    if _LOG.canaries is not None and values.numel():
-        canaries = _LOG.canaries
-        if width < 64:
-            values, canaries = values & ((1 << width) - 1), canaries & ((1 << width) - 1)
-        hits = int(torch.isin(values, canaries).sum())
+    if _LOG.canaries is not None and values.numel() and width >= _CANARY_MIN_BITS:
+        hits = _canary_hits(values, width)
         stats["canary_hits"] += hits
         _LOG.canary_hits += hits
-    if not getattr(_EXEMPT, "on", False) and looks_unmasked(received, width):
+    if looks_unmasked(received, width):
         stats["unmasked"] += 1
         _LOG.unmasked += 1
 
@@ -213,13 +234,13 @@ def audit_opened(values: torch.Tensor, bits: int) -> None:
 
 
 @contextlib.contextmanager
-def revealing():
-    """The owner receives the protocol's output here: no uniformity check (canaries still apply)."""
-    _EXEMPT.on = True
+def ring_width(bits: int):
+    """Payloads received inside are elements of Z_2^bits (held in a wider dtype)."""
+    _WIDTH.bits = bits
     try:
         yield
     finally:
-        _EXEMPT.on = False
+        _WIDTH.bits = None
 
 
 class _AuditedWork:
@@ -305,9 +326,7 @@ def install() -> None:
     def reduce(c, result, input, dst, op=torch.distributed.ReduceOp.SUM, batched=False):
         if rank(c) == dst:
             _record(_LOG.online, 0)
-            _audit(_difference(result, input, op), "reduce")
-            with revealing():
-                _audit(result, "reduce")
+            _audit(_difference(result, input, op), "reduce")  # the result is the protocol's output
         else:
             _record(_LOG.online, _nbytes(input))
 

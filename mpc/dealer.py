@@ -137,6 +137,7 @@ def request(name: str, size, *args, device=None):
     channel = comm.get()
     client = ttp_provider.TTPClient.get()
     message = {"f": name, "size": _plain(tuple(size)), "args": _plain(args)}
+    _check_sizes([message["size"], message["args"]], name)  # the server draws ``size`` itself
     if _PENDING_RELEASE:
         message["release"] = list(_PENDING_RELEASE)
         _PENDING_RELEASE.clear()
@@ -342,7 +343,7 @@ class Dealer:
             if problem:
                 print(f"secptune dealer: refused a request: {problem}", file=sys.stderr, flush=True)
                 self.comm.send_obj({REFUSED: problem}, 0, self.ttp_group)
-                raise DealerRefusedError(problem)
+                raise DealerRefusedError(f"refused a request of the data owner: {problem}")
             result = self._answer(message)
             self.comm.send_obj(tuple(result.shape), 0, self.ttp_group)
             if result.numel():

@@ -42,7 +42,7 @@ import torch
 KEY_BYTES = 32
 TEST_ONLY_ENV = "SECPTUNE_TEST_ONLY_RNG"
 _CHUNK_BYTES = 1 << 24  # keystream produced in 16 MiB pieces: no whole-size zero buffer
-_ZEROS = bytes(_CHUNK_BYTES)
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))  # sliced without copying
 
 
 class InsecureRandomnessError(RuntimeError):
@@ -91,13 +91,14 @@ class Stream:
         self.drawn = 0  # elements drawn so far (the stream position)
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
 
-    def _bytes(self, nbytes: int) -> bytearray:
-        out = bytearray(nbytes)
-        view = memoryview(out)
+    def _bytes(self, nbytes: int) -> memoryview:
+        # keystream = encryption of zeros, written in place (no per-chunk copies); update_into
+        # wants 15 spare bytes after each chunk, which the next chunk then overwrites
+        out = memoryview(bytearray(nbytes + 15))
         for start in range(0, nbytes, _CHUNK_BYTES):
             n = min(_CHUNK_BYTES, nbytes - start)
-            view[start : start + n] = self._encryptor.update(_ZEROS[:n])
-        return out
+            self._encryptor.update_into(_ZEROS[:n], out[start : start + n + 15])
+        return out[:nbytes]
 
     def _raw(self, n: int) -> torch.Tensor:
         return torch.frombuffer(self._bytes(8 * n), dtype=torch.int64) if n else torch.empty(0, dtype=torch.int64)

@@ -55,9 +55,10 @@ def _open_low_bits(low: torch.Tensor, bits: int) -> torch.Tensor:
     peer = 1 - channel.get_rank()
     mine = low.to(torch.int16 if bits <= 16 else torch.int32).contiguous()
     theirs = torch.empty_like(mine)
-    pending = [channel.isend(mine, dst=peer), channel.irecv(theirs, src=peer)]
-    for request_ in pending:
-        request_.wait()
+    with accounting.ring_width(bits):
+        pending = [channel.isend(mine, dst=peer), channel.irecv(theirs, src=peer)]
+        for request_ in pending:
+            request_.wait()
     opened = (mine.long() + theirs.long()) & (2**bits - 1)
     accounting.audit_opened(opened, bits)
     return opened

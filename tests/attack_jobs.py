@@ -33,3 +33,10 @@ def server_collects_owner_masks(model_dir: str):
     result = secure.server_party(model_dir)
     return {"result": result, "owner_masks": captured["owner_masks"]}
 
+
+
+def ask_dealer(name: str, size: tuple, args: tuple):
+    """Party job: one dealer request as given (the owner and the server may be given different ones)."""
+    from mpc.dealer import request
+
+    return request(name, size, *args)

@@ -1,0 +1,37 @@
+"""The dealer serves only allow-listed, bounded requests that both parties asked for."""
+
+import pytest
+
+import attack_jobs
+from mpc import dealer, launcher
+
+
+def _run(owner_request, server_request):
+    return launcher.run_local(
+        owner=launcher.PartyJob(attack_jobs.ask_dealer, owner_request),
+        server=launcher.PartyJob(attack_jobs.ask_dealer, server_request),
+        timeout_s=120,
+    )
+
+
+def test_the_dealer_refuses_what_the_protocol_never_asks_for():
+    # CrypTen's TTP server ran any method named in a request: this one returns raw stream output
+    with pytest.raises(launcher.PartyFailedError, match="not a dealer request"):
+        _run(("_get_additive_PRSS", (4,), ()), ("_get_additive_PRSS", (4,), ()))
+    # an owner asking for more (or other) masks than the server does: refused before any draw
+    with pytest.raises(launcher.PartyFailedError, match="differs from what the server asked for"):
+        _run(("square", (64,), ()), ("square", (4,), ()))
+    # control: the same request from both is served, and the shares are a square pair
+    results = _run(("square", (4,), ()), ("square", (4,), ()))
+    assert results["owner"].value.shape == results["server"].value.shape == (4,)
+
+
+def test_request_sizes_are_bounded_and_calls_checked():
+    assert "additive" in dealer.registered() and "_get_additive_PRSS" not in dealer.registered()
+    dealer._check_sizes([[4, 4], [[2, 3], 1, True]], "ok")
+    with pytest.raises(ValueError, match="above"):
+        dealer._check_sizes([[1 << 20, 1 << 20]], "huge")
+    with pytest.raises(ValueError, match="negative"):
+        dealer._check_sizes([[-1, 4]], "negative")
+    with pytest.raises(ValueError, match="not served"):
+        dealer._op_shape("conv2d", (1, 1), (1, 1))
