@@ -8,9 +8,11 @@
    OpenSSL) and from ``torch.randint`` over the full int64 range on a ``torch.Generator``
    (what CrypTen used), best of ``--repeat`` draws of ``--elements`` each, this process.
 2. The same secure forward (``scripts/bench_forward.py`` with the arguments after ``--``),
-   run twice back to back: with the real streams, and with the Mersenne Twister swapped in
-   by the test-only switch (``SECPTUNE_TEST_ONLY_RNG=mt19937``).  Reports each run's wall
-   time and traffic, their ratio, and whether online bytes and rounds are identical.
+   ``--pairs`` times alternately: with the real streams, and with the Mersenne Twister swapped
+   in by the test-only switch (``SECPTUNE_TEST_ONLY_RNG=mt19937``); with ``--baseline DIR`` (a
+   checkout of an older commit) also that code's forward in each round.  Reports each run's
+   wall time and traffic, the ratio of the fastest runs, and whether online bytes and rounds
+   are identical.
 """
 
 from __future__ import annotations
@@ -56,17 +58,27 @@ def throughput(elements: int, repeat: int) -> dict:
     }
 
 
-def forward(args: list[str], rng: str | None) -> dict:
+def forward(args: list[str], rng: str | None, root: Path = ROOT) -> dict:
     env = dict(os.environ)
     env.pop("SECPTUNE_TEST_ONLY_RNG", None)
     if rng:
         env["SECPTUNE_TEST_ONLY_RNG"] = rng
+    env["PYTHONPATH"] = str(root)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "forward.json"
-        cmd = [sys.executable, str(ROOT / "scripts" / "bench_forward.py"), *args, "--mode", "secure", "--json", "--out", str(out)]
-        print(f"bench_rng: {'mt19937 (old generator)' if rng else 'aes-ctr'}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, str(root / "scripts" / "bench_forward.py"), *args, "--mode", "secure", "--json", "--out", str(out)]
+        print(f"bench_rng: {rng or 'aes-ctr'} ({root}): {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=root)
         return json.loads(out.read_text())
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {
+        "wall_s": [r["wall_s"] for r in runs],
+        "online": _online(runs[0]),
+        "dealer": runs[0]["comm"]["dealer"],
+        "extrapolated_total": runs[0].get("extrapolation", {}).get("total", {}).get("comm"),
+    }
 
 
 def _online(report: dict) -> dict:
@@ -79,6 +91,8 @@ def main() -> int:
     p.add_argument("--elements", type=int, default=1 << 25)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--pairs", type=int, default=1, help="forward runs per arm, alternating (best is compared)")
+    p.add_argument("--baseline", metavar="DIR", help="a checkout of an older commit: its forward too")
     p.add_argument("forward_args", nargs="*", help="arguments for scripts/bench_forward.py (after --)")
     args = p.parse_args()
     report = {
@@ -88,15 +102,22 @@ def main() -> int:
         "throughput": throughput(args.elements, args.repeat),
     }
     if args.forward_args:
-        aes, mt = forward(args.forward_args, None), forward(args.forward_args, "mt19937")
-        report["forward"] = {
-            "aes_ctr": {"wall_s": aes["wall_s"], "online": _online(aes), "dealer": aes["comm"]["dealer"]},
-            "mersenne_twister": {"wall_s": mt["wall_s"], "online": _online(mt), "dealer": mt["comm"]["dealer"]},
-            "wall_ratio_aes_over_mt": round(aes["wall_s"] / mt["wall_s"], 3),
-            "online_identical": _online(aes) == _online(mt),
-            "extrapolated_total": {"aes_ctr": aes.get("extrapolation", {}).get("total"),
-                                   "mersenne_twister": mt.get("extrapolation", {}).get("total")},
-        }
+        arms = {"aes_ctr": (None, ROOT), "mersenne_twister": ("mt19937", ROOT)}
+        if args.baseline:
+            arms["baseline"] = (None, Path(args.baseline).resolve())
+        runs = {name: [] for name in arms}
+        for _ in range(args.pairs):
+            for name, (rng, root) in arms.items():
+                runs[name].append(forward(args.forward_args, rng, root))
+        report["forward"] = {name: _summary(r) for name, r in runs.items()}
+        best = {name: min(r["wall_s"] for r in rs) for name, rs in runs.items()}
+        report["forward"]["wall_ratio_aes_over_mt"] = round(best["aes_ctr"] / best["mersenne_twister"], 3)
+        report["forward"]["online_identical_aes_mt"] = _online(runs["aes_ctr"][0]) == _online(runs["mersenne_twister"][0])
+        if args.baseline:
+            report["forward"]["baseline_dir_commit"] = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=args.baseline, capture_output=True, text=True).stdout.strip()
+            report["forward"]["wall_ratio_aes_over_baseline"] = round(best["aes_ctr"] / best["baseline"], 3)
+            report["forward"]["online_identical_to_baseline"] = _online(runs["aes_ctr"][0]) == _online(runs["baseline"][0])
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
