@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--pairs", type=int, default=1, help="forward runs per arm, alternating (best is compared)")
     p.add_argument("--baseline", metavar="DIR", help="a checkout of an older commit: its forward too")
+    p.add_argument("--new-only", default="", metavar="ARGS",
+                   help="bench_forward options for this checkout only (the baseline does not know them)")
     p.add_argument("forward_args", nargs="*", help="arguments for scripts/bench_forward.py (after --)")
     args = p.parse_args()
     report = {
@@ -108,7 +110,8 @@ def main() -> int:
         runs = {name: [] for name in arms}
         for _ in range(args.pairs):
             for name, (rng, root) in arms.items():
-                runs[name].append(forward(args.forward_args, rng, root))
+                extra = args.new_only.split() if root == ROOT else []
+                runs[name].append(forward([*args.forward_args, *extra], rng, root))
         report["forward"] = {name: _summary(r) for name, r in runs.items()}
         best = {name: min(r["wall_s"] for r in rs) for name, rs in runs.items()}
         report["forward"]["wall_ratio_aes_over_mt"] = round(best["aes_ctr"] / best["mersenne_twister"], 3)
