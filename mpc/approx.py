@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import fourier
+from mpc.accounting import section
 from mpc.opened import open_once
 from mpc.tensorops import cat, gt_zero, is_secure, max_along
 
@@ -44,6 +45,13 @@ class ApproxConfig:
                      (one opening, mpc.fourier; bound per layer from the model's
                      calibration); "sigmoid": x·σ(x) from a comparison, exp and
                      reciprocal (any input, ~500 bytes per element).
+    range_check:     secure runs: test sampled inputs of every ranged approximation
+                     against their ranges under MPC and reveal one bit per forward
+                     to the data owner (:class:`RangeMonitor`); plaintext runs count
+                     every input instead and ignore this and ``range_samples``.
+    range_samples:   positions sampled (uniformly, with replacement, public) per
+                     ranged call; a call whose inputs are out of range at a fraction
+                     f is detected with probability 1 − (1 − f)^range_samples.
     """
 
     exp_iters: int = 8
@@ -56,6 +64,8 @@ class ApproxConfig:
     rfa_exp_high: float = 4.0
     rfa_den_range: tuple[float, float] = (2.0**-10, 2.0**20)
     activation: str = "fourier"
+    range_check: bool = True
+    range_samples: int = 256
 
     @staticmethod
     def from_dict(d: dict) -> "ApproxConfig":
@@ -65,16 +75,59 @@ class ApproxConfig:
 
 @dataclass
 class RangeMonitor:
-    """Counts plaintext inputs outside an approximation's range (oracle runs only)."""
+    """Inputs outside an approximation's range.
+
+    Plaintext (the oracle): every input is tested and counted in ``violations``.
+    Secret-shared (``samples`` > 0): each call keeps ``samples`` of its inputs at public
+    positions (uniform with replacement, drawn from the stream both parties share,
+    independent of every secret) with the call's public bounds; :meth:`secure_verdict`
+    then tests all of them in one batched comparison and returns a secret bit, 1 iff
+    some sampled input was out of range.
+    """
 
     violations: dict[str, int] = field(default_factory=dict)
+    samples: int = 0  # secure runs: positions sampled per call; 0 = no check under MPC
+    pending: list = field(default_factory=list)  # secure runs: (name, sampled inputs, low, high)
 
     def check(self, name: str, x, low: float, high: float) -> None:
         if is_secure(x):
-            return  # checking secret values would cost comparisons; the oracle does it
+            if self.samples:
+                self.pending.append((name, sample_positions(x, self.samples), float(low), float(high)))
+            return
         bad = int(((x < low) | (x > high)).sum())
         if bad:
             self.violations[name] = self.violations.get(name, 0) + bad
+
+    def secure_verdict(self):
+        """Secret bit [1] (fixed point): 1 iff a sampled input since the last verdict lies
+        outside its range; None when nothing was sampled.  Two comparisons (rounds of
+        CrypTen's comparison circuit): one batched over 2 values per sample (below the low
+        end, above the high end), one of their sum against 1/2.  Clears the samples."""
+        if not self.pending:
+            return None
+        pending, self.pending = self.pending, []
+        with section("range_check"):
+            diffs = []
+            for _, values, low, high in pending:
+                diffs += [low - values, values - high]  # > 0: below low / above high
+            outside = gt_zero(cat(diffs))
+            return gt_zero(outside.sum().reshape(1) - 0.5)
+
+    def sampled_calls(self) -> list[str]:
+        return [name for name, *_ in self.pending]
+
+
+def sample_positions(x, count: int):
+    """``count`` elements of the secret tensor x at uniform public positions (with
+    replacement) from the "global" stream both parties hold: the same positions on both
+    sides, independent of x's values.  Returns a flat secret tensor [count]."""
+    import crypten
+
+    stream = crypten.generators["global"][torch.device("cpu")]
+    flat = torch.remainder(stream.ring((count,)), x.numel())  # bias ≤ numel·2^-64: none in practice
+    index = torch.unravel_index(flat, tuple(x.size()))
+    device = getattr(x, "device", torch.device("cpu"))
+    return x[tuple(i.to(device) for i in index)]
 
 
 NO_MONITOR = RangeMonitor()

@@ -35,6 +35,24 @@ def reveal_to(x, dst: int) -> torch.Tensor | None:
     return decode(ring, int(shared.encoder.scale))
 
 
+def reveal_all_to(xs: list, dst: int) -> list[torch.Tensor] | None:
+    """Open several arithmetic MPCTensors (same fixed-point scale) to party ``dst`` in one
+    exchange; each is recorded as its own reveal.  Others get None."""
+    import crypten
+    import crypten.communicator as comm
+
+    scale = int(xs[0]._tensor.encoder.scale)
+    if any(int(x._tensor.encoder.scale) != scale for x in xs):
+        raise ValueError("reveal_all_to: the tensors must share one fixed-point scale")
+    flat = crypten.cat([x.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1)
+    ring = flat._tensor.reveal(dst=dst)
+    _REVEALS.extend((dst, tuple(x.size())) for x in xs)
+    if comm.get().get_rank() != dst:
+        return None
+    values = decode(ring, scale)
+    return [part.reshape(x.size()) for part, x in zip(values.split([x.numel() for x in xs]), xs)]
+
+
 def reveals() -> list[tuple[int, tuple[int, ...]]]:
     """(destination rank, shape) of every reveal made by this process."""
     return list(_REVEALS)

@@ -313,6 +313,7 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
     _count_dealer_traffic()
     start = _snapshot()
     session = _session_class()(request, verbalizer=verbalizer)
+    session.range_policy = "report"  # a benchmark reports a range event (range_event) instead of stopping
     text_id = session.load_texts(replace(inputs, prompt=None))
     setup = _diff(start, _snapshot(), 1)
     try:
@@ -325,6 +326,7 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
     return {
         "scores": scores,
         "forwards": session.bench_log,
+        "range_events": [{"range_event": f.get("range_event", False)} for f in session.forward_log],
         "setup": setup,
         "dealer_total": list(_DEALER_SENT["total"]),
     }
@@ -339,12 +341,15 @@ def server_job(spec: ModelSpec):
     return {"forwards": session.bench_log}
 
 
-def secure_forward(spec: ModelSpec, arch, inputs, verbalizer, attention, fixed: bool, zero_layers: bool, timeout_s):
+def secure_forward(
+    spec: ModelSpec, arch, inputs, verbalizer, attention, fixed: bool, zero_layers: bool, timeout_s, range_samples=256
+):
     from mpc import launcher
     from secptune import secure
 
+    cfg = approx.ApproxConfig(range_check=range_samples > 0, range_samples=max(range_samples, 1))
     request = secure.OwnerRequest(
-        labels=verbalizer.shape[0], cfg=asdict(approx.ApproxConfig()), attention=attention.as_dict(),
+        labels=verbalizer.shape[0], cfg=asdict(cfg), attention=attention.as_dict(),
         expected_vocab=arch.vocab_size, fixed_weights=fixed,
     )
     return launcher.run_local(
@@ -470,7 +475,8 @@ def run(args) -> dict:
 
     started = time.perf_counter()
     results = secure_forward(
-        spec, arch, inputs, verbalizer, attention, not args.no_fixed_weights, layers is not None, args.timeout
+        spec, arch, inputs, verbalizer, attention, not args.no_fixed_weights, layers is not None, args.timeout,
+        args.range_samples,
     )
     owner, server = results["owner"].value, results["server"].value
     secure_scores = owner["scores"]
@@ -482,6 +488,8 @@ def run(args) -> dict:
         wall_s=round(forward["wall_s"], 4),
         ratio=round(forward["wall_s"] / plain_s, 2),
         attempts=forward["attempts"],
+        range_samples=args.range_samples,
+        range_event=any(f.get("range_event", False) for f in owner["range_events"]),
         comm=comm,
         ops=ops,
         lan_s=links["LAN"],
@@ -551,6 +559,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plain-repeat", type=int, default=3, help="plain forward: best of this many runs")
     p.add_argument("--no-fixed-weights", action="store_true", help="CrypTen's Beaver products (the 'before')")
+    p.add_argument("--range-samples", type=int, default=256,
+                   help="sampled range check: inputs tested per ranged call (0: no check; mpc.approx.ApproxConfig)")
     p.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds before the secure run is stopped")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the JSON to this file")

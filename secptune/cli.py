@@ -120,6 +120,10 @@ def _print_infer(result: dict) -> None:
         print(f"  {role:<6} sent {t['bytes'] / 1e6:9.2f} MB in {t['rounds']} rounds")
     for name, count in result["range_warnings"].items():
         print(f"  warning: {count} values outside the {name} approximation's range")
+    events = result.get("range_events")
+    if events and events["out_of_range"]:
+        print(f"  warning: the secure range check fired in batches {events['calls']}: their scores may be wrong "
+              "(run --mode plain for range_warnings)")
 
 
 def cmd_infer(args) -> int:

@@ -8,6 +8,7 @@ mode the weights are loaded by the server process alone.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +135,13 @@ def secure_scores(
     canaries: dict | None = None,
     network=None,
     attention: AttentionConfig = SOFTMAX,
+    range_policy: str = "report",
 ):
     """Scores from a secure run, with each party's traffic: three local processes, or
-    (``network``) this host as the data owner and the server and dealer elsewhere."""
+    (``network``) this host as the data owner and the server and dealer elsewhere.
+    ``range_policy``: what the owner does when a forward's sampled range check fails
+    ("report": mark it in the forward log, see :func:`secptune.secure.range_events`;
+    "stop": raise :class:`secptune.secure.RangeCheckError`)."""
     from dataclasses import asdict
 
     from secptune import secure
@@ -144,12 +149,12 @@ def secure_scores(
     request = secure.OwnerRequest(
         labels=len(prep.label_ids), cfg=asdict(cfg), attention=attention.as_dict(), expected_vocab=prep.arch.vocab_size
     )
+    # a forward whose sampled range check fails is reported (range_events), not fatal
+    args = (prep.batches, range_policy)
     if network is not None:
-        results = secure.run_remote(secure.score_batches, (prep.batches,), request, prep.verbalizer, network)
+        results = secure.run_remote(secure.score_batches, args, request, prep.verbalizer, network)
     else:
-        results = secure.run_local(
-            str(prep.model_dir), secure.score_batches, (prep.batches,), request, prep.verbalizer, canaries
-        )
+        results = secure.run_local(str(prep.model_dir), secure.score_batches, args, request, prep.verbalizer, canaries)
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 
@@ -169,15 +174,26 @@ def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
 def run_infer(opts: InferOptions) -> dict:
     started = time.perf_counter()
     prep = prepare(opts)
+    events = None  # secure mode: secptune.secure.range_events of the owner's forwards
     if opts.mode == "plain":
         scores, warnings = plain_scores(prep, opts.exact, opts.cfg, attention_config(opts.attention))
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
         forward_s = 0.0
     else:
+        from secptune import secure
+
         attention = attention_config(opts.attention)
         scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
         forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])
         warnings = {}
+        events = secure.range_events(results["owner"].value["forwards"])
+        if events["out_of_range"]:
+            print(
+                f"secptune: warning: the secure range check found inputs outside an approximation's range in "
+                f"{events['out_of_range']} of {len(prep.batches)} batches (batches {events['calls']}); their scores "
+                "may be wrong. Run the same command with --mode plain to see range_warnings.",
+                file=sys.stderr,
+            )
     out = summarize(prep, scores)
     out.update(
         mode=opts.mode,
@@ -189,5 +205,6 @@ def run_infer(opts: InferOptions) -> dict:
         forward_s=forward_s,
         comm=comm,
         range_warnings=warnings,
+        range_events=events,
     )
     return out

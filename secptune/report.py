@@ -53,7 +53,9 @@ def _markdown(d: dict) -> str:
         f"| test | {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} |",
         "",
         f"Best generation {f['best_generation']} of {len(d['generations'])}; wall {t['wall_s']:.1f} s; "
-        f"{t['api_calls']} API calls." + (f" Stopped early: {f['stopped']}." if f.get("stopped") else ""),
+        f"{t['api_calls']} API calls." + (f" Stopped early: {f['stopped']}." if f.get("stopped") else "")
+        + (f" Range events (secure range check fired): {f['range_events']} forwards, "
+           f"{f.get('invalid_generations', 0)} generations discarded." if f.get("range_events") else ""),
         "",
         "| party | bytes sent | rounds |",
         "|---|---|---|",

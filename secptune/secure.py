@@ -27,7 +27,7 @@ import torch
 
 import mpc  # noqa: F401  (CrypTen shim)
 from mpc import accounting, approx, fixed_weights, launcher
-from mpc.reveal import reveal_to
+from mpc.reveal import reveal_all_to, reveal_to
 from mpc.session import RANK
 from secptune import __version__
 from secptune.arch import Arch
@@ -37,7 +37,10 @@ from secptune.transformer import Batch, Nonlinear, Transformer, population_input
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
-MAX_ATTEMPTS = 3  # a wild forward is recomputed; three in a row is an error
+MAX_ATTEMPTS = 3  # the owner requests a wild forward again; three in a row is an error
+# what the owner does when a forward's range bit is 1 (its own choice, never sent):
+# "stop" raises RangeCheckError, "report" returns the scores and marks the forward_log entry
+RANGE_POLICIES = ("stop", "report")
 # linears the model applies to the same input: one fixed-mask product, one opening
 FUSED_LINEARS = (("q", "k", "v"), ("gate", "up"))
 # the server's default cap on label words per query: each label word is one more
@@ -56,6 +59,10 @@ class SecureComputationError(SecptuneError):
 
 class VerbalizerError(SecureComputationError):
     """The owner's verbalizer failed the one-hot check: the server scores nothing with it."""
+
+
+class RangeCheckError(SecureComputationError):
+    """A secure forward's sampled range check found an input outside an approximation's range."""
 
 
 @dataclass
@@ -160,9 +167,12 @@ class SecureSession:
         shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
         if request.fixed_weights and not request.native:  # once per session; then each linear opens only its input
             shared = fixed_weights.prepare(shared, fuse=FUSED_LINEARS)
+        cfg = approx.ApproxConfig.from_dict(request.cfg)
         nonlinear = Nonlinear(
             exact=False,
-            cfg=approx.ApproxConfig.from_dict(request.cfg),
+            cfg=cfg,
+            # sampled range checks under MPC: one bit per forward to the owner (docs/protocol.md)
+            monitor=approx.RangeMonitor(samples=cfg.range_samples if cfg.range_check else 0),
             attention=self.attention,
             native=request.native,
         )
@@ -174,6 +184,8 @@ class SecureSession:
         self.train_log: list[dict] = []
         self.optimizer = None  # baselines: Adam state, created by the first train step
         self.server_traffic: dict | None = None
+        # owner only, never sent: what a forward whose range bit is 1 does (RANGE_POLICIES)
+        self.range_policy = "stop"
 
     # -- commands --------------------------------------------------------------
     def _command(self, cmd: dict | None) -> dict:
@@ -246,39 +258,79 @@ class SecureSession:
         )
 
     def scores(self, text_id: int | None = None, prompts: torch.Tensor | None = None, cmd: dict | None = None):
-        """Scores [R*B, L] of R prompts [R, P, H] on text set ``text_id`` (owner gets them)."""
-        started = time.perf_counter()
-        before = accounting.log().as_dict()
-        if self.is_owner:
-            cmd = self._command({"op": "forward", "texts": text_id, "R": prompts.shape[0], "P": prompts.shape[1]})
-        text = self.texts[cmd["texts"]]
-        prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER)
-        embeds, batch = population_inputs(text.embeds, text.batch, prompt)
+        """Scores [R*B, L] of R prompts [R, P, H] on text set ``text_id`` (owner gets them).
+
+        Every forward also reveals one bit to the owner alone: 1 iff the sampled range
+        check found an input outside an approximation's range (docs/protocol.md, "Range
+        checks under MPC").  Everything after that is the owner's own decision; nothing
+        that depends on the bit or the scores is sent back:
+
+        * range bit 1: ``range_policy`` "stop" raises :class:`RangeCheckError`, "report"
+          returns the scores and marks the owner's ``forward_log`` entry
+          (``range_event``) for the caller to handle;
+        * wild scores (a two-party truncation wrapped): the owner requests the same
+          forward again, an ordinary ``forward`` command (the server sees one more
+          command, as for any query), at most MAX_ATTEMPTS times, then
+          :class:`SecureComputationError`.
+        """
+        if not self.is_owner:
+            self._forward(cmd)
+            return None
+        if self.range_policy not in RANGE_POLICIES:
+            raise ValueError(f"range_policy must be one of {RANGE_POLICIES}, not {self.range_policy!r}")
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            out = self.model.forward(embeds, batch, self.head)
-            revealed = reveal_to(out, OWNER)
-            # the owner tells the server whether to recompute (fresh triples, fresh
-            # truncation randomness); the verdict is a single public bit per forward
-            verdict = _broadcast("ok" if revealed is None or not _is_wild(revealed) else "retry", OWNER)
-            if verdict == "ok":
-                break
-        after = accounting.log().as_dict()
-        self.forward_log.append(
-            {
-                "texts": cmd["texts"],
-                "sequences": out.size(0),
-                "attempts": attempt,
-                "wall_s": time.perf_counter() - started,
-                "bytes": after["bytes"] - before["bytes"],
-                "rounds": after["rounds"] - before["rounds"],
-            }
-        )
-        if verdict != "ok":
+            cmd = self._command({"op": "forward", "texts": text_id, "R": prompts.shape[0], "P": prompts.shape[1]})
+            revealed, out_of_range = self._forward(cmd, prompts)
+            wild = _is_wild(revealed)
+            self.forward_log[-1].update(attempts=attempt, range_event=out_of_range, wild=wild)
+            if out_of_range or not wild:
+                break  # a range violation recurs with fresh randomness: no retry
+        if out_of_range and self.range_policy == "stop":
+            raise RangeCheckError(
+                "the secure forward pass found inputs outside an approximation's range (sampled range check; "
+                f"checked: {', '.join(sorted(self.forward_log[-1]['range_checked']))}), so its scores may be "
+                "wrong; run the same job with --mode plain to see which ranges are exceeded (range_warnings) and "
+                "how often, then shorten or rescale the inputs or the prompt, or calibrate the model's ranges on "
+                "text like yours"
+            )
+        if wild and not out_of_range:
             raise SecureComputationError(
                 f"the secure forward pass produced out-of-range scores {MAX_ATTEMPTS} times in a row "
                 "(fixed-point overflow); check the plain approximate mode's range warnings for this model"
             )
         return revealed
+
+    def _forward(self, cmd: dict, prompts: torch.Tensor | None = None):
+        """Both parties: one forward of ``cmd``; the owner gets (scores, range bit), the server None."""
+        started = time.perf_counter()
+        before = accounting.log().as_dict()
+        text = self.texts[cmd["texts"]]
+        prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER)
+        embeds, batch = population_inputs(text.embeds, text.batch, prompt)
+        monitor = self.model.nl.monitor
+        monitor.pending.clear()
+        out = self.model.forward(embeds, batch, self.head)
+        checked: dict[str, int] = {}
+        for name in monitor.sampled_calls():
+            checked[name] = checked.get(name, 0) + 1
+        bit = monitor.secure_verdict()
+        # one opening to the owner for the scores and the range bit (two reveals on record)
+        revealed = reveal_all_to([out] if bit is None else [out, bit], OWNER)
+        after = accounting.log().as_dict()
+        self.forward_log.append(
+            {
+                "texts": cmd["texts"],
+                "sequences": out.size(0),
+                "attempts": 1,
+                "range_checked": checked,
+                "wall_s": time.perf_counter() - started,
+                "bytes": after["bytes"] - before["bytes"],
+                "rounds": after["rounds"] - before["rounds"],
+            }
+        )
+        if revealed is None:
+            return None
+        return revealed[0], bool(bit is not None and float(revealed[1].item()) > 0.5)
 
     def traffic(self) -> tuple[int, int]:
         """Bytes and rounds this process has sent in this session (all channels)."""
@@ -538,8 +590,30 @@ def run_remote(
     return {"owner": owner, "server": server}
 
 
-def score_batches(session, batches: list[Batch]) -> torch.Tensor:
-    """Owner program for `infer`: each batch's texts with its own prompt."""
+def range_events(forward_log: list[dict]) -> dict:
+    """Owner side: the range events of a session's forwards (``forward_log`` entries).
+
+    ``out_of_range``: forwards whose range bit was 1; ``calls``: indices of the
+    :meth:`SecureSession.scores` calls they belong to (e.g. `infer`'s batches);
+    ``wild_retries``: forwards requested again because their scores were wild."""
+    out = {"forwards": len(forward_log), "out_of_range": 0, "calls": [], "wild_retries": 0}
+    call = 0
+    for entry in forward_log:
+        if entry.get("range_event"):
+            out["out_of_range"] += 1
+            out["calls"].append(call)
+        elif entry.get("wild") and entry.get("attempts", 1) < MAX_ATTEMPTS:
+            out["wild_retries"] += 1
+            continue  # the same call goes on with another forward
+        call += 1
+    return out
+
+
+def score_batches(session, batches: list[Batch], range_policy: str | None = None) -> torch.Tensor:
+    """Owner program for `infer`: each batch's texts with its own prompt (``range_policy``:
+    the secure session's, see :meth:`SecureSession.scores`; None keeps its default)."""
+    if range_policy is not None and hasattr(session, "range_policy"):
+        session.range_policy = range_policy
     out = []
     for batch in batches:
         text_id = session.load_texts(batch)

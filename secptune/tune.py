@@ -33,6 +33,10 @@ CHECKPOINT = "checkpoint.pt"
 # what --resume may change: how long the run goes on and how large the final test is.  Everything
 # else (seed, model, data, CMA-ES and prompt settings) defines the search and must stay the same.
 RESUME_MAY_CHANGE = ("budget", "patience", "test_limit", "time_limit", "device")
+# what CMA-ES is told for every candidate of a generation whose secure forward failed its range
+# check (one bit per forward: it does not say which candidate): all equal, so that generation
+# ranks nothing; the server is not told (docs/protocol.md, "Range checks under MPC")
+INVALID_LOSS = 1e6
 
 
 @dataclass
@@ -173,6 +177,9 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if hasattr(session, "range_policy"):  # secure: a range event is the owner's to handle, below
+        session.range_policy = "report"
+    events = _RangeEvents(session)
     loss_kind = cfg.loss or "ce"
     A = projection(cfg, texts.hidden, session.embedding_std)
     train_id = session.load_texts(texts.train)  # always text set 0
@@ -188,11 +195,14 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
         empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
         zero_dev = _evaluate(session, [session.load_texts(b) for b in texts.dev_zero], empty, texts.dev_labels, texts.metric)
         state = {"config": asdict(cfg), "gen": 0, "history": [], "best": None, "zero_shot_dev": zero_dev,
-                 "wall_s": 0.0, "bytes": 0, "rounds": 0, "since_best": 0, "train_forwards": []}
+                 "wall_s": 0.0, "bytes": 0, "rounds": 0, "since_best": 0, "train_forwards": [],
+                 "range_events": 0, "invalid_generations": 0}
         earlier_wall = 0.0
     else:
         earlier_wall = state["wall_s"]  # generations run by the processes before this one
         state.setdefault("train_forwards", [])  # checkpoints written before this list was kept
+        state.setdefault("range_events", 0)
+        state.setdefault("invalid_generations", 0)
         es = pickle.loads(state["es"])
         np.random.set_state(state["np_state"])
     bar = tqdm(total=cfg.generations, initial=state["gen"], desc=f"tune {cfg.task}", disable=not show_progress,
@@ -204,11 +214,18 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
         scores = session.scores(train_id, prompts_from(A, zs, cfg.prompt_len, texts.hidden))
         state["train_forwards"].append(session.forward_log[-1])  # kept across --resume: per-call figures
         per_candidate = losses(scores.view(len(zs), -1, scores.shape[-1]), labels, loss_kind)
-        es.tell(zs, per_candidate.tolist())
+        invalid = bool(session.forward_log[-1].get("range_event"))
+        if invalid:  # the scores may be wrong: this generation's losses are invalid
+            state["invalid_generations"] += 1
+            es.tell(zs, [INVALID_LOSS] * len(zs))
+        else:
+            es.tell(zs, per_candidate.tolist())
         state["gen"] += 1
         best_idx = int(per_candidate.argmin())
         record = {"gen": state["gen"], "best_loss": float(per_candidate.min()), "mean_loss": float(per_candidate.mean())}
-        if state["gen"] % cfg.eval_every == 0 or state["gen"] == cfg.generations:
+        if invalid:
+            record.update(best_loss=math.nan, mean_loss=math.nan, range_event=True)
+        elif state["gen"] % cfg.eval_every == 0 or state["gen"] == cfg.generations:
             z_best = np.asarray(zs[best_idx])
             dev = _evaluate(session, dev_ids, prompts_from(A, [z_best], cfg.prompt_len, texts.hidden)[0],
                             texts.dev_labels, texts.metric)
@@ -218,6 +235,7 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
                 state["since_best"] = 0
             else:
                 state["since_best"] += 1
+        state["range_events"] += events.new()
         sent, rounds = session.traffic()
         record.update(bytes=state["bytes"] + sent, rounds=state["rounds"] + rounds,
                       wall_s=time.perf_counter() - started)
@@ -234,7 +252,20 @@ def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume
     bar.close()
     if "stopped" in state:  # not in any checkpoint: saved before the limit was reached
         print(f"secptune: {state['stopped']}; --resume continues the run", file=sys.stderr, flush=True)
-    return {**_finish(session, cfg, texts, A, state), "earlier_wall_s": earlier_wall}
+    return {**_finish(session, cfg, texts, A, state, events), "earlier_wall_s": earlier_wall}
+
+
+class _RangeEvents:
+    """Forwards of ``session`` whose range bit was 1 (secure sessions; others have none)."""
+
+    def __init__(self, session):
+        self.session, self.seen = session, 0
+
+    def new(self) -> int:
+        log = self.session.forward_log
+        count = sum(1 for entry in log[self.seen :] if entry.get("range_event"))
+        self.seen = len(log)
+        return count
 
 
 def _better(dev: float, loss: float, best: dict | None) -> bool:
@@ -248,8 +279,13 @@ def _early_stop(state: dict, cfg: TuneConfig) -> bool:
     return cfg.patience is not None and state["since_best"] >= cfg.patience
 
 
-def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict) -> dict:
+def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict, events=None) -> dict:
     best = state["best"]
+    if best is None:
+        raise SecptuneError(
+            f"no valid generation: the secure range check fired in all {state['gen']} generations, so no loss "
+            "could be trusted; run the same job with --mode plain to see which ranges are exceeded (range_warnings)"
+        )
     prompt = prompts_from(A, [best["z"]], cfg.prompt_len, texts.hidden)[0]
     zero_ids = None if texts.test_zero is None else [session.load_texts(b) for b in texts.test_zero]
     empty = torch.zeros(0, texts.hidden, dtype=torch.float64)
@@ -263,6 +299,10 @@ def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: d
         "generations_run": state["gen"],
         "stopped": state.get("stopped"),
         "metric": texts.metric,
+        # secure runs: forwards whose sampled range check fired (train generations, dev and test
+        # evaluations); invalid_generations: training generations whose losses were discarded
+        "range_events": state.get("range_events", 0) + (events.new() if events is not None else 0),
+        "invalid_generations": state.get("invalid_generations", 0),
     }
     if getattr(session, "attention", None) is not None:  # as it ran: with the server's choice of RFA layers
         final["attention"] = session.attention.as_dict()

@@ -59,9 +59,9 @@ def test_no_party_receives_the_others_plaintext():
         audit = results[role].audit
         assert audit["received_elements"] > 10_000, role  # the audit saw real traffic
         assert audit["canary_hits"] == 0, role
-        # every reveal went to the owner (rank 0), and only the scores were revealed
+        # every reveal went to the owner (rank 0): the scores and each forward's range bit only
         assert {dst for dst, _ in results[role].reveals} == {0}
-        assert all(shape == (2, 3) for _, shape in results[role].reveals)
+        assert results[role].reveals == [(0, (2, 3)), (0, (1,))] * len(prep.batches)
     assert "result" not in results["server"].value
 
 

@@ -125,7 +125,8 @@ def test_one_hot_session_matches_oracle_and_costs_one_check():
         assert 8 * labels * vocab <= check["bytes"] <= 8 * labels * vocab + 400, role
         assert check["rounds"] <= 3, role
         assert check["bytes"] < comm[role]["online"]["bytes"] / 10, role
-    assert all(shape == got[:2].shape for _, shape in results["owner"].reveals)  # scores only, as before
+    # the scores and each forward's range bit (docs/protocol.md, "Range checks under MPC")
+    assert all(shape in (got[:2].shape, (1,)) for _, shape in results["owner"].reveals)
 
 
 def owner_session(request, verbalizer, batches):
