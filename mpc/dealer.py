@@ -237,12 +237,17 @@ class _Provider:
         return A.from_shares(a, precision=0), A.from_shares(b, precision=0), A.from_shares(c, precision=0)
 
     @staticmethod
-    def square(self, size, device=None):
+    def _random_and_dealt(name: str, size, device):
+        """Shares of a random r (both parties' draws) and of the dealer's value ``name`` of r."""
         from crypten.mpc.primitives import ArithmeticSharedTensor as A
 
         r = party_draw(size, device)
-        r2 = request("square", tuple(size), device=device)
-        return A.from_shares(r, precision=0), A.from_shares(r2, precision=0)
+        dealt = request(name, tuple(size), device=device)
+        return A.from_shares(r, precision=0), A.from_shares(dealt, precision=0)
+
+    @staticmethod
+    def square(self, size, device=None):
+        return _Provider._random_and_dealt("square", size, device)  # r, r²
 
     @staticmethod
     def generate_binary_triple(self, size0, size1, device=None):
@@ -255,11 +260,7 @@ class _Provider:
 
     @staticmethod
     def wrap_rng(self, size, device=None):
-        from crypten.mpc.primitives import ArithmeticSharedTensor as A
-
-        r = party_draw(size, device)
-        theta = request("wraps", tuple(size), device=device)
-        return A.from_shares(r, precision=0), A.from_shares(theta, precision=0)
+        return _Provider._random_and_dealt("wraps", size, device)  # r, its wrap count θ_r
 
     @staticmethod
     def B2A_rng(self, size, device=None):

@@ -39,30 +39,7 @@ def _meaningful(values):
     return values[values.abs() > 1]  # 0/1 also occur as honest 1-bit openings
 
 
-def test_no_party_receives_the_others_plaintext():
-    from secptune.arch import arch_from_config, extract_weights
-    from secptune.checkpoints import load_hf_model
-
-    opts, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=2)
-    model = load_hf_model(prep.model_dir)
-    weights = extract_weights(model, arch_from_config(model.config))
-    owner_secrets = torch.cat([_encode(b.prompt) for b in prep.batches] + [_encode(torch.ones(1))])
-    plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
-    canaries = {
-        # the server must never receive the owner's prompt, one-hot inputs or scores
-        "server": _meaningful(torch.cat([owner_secrets, _encode(plain)])),
-        # the owner must never receive a weight in the clear
-        "owner": _meaningful(torch.cat([_encode(w) for w in weights.values()])),
-    }
-    _, _, results = secure_scores(prep, opts.cfg, canaries)
-    for role in ("owner", "server"):
-        audit = results[role].audit
-        assert audit["received_elements"] > 10_000, role  # the audit saw real traffic
-        assert audit["canary_hits"] == 0, role
-        # every reveal went to the owner (rank 0): the scores and each forward's range bit only
-        assert {dst for dst, _ in results[role].reveals} == {0}
-        assert results[role].reveals == [(0, (2, 3)), (0, (1,))] * len(prep.batches)
-    assert "result" not in results["server"].value
+# What each party receives in a real forward: tests/test_audit.py (canaries, uniformity, mutation test).
 
 
 def test_audit_detects_plaintext_on_the_wire():
