@@ -138,6 +138,15 @@ def _save_checkpoint(out: Path, state: dict) -> None:
     os.replace(tmp, out / CHECKPOINT)  # atomic: a kill never leaves a torn checkpoint
 
 
+def _saved_setting(saved: dict, key: str):
+    """A checkpoint's setting; one an older version did not have yet is its default then
+    (so a new option, left at its default, does not block --resume of an older run)."""
+    default = asdict(TuneConfig())[key]
+    if key == "cfg":
+        return {**default, **saved.get("cfg", {})}
+    return saved.get(key, default)
+
+
 def _load_checkpoint(out: Path, cfg: TuneConfig) -> dict | None:
     path = out / CHECKPOINT
     if not path.is_file():
@@ -146,7 +155,7 @@ def _load_checkpoint(out: Path, cfg: TuneConfig) -> dict | None:
     state["bytes"] += state.pop("session_bytes")  # traffic of the interrupted session
     state["rounds"] += state.pop("session_rounds")
     now = asdict(cfg)
-    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and state["config"].get(k) != now[k])
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and _saved_setting(state["config"], k) != now[k])
     if changed:
         raise SecptuneError(
             f"{path} belongs to a run with different settings ({', '.join(changed)}); use another --out or "

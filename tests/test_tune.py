@@ -167,3 +167,16 @@ def test_best_prompt_breaks_dev_ties_by_training_loss():
     assert _better(0.6, 2.0, best) and not _better(0.4, 0.1, best)
     assert _better(0.5, 0.8, best) and not _better(0.5, 0.95, best)
     assert _better(0.5, 0.8, {"dev": 0.5})  # checkpoints written before the loss was kept
+
+
+def test_a_checkpoint_from_before_a_new_option_still_matches_its_default():
+    from dataclasses import asdict
+
+    from secptune.tune import TuneConfig, _saved_setting
+
+    old = asdict(TuneConfig())
+    del old["pad_bucket"]  # options added after the run was checkpointed
+    del old["cfg"]["range_samples"]
+    assert _saved_setting(old, "pad_bucket") == 0 and _saved_setting(old, "cfg") == asdict(TuneConfig())["cfg"]
+    old["cfg"]["range_samples"] = 7  # a setting the run really had still counts
+    assert _saved_setting(old, "cfg") != asdict(TuneConfig())["cfg"]
