@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-MAX_ELEMENTS = 1 << 29  # one reply or operand: 4 GiB of int64 at most
+MAX_ELEMENTS = 1 << 31  # one reply or operand: 16 GiB of int64 at most (the server agrees to sizes anyway)
 REFUSED = "refused"
 _EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")  # modules that register functions
 
