@@ -283,12 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen}
 
 
+def _refuse_test_only_randomness() -> None:
+    """The product never runs with the tests' insecure generators (mpc.prg's test-only switch)."""
+    from mpc import prg
+
+    if os.environ.get(prg.TEST_ONLY_ENV):
+        raise SecptuneError(
+            f"{prg.TEST_ONLY_ENV} is set: it replaces every mask with an insecure generator and is for "
+            f"secptune's own tests only; unset it (`unset {prg.TEST_ONLY_ENV}`)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mpc.launcher import PartyFailedError
     from mpc.net import TransportError
 
     try:
+        _refuse_test_only_randomness()
         return COMMANDS[args.command](args)
     except (SecptuneError, PartyFailedError, TransportError) as exc:
         if os.environ.get("SECPTUNE_DEBUG"):

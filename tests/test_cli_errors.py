@@ -87,3 +87,10 @@ def test_infer_json_output(capsys, data_file):
     assert out["pred"] == [int(out["scores"][0][1] > out["scores"][0][0])]
     assert out["labels"] == [1] and out["accuracy"] in (0.0, 1.0)
     assert out["wall_s"] > 0 and set(out["comm"]) == {"owner", "server", "dealer"}
+
+
+def test_the_tests_insecure_generators_are_refused(capsys, data_file, monkeypatch):
+    monkeypatch.setenv("SECPTUNE_TEST_ONLY_RNG", "zero")
+    code, err = run_cli(capsys, "--model", "tiny-llama", "--data", data_file, "--template", "{text} It was {mask}",
+                        "--verbalizer", "bad,great")
+    assert code == 2 and len(err) == 1 and "SECPTUNE_TEST_ONLY_RNG" in err[0] and "unset" in err[0]
