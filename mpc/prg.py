@@ -27,7 +27,8 @@ so no path can fall back to the Mersenne Twister unnoticed.
 Testing only: ``SECPTUNE_TEST_ONLY_RNG=mt19937`` makes every stream a seeded
 Mersenne Twister (CrypTen's old generator, the attack's positive control) and
 ``=zero`` makes every stream output zeros (masks forced to zero: the privacy
-audit's mutation test).  Either prints a warning in every process that uses it.
+audit's mutation test).  Either prints a warning in every process that uses it, and the
+``secptune`` command refuses to run while it is set.
 """
 
 from __future__ import annotations
