@@ -54,7 +54,6 @@ from __future__ import annotations
 import collections
 import functools
 import os
-import sys
 import types
 
 import torch
@@ -242,7 +241,7 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, *, method: str | None = None) 
 
 
 # How CrypTen's patched matmuls were served in this process: "limbs"/"torch" (the
-# kernel ring_matmul chose), "probe" (shape-only products answered without work).
+# kernel ring_matmul chose).
 calls: collections.Counter = collections.Counter()
 
 
@@ -256,21 +255,16 @@ def _unwrap(x):
     return None, False
 
 
-def _ring_or_none(a, b, probe: bool = False):
+def _ring_or_none(a, b):
     """ring_matmul of two int64 operands (CrypTen's CUDALongTensor unwrapped and the
     result re-wrapped), or None when the operands are anything else."""
     ta, wa = _unwrap(a)
     tb, wb = _unwrap(b)
     if ta is None or tb is None:
         return None
-    if probe:
-        calls["probe"] += 1
-        shape = torch.matmul(ta.to("meta"), tb.to("meta")).shape
-        out = torch.empty(shape, dtype=torch.int64, device=ta.device)
-    else:
-        method = _method_default()
-        calls["limbs" if _use_limbs(ta, tb, method) else "torch"] += 1
-        out = ring_matmul(ta, tb, method=method)
+    method = _method_default()
+    calls["limbs" if _use_limbs(ta, tb, method) else "torch"] += 1
+    out = ring_matmul(ta, tb, method=method)
     if wa or wb:
         wrapped = _CUDA_LONG()
         wrapped._tensor = out
@@ -284,22 +278,7 @@ def _crypten_matmul(a, b, *args, **kwargs):
     return torch.matmul(a, b, *args, **kwargs) if out is None else out
 
 
-def _ttp_matmul(a, b, *args, **kwargs):
-    """torch.matmul as seen by crypten.mpc.provider.ttp_provider.
-
-    Its only matmul calls are the dealer's ``c = a @ b`` (TTPServer.additive) and,
-    in TrustedThirdParty.generate_additive_triple, ``getattr(torch, op)(a, b).size()``
-    on the parties other than rank 0: a full product computed only for its shape.
-    That call site (recognised by its code object) gets an uninitialised tensor of
-    the right shape, whose shape torch computes on the meta device.
-    """
-    probe = sys._getframe(1).f_code is _TTP_SIZE_PROBE_CODE
-    out = None if args or kwargs else _ring_or_none(a, b, probe=probe)
-    return torch.matmul(a, b, *args, **kwargs) if out is None else out
-
-
 _CUDA_LONG = None
-_TTP_SIZE_PROBE_CODE = None
 
 
 class _TorchProxy(types.ModuleType):
@@ -317,14 +296,9 @@ class _TorchProxy(types.ModuleType):
 
 def _patched_modules():
     from crypten.mpc.primitives import arithmetic, beaver
-    from crypten.mpc.provider import tfp_provider, ttp_provider
+    from crypten.mpc.provider import tfp_provider
 
-    return {
-        beaver: _crypten_matmul,
-        arithmetic: _crypten_matmul,
-        tfp_provider: _crypten_matmul,
-        ttp_provider: _ttp_matmul,
-    }
+    return {beaver: _crypten_matmul, arithmetic: _crypten_matmul, tfp_provider: _crypten_matmul}
 
 
 def install_into_crypten() -> None:
@@ -337,14 +311,12 @@ def install_into_crypten() -> None:
       ``epsilon @ b``, ``a @ delta`` and ``epsilon @ delta``;
     * ``crypten.mpc.primitives.arithmetic.ArithmeticSharedTensor._arithmetic_function``:
       share @ public int64 matrix (the public-operand path of ``matmul``);
-    * ``crypten.mpc.provider.ttp_provider``: the dealer's ``c = a @ b`` in
-      ``TTPServer.additive``, and the shape-only product in
-      ``TrustedThirdParty.generate_additive_triple`` (answered from meta tensors
-      instead, see :func:`_ttp_matmul`);
+    * the dealer's ``c = a @ b`` (mpc.dealer) calls ring_matmul itself, and the
+      parties' triple shapes come from meta tensors (no product computed);
     * ``crypten.mpc.provider.tfp_provider.TrustedFirstParty.generate_additive_triple``:
       ``c = a @ b`` (the TFP provider; secptune uses TTP).
 
-    The patch replaces the module-global name ``torch`` in those four modules with a
+    The patch replaces the module-global name ``torch`` in those three modules with a
     proxy module that forwards every attribute to torch except ``matmul``: a pair of
     int64 operands without extra arguments goes to ring_matmul -- plain tensors, or
     CrypTen's ``CUDALongTensor`` wrappers on GPUs (unwrapped, result re-wrapped; this
@@ -354,12 +326,10 @@ def install_into_crypten() -> None:
     ``import mpc`` (party processes are spawned fresh).  Which kernel ring_matmul
     uses is its ``auto`` policy / ``MPC_RING_MATMUL``.
     """
-    global _TTP_SIZE_PROBE_CODE, _CUDA_LONG
+    global _CUDA_LONG
     from crypten.cuda import CUDALongTensor
-    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
 
     _CUDA_LONG = CUDALongTensor
-    _TTP_SIZE_PROBE_CODE = TrustedThirdParty.generate_additive_triple.__code__
     for module, matmul in _patched_modules().items():
         if not getattr(module.torch, "_mpc_ring_proxy", False):
             module.torch = _TorchProxy(matmul)

@@ -140,9 +140,9 @@ def test_auto_policy_and_env(monkeypatch):
 def test_install_is_idempotent_and_narrow():
     from crypten.cuda import CUDALongTensor
     from crypten.mpc.primitives import arithmetic, beaver
-    from crypten.mpc.provider import tfp_provider, ttp_provider
+    from crypten.mpc.provider import tfp_provider
 
-    modules = (beaver, arithmetic, ttp_provider, tfp_provider)
+    modules = (beaver, arithmetic, tfp_provider)
     try:
         ring.install_into_crypten()
         proxies = [m.torch for m in modules]
@@ -202,7 +202,6 @@ def test_crypten_secret_shared_matmul_after_install(monkeypatch):
     assert torch.equal(beaver_3d, torch.matmul(x_int.view(2, 3, -1), w_int))
     assert torch.equal(public, torch.matmul(x_int, pub))
     assert torch.allclose(fixed, x_f @ w_f, atol=2e-3)
-    # the parties' products went through the limb path; rank 1's shape-only product
-    # in the TTP client was answered without computing it
-    assert owner_calls.get("limbs", 0) >= 10 and owner_calls.get("probe", 0) == 0
-    assert server_calls.get("limbs", 0) >= 10 and server_calls.get("probe", 0) == 3, server_calls
+    # the parties' products went through the limb path (triple shapes come from meta tensors)
+    assert owner_calls.get("limbs", 0) >= 10 and set(owner_calls) == {"limbs"}, owner_calls
+    assert server_calls.get("limbs", 0) >= 10 and set(server_calls) == {"limbs"}, server_calls
