@@ -44,6 +44,7 @@ REFUSED = "refused"
 _EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")  # modules that register functions
 
 _FUNCTIONS: dict[str, Callable] = {}
+_SHAPE_ARGS: dict[str, tuple[int, ...]] = {}  # request name -> which arguments are shapes (or lists of shapes)
 _RELEASE_HOOKS: list[Callable] = []  # dealer side: fn(handles) drops held values
 _PENDING_RELEASE: list[int] = []  # party side: handles to release with the next request
 
@@ -52,8 +53,9 @@ class DealerRefusedError(RuntimeError):
     """The dealer refused a request (not allowed, too large, or not agreed by the server)."""
 
 
-def dealer_function(name: str):
-    """Register ``fn(dealer, size, *args)`` as dealer request ``name``.
+def dealer_function(name: str, shape_args: tuple[int, ...] = ()):
+    """Register ``fn(dealer, size, *args)`` as dealer request ``name``; ``shape_args``: the
+    positions in ``args`` that hold a shape or a list of shapes (bounded like ``size``).
 
     ``fn`` returns the data owner's share (shape ``size``); it may use
     ``dealer.prss(size)`` (the plaintext sum of both parties' next draws),
@@ -63,6 +65,7 @@ def dealer_function(name: str):
 
     def register(fn):
         _FUNCTIONS[name] = fn
+        _SHAPE_ARGS[name] = tuple(shape_args)
         return fn
 
     return register
@@ -137,7 +140,7 @@ def request(name: str, size, *args, device=None):
     channel = comm.get()
     client = ttp_provider.TTPClient.get()
     message = {"f": name, "size": _plain(tuple(size)), "args": _plain(args)}
-    _check_sizes([message["size"], message["args"]], name)  # the server draws ``size`` itself
+    _check_request_shapes(message)  # the server draws ``size`` itself
     if _PENDING_RELEASE:
         message["release"] = list(_PENDING_RELEASE)
         _PENDING_RELEASE.clear()
@@ -185,7 +188,7 @@ def _op_shape(op: str, size0, size1) -> tuple:
     return tuple(getattr(torch, op)(a, b).shape)
 
 
-@dealer_function("additive")
+@dealer_function("additive", shape_args=(0, 1))
 def _deal_additive(dealer, size, size0, size1, op):
     from mpc.ring import ring_matmul
 
@@ -201,7 +204,7 @@ def _deal_square(dealer, size):
     return r * r - dealer.prss_server(torch.Size(size))
 
 
-@dealer_function("binary")
+@dealer_function("binary", shape_args=(0, 1))
 def _deal_binary(dealer, size, size0, size1):
     a0, a1 = dealer.draws(torch.Size(size0))
     b0, b1 = dealer.draws(torch.Size(size1))
@@ -289,13 +292,25 @@ def install_into_crypten() -> None:
 # ---- the dealer process ---------------------------------------------------------
 
 def _check_sizes(value, where: str) -> None:
-    """Every list of ints in a request is a shape: non-negative and bounded."""
-    if isinstance(value, list):
-        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            if any(v < 0 for v in value) or math.prod(value) > MAX_ELEMENTS:
-                raise ValueError(f"{where}: shape {value} is negative or above {MAX_ELEMENTS} elements")
+    """A shape (list of ints) or a list of shapes: non-negative and bounded."""
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         for v in value:
             _check_sizes(v, where)
+        return
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{where}: {value!r} is not a shape")
+    if any(v < 0 for v in value) or math.prod(value) > MAX_ELEMENTS:
+        raise ValueError(f"{where}: shape {value} is negative or above {MAX_ELEMENTS} elements")
+
+
+def _check_request_shapes(message: dict) -> None:
+    """The reply's shape and every argument the function declares a shape."""
+    name, args = message["f"], message["args"]
+    _check_sizes(message["size"], name)
+    for i in _SHAPE_ARGS.get(name, ()):
+        if i >= len(args):
+            raise ValueError(f"{name}: missing shape argument {i}")
+        _check_sizes(args[i], name)
 
 
 class Dealer:
@@ -363,8 +378,8 @@ class Dealer:
         if name not in self.allowed:
             return f"{name!r} is not a dealer request (allowed: {', '.join(self.allowed)})"
         try:
-            _check_sizes([message.get("size"), message.get("args")], name)
-        except ValueError as exc:
+            _check_request_shapes(message)
+        except (ValueError, TypeError, KeyError) as exc:
             return str(exc)
         return None
 

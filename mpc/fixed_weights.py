@@ -50,7 +50,7 @@ _DEALER_MASKS: dict[int, torch.Tensor] = {}
 _HANDLES = itertools.count()
 
 
-@dealer_function("fixed_masks")
+@dealer_function("fixed_masks", shape_args=(1,))
 def _deal_masks(server, size, handles, shapes):
     """Remember B = the parties' next PRSS draw for each handle; the reply is empty."""
     for handle, shape in zip(handles, shapes):
@@ -75,7 +75,7 @@ def _fixed_mask(handle: int) -> torch.Tensor:
     return mask
 
 
-@dealer_function("fixed_product")
+@dealer_function("fixed_product", shape_args=(1,))
 def _deal_product(server, size, handle, a_shape):
     """The owner's share of C = A·B, A = the parties' next PRSS draw of ``a_shape``."""
     a = server.prss(torch.Size(a_shape))

@@ -44,19 +44,19 @@ def _release(handles) -> None:
         _DEALER_MASKS.pop(handle, None)
 
 
-@dealer_function("hold_mask")
+@dealer_function("hold_mask", shape_args=(1,))
 def _deal_hold(server, size, handle, shape):
     _DEALER_MASKS[handle] = server.prss(torch.Size(shape))
     return torch.zeros(size, dtype=torch.long)  # nothing to send: no draw from the server's stream
 
 
-@dealer_function("held_product")
+@dealer_function("held_product", shape_args=(1,))
 def _deal_held_product(server, size, handle, b_shape, last):
     c = held_mask(handle, last) * server.prss(torch.Size(b_shape))
     return c - server.prss_server(c.size())
 
 
-@dealer_function("held_matmul")
+@dealer_function("held_matmul", shape_args=(1,))
 def _deal_held_matmul(server, size, handle, b_shape, last):
     c = ring_matmul(held_mask(handle, last), server.prss(torch.Size(b_shape)))
     return c - server.prss_server(c.size())

@@ -28,10 +28,13 @@ def test_the_dealer_refuses_what_the_protocol_never_asks_for():
 
 def test_request_sizes_are_bounded_and_calls_checked():
     assert "additive" in dealer.registered() and "_get_additive_PRSS" not in dealer.registered()
-    dealer._check_sizes([[4, 4], [[2, 3], 1, True]], "ok")
+    dealer._check_request_shapes({"f": "fixed_masks", "size": [0], "args": [[1000, 1001, 1002, 1003], [[4, 4], [2, 3]]]})
+    dealer._check_request_shapes({"f": "truncation_pair", "size": [2, 8], "args": [[16] * 12]})  # not shapes
     with pytest.raises(ValueError, match="above"):
-        dealer._check_sizes([[1 << 20, 1 << 20]], "huge")
+        dealer._check_request_shapes({"f": "additive", "size": [4], "args": [[1 << 20, 1 << 20], [4], "mul"]})
     with pytest.raises(ValueError, match="negative"):
-        dealer._check_sizes([[-1, 4]], "negative")
+        dealer._check_request_shapes({"f": "square", "size": [-1, 4], "args": []})
+    with pytest.raises(ValueError, match="not a shape"):
+        dealer._check_request_shapes({"f": "hold_mask", "size": [0], "args": [3, "x"]})
     with pytest.raises(ValueError, match="not served"):
         dealer._op_shape("conv2d", (1, 1), (1, 1))
