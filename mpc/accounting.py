@@ -275,25 +275,20 @@ def _channel(comm, group):
     return _LOG.dealer
 
 
-def _record(channel: ChannelStats, nbytes: int) -> None:
+def _record(channel: ChannelStats, nbytes: int, rounds: int = 1) -> None:
     with _LOCK:
         channel.bytes += nbytes
-        channel.rounds += 1
+        channel.rounds += rounds
         if _LOG.current:
             stats = _LOG.sections[_LOG.current[-1]]
             part = stats.online if channel is _LOG.online else stats.dealer
             part.bytes += nbytes
-            part.rounds += 1
+            part.rounds += rounds
 
 
 def record_send(channel: str, nbytes: int) -> None:
     """Count bytes sent outside CrypTen's communicator that nobody waits for (no round)."""
-    stats = _LOG.online if channel == "online" else _LOG.dealer
-    with _LOCK:
-        stats.bytes += nbytes
-        if _LOG.current:
-            section_stats = _LOG.sections[_LOG.current[-1]]
-            (section_stats.online if channel == "online" else section_stats.dealer).bytes += nbytes
+    _record(_LOG.online if channel == "online" else _LOG.dealer, nbytes, rounds=0)
 
 
 def _wrap(cls, name, account):

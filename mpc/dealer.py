@@ -39,6 +39,8 @@ from typing import Callable
 
 import torch
 
+from mpc.prg import place
+
 MAX_ELEMENTS = 1 << 31  # one reply or operand: 16 GiB of int64 at most (the server agrees to sizes anyway)
 REFUSED = "refused"
 _EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")  # modules that register functions
@@ -154,19 +156,13 @@ def request(name: str, size, *args, device=None):
         result = torch.empty(tuple(reply), dtype=torch.long)
         if result.numel():
             channel.broadcast(result, ttp_rank, client.comm_group)
-        return result if device is None or torch.device(device).type == "cpu" else _to_device(result, device)
+        return place(result, device)
     tensor = _digest_tensor(digest)
     # (work, buffer): gloo needs the buffer alive until its send completes
     _PENDING_SENDS[:] = [p for p in _PENDING_SENDS if not p[0].is_completed()]
     _PENDING_SENDS.append((ttp_provider.dist.isend(tensor, dst=ttp_rank, group=client.ttp_group), tensor))
     accounting.record_send("dealer", tensor.numel() * 8)
     return client.get_generator(device=device).ring(tuple(size), device)
-
-
-def _to_device(t, device):
-    from mpc.prg import _place
-
-    return _place(t, device)
 
 
 def party_draw(size, device=None):

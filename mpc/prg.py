@@ -109,7 +109,7 @@ class Stream:
         shape = torch.Size(size)
         n = math.prod(shape)
         self.drawn += n
-        return _place(self._raw(n).reshape(shape), device)
+        return place(self._raw(n).reshape(shape), device)
 
     def bits(self, size, bitlength: int, device=None) -> torch.Tensor:
         """Uniform integers in [0, 2^bitlength) (one 64-bit draw each, so both ends stay in step)."""
@@ -157,7 +157,8 @@ def stream(key: bytes, label: str = "stream") -> Stream:
     return (_MersenneStream if mode == "mt19937" else _ZeroStream)(key, label)
 
 
-def _place(t: torch.Tensor, device) -> torch.Tensor:
+def place(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` (made on the CPU) on ``device``, wrapped as CrypTen expects for a GPU."""
     if device is not None and torch.device(device).type != "cpu":
         from crypten.cuda import CUDALongTensor
 
@@ -167,7 +168,7 @@ def _place(t: torch.Tensor, device) -> torch.Tensor:
 
 # ---- CrypTen integration ---------------------------------------------------------
 
-def _resolve(generator, kwargs) -> Stream:
+def _resolve(generator) -> Stream:
     if isinstance(generator, Stream):
         return generator
     if generator is None:
@@ -186,12 +187,12 @@ def ring_element(size, ring_size=2**64, generator=None, **kwargs):
     """Replaces CrypTen's ``generate_random_ring_element`` (same signature)."""
     if ring_size != 2**64:
         raise ValueError(f"ring size {ring_size}: secptune shares over Z_2^64 only")
-    return _resolve(generator, kwargs).ring(size, kwargs.get("device"))
+    return _resolve(generator).ring(size, kwargs.get("device"))
 
 
 def kbit_tensor(size, bitlength=None, generator=None, **kwargs):
     """Replaces CrypTen's ``generate_kbit_random_tensor`` (same signature)."""
-    return _resolve(generator, kwargs).bits(size, 64 if bitlength is None else bitlength, kwargs.get("device"))
+    return _resolve(generator).bits(size, 64 if bitlength is None else bitlength, kwargs.get("device"))
 
 
 def _setup_streams() -> None:
