@@ -239,8 +239,8 @@ def softmax(scores, penalty_mask, cfg: ApproxConfig, monitor: RangeMonitor = NO_
     return e * reciprocal(total, 1.0, float(scores.size(-1)))
 
 
-def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1.0), (2, 1.0))):
-    """Secret powers of two (s, s^2) with v * s^2 in [1, 4^bits), for v in [low, high].
+def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1.0), (2, 1.0)), unit: float = 1.0):
+    """Secret powers of two (s, s^2) with (v/unit) * s^2 in [1, 4^bits), for v/unit in [low, high].
 
     One batched comparison of v against every power of 4^bits in the range gives
     the interval; s and s^2 are public linear combinations of the comparison bits.
@@ -249,7 +249,9 @@ def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1
     many as levels of 4 and leave a 4x wider interval to the Newton iterations that
     follow (cheap: per row).  ``factors`` lists the (p, c) for which c·s^p is
     returned (default s and s²): a constant folded into the weights stays exact
-    where the product of a returned s with it would underflow.
+    where the product of a returned s with it would underflow.  A public ``unit`` (v is
+    ``unit`` times the value to scale) moves into the thresholds: a large v is never divided
+    (two-party truncation of a ring value Z fails with probability ~|Z|·2^-64).
     """
     level = 4.0**bits
     k_lo, k_hi = math.floor(math.log(low, level)), math.ceil(math.log(high, level))
@@ -260,7 +262,7 @@ def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1
 
     if not levels:
         return tuple(v * 0 + c * power(k_lo, p) for p, c in factors)
-    above = gt_zero(cat([v - level**j for j in levels], dim=-1))  # one comparison round
+    above = gt_zero(cat([v - unit * level**j for j in levels], dim=-1))  # one comparison round
     return tuple(
         bit_combination(above, [c * (power(j, p) - power(j - 1, p)) for j in levels]) + c * power(k_lo, p)
         for p, c in factors
@@ -289,6 +291,7 @@ def bit_combination(bits, weights: list[float]):
 
 
 GAIN_BITS = 12  # = 16^3: the comparisons' levels of 16 line up with and without the gain
+COARSE_BITS = 8  # Σx²·2^-8 carries large rows, whose s² (down to 2^-24) underflows 16 bits
 SUM_BITS = 30  # Σx² < 2^30 keeps its ring value Σx²·2^32 below 2^62 (mpc.truncation)
 REDUCED_RANGE = (0.25, 16.0)
 
@@ -305,11 +308,15 @@ def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONIT
     One opening of x (mpc.opened) serves every step:
 
     1. the row sums of squares are summed exactly in the ring and truncated exactly
-       (mpc.truncation) twice: S = Σx², precise for large rows, and S' = 2^12·Σx²,
-       precise for small ones — 8 bytes per row each, no per-element rounding;
-    2. a power of two s (one batched comparison) puts ms·s² into [1, 16);
-    3. ms·s² = (S·s² + (S' − 2^12·S)·s²·2^-12)/H: the second term restores the bits
-       S lost on small rows (on large rows s²·2^-12 underflows to zero, harmlessly);
+       (mpc.truncation) three times: S_c = 2^-8·Σx² for the largest rows, S = Σx², and
+       S' = 2^12·Σx², precise for small ones — 8 bytes per row each, no per-element
+       rounding; nothing this large is ever divided (a two-party truncation of it
+       would wrap about once per 100 rows);
+    2. a power of two s (one batched comparison of H·2^12·(ms + eps) against
+       thresholds times H·2^12) puts ms·s² into [1, 16);
+    3. ms·s² = (S_c·2^8s² + (S − 2^8·S_c)·s² + (S' − 2^12·S)·s²·2^-12)/H: each later term
+       restores the bits the one before lost, and where its factor underflows 16 bits
+       (s² < 2^-16 on rows with ms > 2^20; s²·2^-12 on large rows) it is negligible;
     4. Newton's inverse square root on that fixed range gives y, and
        x / sqrt(ms + eps) = x·(s·y): per-row factors times the opened x, with s·y held
        to 32 bits (a large row's s·y is small: 16 bits would lose its precision).
@@ -317,16 +324,26 @@ def normalize(x, eps: float, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONIT
     width = x.size(-1)
     high = norm_ceiling(cfg, width)
     opened = open_once(x)
-    total, total_fine = opened.square_sums((0, GAIN_BITS))
+    coarse, total, total_fine = opened.square_sums((-COARSE_BITS, 0, GAIN_BITS))
     gain = 1 << GAIN_BITS
-    fine = total_fine / width + eps * gain  # 2^12·(ms + eps): eps joins before the scale is chosen
-    monitor.check(name, fine * 2.0**-GAIN_BITS, cfg.norm_range[0], high)
-    # fine·s_f² in [1, 16) with s_f = s·2^-6: s, s² and s²·2^-12 straight from the comparison bits
-    s, s2, s2_fine = power_of_two_scale(
-        fine, cfg.norm_range[0] * gain, high * gain, factors=((1, 2.0 ** (GAIN_BITS // 2)), (2, float(gain)), (2, 1.0))
+    # H·2^12·(ms + eps), eps joining before the scale is chosen.  Never divided: the row sums
+    # reach 2^58 in the ring, where a division's two-party truncation wraps once per ~100
+    # rows; the range check and the comparisons take thresholds times H·2^12 instead.
+    fine = total_fine + eps * gain * width
+    monitor.check(name, fine, cfg.norm_range[0] * gain * width, high * gain * width)
+    # (fine/H)·s_f² in [1, 16) with s_f = s·2^-6: s, s² and s²·2^-12 straight from the comparison bits
+    s, s2_coarse, s2, s2_fine = power_of_two_scale(
+        fine,
+        cfg.norm_range[0] * gain,
+        high * gain,
+        factors=((1, 2.0 ** (GAIN_BITS // 2)), (2, 2.0 ** (GAIN_BITS + COARSE_BITS)), (2, float(gain)), (2, 1.0)),
+        unit=float(width),
     )
+    # Σx²·s² from the three sums, each term's factor held where it does not underflow
+    # (s² reaches 2^-24, below one 16-bit unit, where ms passes 2^20)
+    scaled_sum = coarse * s2_coarse + (total - coarse * (1 << COARSE_BITS)) * s2 + (total_fine - total * gain) * s2_fine
     # eps (~1e-5) is below one fixed-point unit: scale it up, multiply, scale back
-    reduced = (total * s2 + (total_fine - total * gain) * s2_fine) / width + (s2 * (eps * gain)) * (1.0 / gain)
+    reduced = scaled_sum / width + (s2 * (eps * gain)) * (1.0 / gain)
     return opened.mul_product(s, _rsqrt_reduced(reduced), last=True)
 
 

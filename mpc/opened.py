@@ -24,7 +24,7 @@ import torch
 from mpc.dealer import dealer_function, party_draw, release_hook, release_later, request
 from mpc.ring import ring_matmul
 from mpc.tensorops import PRECISION_BITS, from_product_shares, open_shares, party_rank
-from mpc.truncation import truncate_shares
+from mpc.truncation import BOUND_BITS, truncate_shares
 
 _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()
@@ -145,11 +145,12 @@ class Opened:
     def square_sums(self, gains: tuple[int, ...] = (0,), last: bool = False) -> list:
         """Σ x² over the last dim times 2^g for each gain g, from the exact ring sum of the
         squares truncated exactly (mpc.truncation): no per-element rounding, no truncation
-        failure; needs Σ x² < 2^(30 − g).  Moves 8 bytes per row and gain."""
+        failure; needs Σ x² < 2^30 (and 2^(30 − g) for a positive gain).  Moves 8 bytes per
+        row and gain."""
         from crypten.mpc import MPCTensor
 
-        if any(not 0 <= g < PRECISION_BITS for g in gains):
-            raise ValueError(f"gains {gains} outside [0, {PRECISION_BITS})")
+        if any(not PRECISION_BITS - BOUND_BITS <= g < PRECISION_BITS for g in gains):
+            raise ValueError(f"gains {gains} outside [{PRECISION_BITS - BOUND_BITS}, {PRECISION_BITS})")
         sums = self._square_shares(last).sum(-1, keepdim=True)
         exact = truncate_shares(torch.stack([sums] * len(gains)), tuple(PRECISION_BITS - g for g in gains))
         return [MPCTensor.from_shares(t, precision=PRECISION_BITS) for t in exact]

@@ -27,3 +27,19 @@ def test_secure_norm_matches_oracle_and_opens_each_tensor_once():
     # steps (11 steps of 3 rounds from a fixed start before), the per-row products
     assert cost["rounds"] <= 30
     assert full <= cost["bytes"] < full + 8000 * rows
+
+
+def test_secure_norm_of_large_rows_never_wraps():
+    """Rows near the norm's ceiling (SmolLM2's massive activations: mean squares ~1e6 over 576
+    values) have exact row sums up to 2^58 in the ring.  Divided by the width with CrypTen's
+    two-party truncation they wrapped about once per 100 rows (scores of -1e9 in a SmolLM2
+    forward); the norm now never divides them."""
+    torch.manual_seed(1)
+    rows, width = 1024, 576
+    ceiling = approx.norm_ceiling(approx.ApproxConfig(), width)
+    mean_squares = torch.logspace(math.log10(ceiling / 16), math.log10(ceiling * 0.95), rows, dtype=torch.float64)
+    x = torch.randn(rows, width, dtype=torch.float64)
+    x = x / x.square().mean(-1, keepdim=True).sqrt() * mean_squares.sqrt().unsqueeze(-1)
+    got, _ = op_jobs.run("normalize", x)
+    want = approx.normalize(x, 1e-5, approx.ApproxConfig())
+    assert (got - want).abs().max() < 5e-4
