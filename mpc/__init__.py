@@ -1,7 +1,10 @@
 """Two-party secure computation over CrypTen: sessions, dealer, ring arithmetic.
 
-Importing this package installs the CrypTen compatibility shim, so every party
-process that imports ``mpc`` can then ``import crypten`` safely.
+Importing this package registers CrypTen's import stub (:mod:`mpc.crypten_seam`, the one
+module that writes into CrypTen), so every party process that imports ``mpc`` can then
+``import crypten`` safely.
 """
 
-from mpc import compat as _compat  # noqa: F401  (must run before crypten is imported)
+from mpc.crypten_seam import install_import_stub
+
+install_import_stub()  # before anything imports crypten

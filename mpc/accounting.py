@@ -2,13 +2,17 @@
 
 CrypTen's own statistics count calls, not rounds, and log twice the bytes an
 all-reduce really sends; they also mix the parties' traffic with the dealer's.
-We wrap the communicator's methods instead and record, per process:
+Each of the communicator's methods runs an account function of this module
+instead (:data:`COMMUNICATOR_ACCOUNTS`, installed by :mod:`mpc.crypten_seam`),
+which records, per process:
 
 * ``online``: traffic between the two computing parties (owner <-> server);
 * ``dealer``: traffic with the dealer (requests out, correlated randomness in).
 
 A *round* is one communication call that waits for the peer (a batched call of
 several tensors is one round).  Bytes are what this process puts on the wire.
+What the dealer sent this process is counted apart (``from_dealer``, one count
+per call: the benchmark checks it against the dealer's own count).
 
 The same hooks *audit* what a process learns, on every receive path (send/recv,
 isend/irecv, broadcast, (all-)reduce, gather, scatter) and every integer dtype: the
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +65,7 @@ class TrafficLog:
 
     online: ChannelStats = field(default_factory=ChannelStats)
     dealer: ChannelStats = field(default_factory=ChannelStats)
+    from_dealer: ChannelStats = field(default_factory=ChannelStats)  # what the dealer sent here
     received_elements: int = 0
     canary_hits: int = 0
     unmasked: int = 0  # payloads that fail the uniformity check
@@ -80,11 +86,19 @@ class TrafficLog:
     def reset(self) -> None:
         self.online = ChannelStats()
         self.dealer = ChannelStats()
+        self.from_dealer = ChannelStats()
         self.received_elements = 0
         self.canary_hits = 0
         self.unmasked = 0
         self.paths = {}
         self.sections = {}
+
+    def from_dealer_dict(self) -> dict:
+        """What the dealer sent this process, in all and per op type (not in :meth:`as_dict`)."""
+        return {
+            "total": self.from_dealer.as_dict(),
+            "ops": {name: s.from_dealer.as_dict() for name, s in self.sections.items()},
+        }
 
     def audit_summary(self) -> dict:
         return {
@@ -101,6 +115,7 @@ class SectionStats:
 
     online: ChannelStats = field(default_factory=ChannelStats)
     dealer: ChannelStats = field(default_factory=ChannelStats)
+    from_dealer: ChannelStats = field(default_factory=ChannelStats)
     wall_s: float = 0.0
     calls: int = 0
 
@@ -115,7 +130,6 @@ class SectionStats:
 
 _LOG = TrafficLog()
 _LOCK = threading.Lock()
-_INSTALLED = False
 
 
 def log() -> TrafficLog:
@@ -291,8 +305,121 @@ def record_send(channel: str, nbytes: int) -> None:
     _record(_LOG.online if channel == "online" else _LOG.dealer, nbytes, rounds=0)
 
 
-def _wrap(cls, name, account):
-    original = getattr(cls, name)
+def _from_dealer(nbytes: int) -> None:
+    """Count a payload the dealer sent this process (one call, whatever it carried)."""
+    with _LOCK:
+        for stats in [_LOG.from_dealer] + ([_LOG.sections[_LOG.current[-1]].from_dealer] if _LOG.current else []):
+            stats.bytes += nbytes
+            stats.rounds += 1
+
+
+# CrypTen's DistributedCommunicator methods and what each call counts and audits:
+# ``account(communicator, result, *args, **kwargs)`` runs after the real call and may
+# return a replacement result (an irecv's work handle, audited when it completes).
+
+def _rank(c) -> int:
+    return c.get_rank()
+
+
+def _all_reduce(c, result, input, op=torch.distributed.ReduceOp.SUM, batched=False):
+    _record(_LOG.online, _nbytes(input))
+    _audit(_difference(result, input, op), "all_reduce")
+    _audit(result, "all_reduce")  # the opened value: what this party learns
+
+
+def _reduce(c, result, input, dst, op=torch.distributed.ReduceOp.SUM, batched=False):
+    if _rank(c) == dst:
+        _record(_LOG.online, 0)
+        _audit(_difference(result, input, op), "reduce")  # the result is the protocol's output
+    else:
+        _record(_LOG.online, _nbytes(input))
+
+
+def _broadcast(c, result, input, src, group=None, batched=False):
+    channel = _channel(c, group)
+    if _rank(c) == src:
+        _record(channel, _nbytes(input))
+    else:
+        _record(channel, 0)
+        _audit(result, "broadcast")
+        if src == c.get_ttp_rank():
+            _from_dealer(_nbytes(result))
+
+
+def _send(c, result, tensor, dst, *a, **k):
+    _record(_LOG.online, _nbytes(tensor))
+
+
+def _recv(c, result, tensor, src=None, *a, **k):
+    _record(_LOG.online, 0)
+    _audit(result, "recv")
+
+
+def _gather(c, result, tensor, dst):
+    if _rank(c) == dst:
+        _record(_LOG.online, 0)
+        _audit([t for i, t in enumerate(result) if i != dst], "gather")
+    else:
+        _record(_LOG.online, _nbytes(tensor))
+
+
+def _all_gather(c, result, tensor):
+    _record(_LOG.online, _nbytes(tensor) * (c.get_world_size() - 1))
+    _audit([t for i, t in enumerate(result) if i != _rank(c)], "all_gather")
+
+
+def _scatter(c, result, scatter_list, src, *a, **k):
+    if _rank(c) == src:
+        _record(_LOG.online, sum(_nbytes(t) for i, t in enumerate(scatter_list) if i != src))
+    else:
+        _record(_LOG.online, 0)
+        _audit(result, "scatter")
+
+
+def _pickled_size(obj) -> int:
+    """Bytes of an object message on the wire: CrypTen sends its pickle and a 4-byte length."""
+    return len(pickle.dumps(obj)) + 4
+
+
+def _send_obj(c, result, obj, dst, group=None):
+    _record(_channel(c, group), _pickled_size(obj))
+
+
+def _recv_obj(c, result, src, group=None):
+    _record(_channel(c, group), 0)
+    if src == c.get_ttp_rank():
+        _from_dealer(_pickled_size(result))
+
+
+def _broadcast_obj(c, result, obj, src, group=None):
+    _record(_channel(c, group), _pickled_size(obj) if _rank(c) == src else 0)
+
+
+def _irecv(c, work, tensor, src=None, *a, **k):
+    # no round of its own: the exchange's round is counted at its isend
+    return _AuditedWork(work, tensor)
+
+
+COMMUNICATOR_ACCOUNTS = {
+    "all_reduce": _all_reduce,
+    "reduce": _reduce,
+    "broadcast": _broadcast,
+    "send": _send,
+    "isend": _send,
+    "recv": _recv,
+    "irecv": _irecv,
+    "gather": _gather,
+    "all_gather": _all_gather,
+    "scatter": _scatter,
+    "send_obj": _send_obj,
+    "recv_obj": _recv_obj,
+    "broadcast_obj": _broadcast_obj,
+}
+
+
+def counted(original, account):
+    """``original`` (a DistributedCommunicator method) that also runs ``account`` on each call;
+    :mod:`mpc.crypten_seam` installs one per entry of :data:`COMMUNICATOR_ACCOUNTS`."""
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
@@ -301,95 +428,4 @@ def _wrap(cls, name, account):
         return result if replaced is None else replaced
 
     wrapper.__secptune_original__ = original
-    setattr(cls, name, wrapper)
-
-
-def install() -> None:
-    """Patch CrypTen's DistributedCommunicator so every call is counted (idempotent)."""
-    global _INSTALLED
-    if _INSTALLED:
-        return
-    from crypten.communicator.distributed_communicator import DistributedCommunicator as C
-
-    rank = lambda c: c.get_rank()  # noqa: E731
-
-    def all_reduce(c, result, input, op=torch.distributed.ReduceOp.SUM, batched=False):
-        _record(_LOG.online, _nbytes(input))
-        _audit(_difference(result, input, op), "all_reduce")
-        _audit(result, "all_reduce")  # the opened value: what this party learns
-
-    def reduce(c, result, input, dst, op=torch.distributed.ReduceOp.SUM, batched=False):
-        if rank(c) == dst:
-            _record(_LOG.online, 0)
-            _audit(_difference(result, input, op), "reduce")  # the result is the protocol's output
-        else:
-            _record(_LOG.online, _nbytes(input))
-
-    def broadcast(c, result, input, src, group=None, batched=False):
-        channel = _channel(c, group)
-        if rank(c) == src:
-            _record(channel, _nbytes(input))
-        else:
-            _record(channel, 0)
-            _audit(result, "broadcast")
-
-    def send(c, result, tensor, dst, *a, **k):
-        _record(_LOG.online, _nbytes(tensor))
-
-    def recv(c, result, tensor, src=None, *a, **k):
-        _record(_LOG.online, 0)
-        _audit(result, "recv")
-
-    def gather(c, result, tensor, dst):
-        if rank(c) == dst:
-            _record(_LOG.online, 0)
-            _audit([t for i, t in enumerate(result) if i != dst], "gather")
-        else:
-            _record(_LOG.online, _nbytes(tensor))
-
-    def all_gather(c, result, tensor):
-        _record(_LOG.online, _nbytes(tensor) * (c.get_world_size() - 1))
-        _audit([t for i, t in enumerate(result) if i != rank(c)], "all_gather")
-
-    def scatter(c, result, scatter_list, src, *a, **k):
-        if rank(c) == src:
-            _record(_LOG.online, sum(_nbytes(t) for i, t in enumerate(scatter_list) if i != src))
-        else:
-            _record(_LOG.online, 0)
-            _audit(result, "scatter")
-
-    def send_obj(c, result, obj, dst, group=None):
-        import pickle
-
-        _record(_channel(c, group), len(pickle.dumps(obj)) + 4)
-
-    def recv_obj(c, result, src, group=None):
-        _record(_channel(c, group), 0)
-
-    def broadcast_obj(c, result, obj, src, group=None):
-        import pickle
-
-        sent = len(pickle.dumps(obj)) + 4 if rank(c) == src else 0
-        _record(_channel(c, group), sent)
-
-    def irecv(c, work, tensor, src=None, *a, **k):
-        # no round of its own: the exchange's round is counted at its isend
-        return _AuditedWork(work, tensor)
-
-    for name, account in {
-        "all_reduce": all_reduce,
-        "reduce": reduce,
-        "broadcast": broadcast,
-        "send": send,
-        "isend": send,
-        "recv": recv,
-        "irecv": irecv,
-        "gather": gather,
-        "all_gather": all_gather,
-        "scatter": scatter,
-        "send_obj": send_obj,
-        "recv_obj": recv_obj,
-        "broadcast_obj": broadcast_obj,
-    }.items():
-        _wrap(C, name, account)
-    _INSTALLED = True
+    return wrapper

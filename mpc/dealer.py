@@ -221,8 +221,9 @@ def _deal_b2a(dealer, size):
     return ((r0 ^ r1) & 1) - dealer.prss_server(torch.Size(size))
 
 
-class _Provider:
-    """CrypTen's TTP tuple provider methods, routed through :func:`request`."""
+class TupleProvider:
+    """CrypTen's TTP tuple provider methods, routed through :func:`request`
+    (:mod:`mpc.crypten_seam` puts each on ``TrustedThirdParty``)."""
 
     @staticmethod
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
@@ -246,7 +247,7 @@ class _Provider:
 
     @staticmethod
     def square(self, size, device=None):
-        return _Provider._random_and_dealt("square", size, device)  # r, r²
+        return TupleProvider._random_and_dealt("square", size, device)  # r, r²
 
     @staticmethod
     def generate_binary_triple(self, size0, size1, device=None):
@@ -259,7 +260,7 @@ class _Provider:
 
     @staticmethod
     def wrap_rng(self, size, device=None):
-        return _Provider._random_and_dealt("wraps", size, device)  # r, its wrap count θ_r
+        return TupleProvider._random_and_dealt("wraps", size, device)  # r, its wrap count θ_r
 
     @staticmethod
     def B2A_rng(self, size, device=None):
@@ -271,17 +272,13 @@ class _Provider:
         return A.from_shares(r_arith, precision=0), B.from_shares(r_bit)
 
 
-def _no_direct_requests(self, *args, **kwargs):
+def refuse_raw_request(self, *args, **kwargs):
+    """Replaces the TTP client's ``ttp_request``: every request goes through :func:`request`."""
     raise RuntimeError("CrypTen's raw TTP request path is disabled in secptune; use mpc.dealer.request")
 
 
-def install_into_crypten() -> None:
-    """Route CrypTen's TTP provider through this dealer (idempotent)."""
-    from crypten.mpc.provider import ttp_provider
-
-    for name in ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng"):
-        setattr(ttp_provider.TrustedThirdParty, name, getattr(_Provider, name))
-    ttp_provider.TTPClient._TTPClient__TTPClient.ttp_request = _no_direct_requests
+def reset_client() -> None:
+    """A party starting a session: its request chain starts from zero, as the dealer's does."""
     _CLIENT_CHAIN.__init__()
 
 

@@ -20,9 +20,11 @@ Keys.  Each computing party picks its own keys; none is derived from another's:
 * "local" (this process only) and "global" (public randomness both parties agree on,
   a hash of both pairwise keys).
 
-:func:`install_into_crypten` replaces CrypTen's generators and its two ring-element
-samplers; a sampler handed a ``torch.Generator`` raises :class:`InsecureRandomnessError`,
-so no path can fall back to the Mersenne Twister unnoticed.
+:mod:`mpc.crypten_seam` installs this module's replacements for CrypTen's generators
+(:func:`setup_streams`, :func:`send_dealer_key`) and its two ring-element samplers
+(:func:`ring_element`, :func:`kbit_tensor`); a sampler handed a ``torch.Generator``
+raises :class:`InsecureRandomnessError`, so no path can fall back to the Mersenne
+Twister unnoticed.
 
 Testing only: ``SECPTUNE_TEST_ONLY_RNG=mt19937`` makes every stream a seeded
 Mersenne Twister (CrypTen's old generator, the attack's positive control) and
@@ -195,7 +197,7 @@ def kbit_tensor(size, bitlength=None, generator=None, **kwargs):
     return _resolve(generator).bits(size, 64 if bitlength is None else bitlength, kwargs.get("device"))
 
 
-def _setup_streams() -> None:
+def setup_streams() -> None:
     """Replaces ``crypten._setup_prng``: pairwise, local and global streams from fresh keys."""
     import crypten
     import crypten.communicator as comm
@@ -226,7 +228,7 @@ def _setup_streams() -> None:
             table[torch.device("cuda")] = streams[name]
 
 
-def _client_setup_generators(self) -> None:
+def send_dealer_key(self) -> None:
     """Replaces the TTP client's seed receipt: send this party's own key to the dealer."""
     import crypten.communicator as comm
     from crypten.mpc.provider import ttp_provider
@@ -235,19 +237,3 @@ def _client_setup_generators(self) -> None:
     ttp_provider.dist.send(key_to_tensor(key), dst=comm.get().get_ttp_rank(), group=self.ttp_group)
     self.generator = stream(key, "dealer")
     self.generator_cuda = self.generator
-
-
-def install_into_crypten() -> None:
-    """Every CrypTen randomness source -> :class:`Stream` (idempotent)."""
-    import crypten
-    import crypten.common.rng as rng
-    from crypten.mpc.primitives import arithmetic, binary
-    from crypten.mpc.provider import tfp_provider, ttp_provider
-
-    crypten._setup_prng = _setup_streams
-    for module in (rng, ttp_provider, tfp_provider, arithmetic, binary):
-        if hasattr(module, "generate_random_ring_element"):
-            module.generate_random_ring_element = ring_element
-        if hasattr(module, "generate_kbit_random_tensor"):
-            module.generate_kbit_random_tensor = kbit_tensor
-    ttp_provider.TTPClient._TTPClient__TTPClient._setup_generators = _client_setup_generators

@@ -44,9 +44,9 @@ Force either path with ``method=`` or the environment variable ``MPC_RING_MATMUL
 
 CrypTen
 -------
-:func:`install_into_crypten` routes CrypTen's int64 matmuls (Beaver products, the
+:func:`torch_proxy` routes CrypTen's int64 matmuls (Beaver products, the
 dealer's triple products, public-matrix products) through :func:`ring_matmul`; see
-its docstring for exactly what is patched.
+its docstring for exactly which call sites (:mod:`mpc.crypten_seam` installs it).
 """
 
 from __future__ import annotations
@@ -294,54 +294,31 @@ class _TorchProxy(types.ModuleType):
         return getattr(torch, name)
 
 
-def _patched_modules():
-    from crypten.mpc.primitives import arithmetic, beaver
-    from crypten.mpc.provider import tfp_provider
-
-    return {beaver: _crypten_matmul, arithmetic: _crypten_matmul, tfp_provider: _crypten_matmul}
-
-
-def install_into_crypten() -> None:
-    """Route CrypTen's int64 matrix products through :func:`ring_matmul`.
+def torch_proxy(_original_torch=None) -> types.ModuleType:
+    """What a CrypTen module gets as its global ``torch``: int64 matmuls go to :func:`ring_matmul`.
 
     CrypTen 0.4.1 calls ``getattr(torch, op)(...)`` with ``op == "matmul"`` on int64
-    tensors at these sites, each resolving ``torch`` in its module's globals:
+    tensors at these sites, each resolving ``torch`` in its module's globals
+    (:mod:`mpc.crypten_seam` installs one proxy in each of the three modules):
 
     * ``crypten.mpc.primitives.beaver.__beaver_protocol``: the parties' local
       ``epsilon @ b``, ``a @ delta`` and ``epsilon @ delta``;
     * ``crypten.mpc.primitives.arithmetic.ArithmeticSharedTensor._arithmetic_function``:
       share @ public int64 matrix (the public-operand path of ``matmul``);
-    * the dealer's ``c = a @ b`` (mpc.dealer) calls ring_matmul itself, and the
-      parties' triple shapes come from meta tensors (no product computed);
     * ``crypten.mpc.provider.tfp_provider.TrustedFirstParty.generate_additive_triple``:
       ``c = a @ b`` (the TFP provider; secptune uses TTP).
 
-    The patch replaces the module-global name ``torch`` in those three modules with a
-    proxy module that forwards every attribute to torch except ``matmul``: a pair of
-    int64 operands without extra arguments goes to ring_matmul -- plain tensors, or
-    CrypTen's ``CUDALongTensor`` wrappers on GPUs (unwrapped, result re-wrapped; this
-    replaces CrypTen's own 16-bit-block GPU matmul, 9-16 float64 products, by six);
-    anything else (floats, ``out=``) goes to torch.matmul.  No CrypTen function is
-    replaced and nothing else changes.  Idempotent; call it in every process after
-    ``import mpc`` (party processes are spawned fresh).  Which kernel ring_matmul
-    uses is its ``auto`` policy / ``MPC_RING_MATMUL``.
+    The dealer's ``c = a @ b`` (mpc.dealer) calls ring_matmul itself, and the parties'
+    triple shapes come from meta tensors (no product computed).  The proxy forwards
+    every attribute to torch except ``matmul``: a pair of int64 operands without extra
+    arguments goes to ring_matmul -- plain tensors, or CrypTen's ``CUDALongTensor``
+    wrappers on GPUs (unwrapped, result re-wrapped; this replaces CrypTen's own
+    16-bit-block GPU matmul, 9-16 float64 products, by six); anything else (floats,
+    ``out=``) goes to torch.matmul.  Which kernel ring_matmul uses is its ``auto``
+    policy / ``MPC_RING_MATMUL``.
     """
     global _CUDA_LONG
     from crypten.cuda import CUDALongTensor
 
     _CUDA_LONG = CUDALongTensor
-    for module, matmul in _patched_modules().items():
-        if not getattr(module.torch, "_mpc_ring_proxy", False):
-            module.torch = _TorchProxy(matmul)
-
-
-def uninstall_from_crypten() -> None:
-    """Undo :func:`install_into_crypten` (restore the real ``torch`` module)."""
-    for module in _patched_modules():
-        if getattr(module.torch, "_mpc_ring_proxy", False):
-            module.torch = torch
-
-
-def crypten_installed() -> bool:
-    """True when every patched CrypTen module sees the proxy."""
-    return all(getattr(m.torch, "_mpc_ring_proxy", False) for m in _patched_modules())
+    return _TorchProxy(_crypten_matmul)

@@ -17,12 +17,10 @@ data owner, who would then know the masks and could unmask the server's weights.
 
 from __future__ import annotations
 
-import datetime
-import functools
 import os
 from dataclasses import dataclass
 
-import mpc  # noqa: F401  (installs the CrypTen import shim)
+from mpc import crypten_seam, dealer
 
 ROLES = ("owner", "server", "dealer")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -62,34 +60,16 @@ def assert_secure_provider() -> None:
 
 
 def _configure(spec: SessionSpec, role: str) -> None:
+    """This process's place in the session and CrypTen, with secptune's patches installed."""
     os.environ.update(
         RANK=str(RANK[role]),
         WORLD_SIZE=str(COMPUTING_PARTIES),
         RENDEZVOUS=spec.rendezvous,
         DISTRIBUTED_BACKEND="gloo",
     )
-    import crypten
-
-    crypten.cfg.mpc.provider = PROVIDER
-    crypten.cfg.encoder.precision_bits = spec.precision_bits
-
-
-def _with_timeout(init_process_group, timeout_s: float):
-    @functools.wraps(init_process_group)
-    def init(*args, **kwargs):
-        kwargs.setdefault("timeout", datetime.timedelta(seconds=timeout_s))
-        return init_process_group(*args, **kwargs)
-
-    return init
-
-
-def _install_hooks() -> None:
-    from mpc import accounting, dealer, prg, ring
-
-    accounting.install()
-    ring.install_into_crypten()
-    prg.install_into_crypten()  # every mask from AES-CTR streams keyed by os.urandom
-    dealer.install_into_crypten()  # triples from secptune's allow-listed dealer
+    crypten_seam.configure(provider=PROVIDER, precision_bits=spec.precision_bits)
+    crypten_seam.install()
+    dealer.reset_client()  # this session's requests chain from zero, as the dealer's do
 
 
 def start(spec: SessionSpec, role: str) -> None:
@@ -97,35 +77,19 @@ def start(spec: SessionSpec, role: str) -> None:
     if role not in ("owner", "server"):
         raise ValueError(f"start() is for computing parties, not {role!r}; use run_dealer()")
     _configure(spec, role)
-    _install_hooks()
     import crypten
-    import torch.distributed as dist
 
-    original = dist.init_process_group
-    dist.init_process_group = _with_timeout(original, spec.timeout_s)
-    try:
+    with crypten_seam.peer_timeout(spec.timeout_s):
         crypten.init()
-    finally:
-        dist.init_process_group = original
     assert_secure_provider()
 
 
 def run_dealer(spec: SessionSpec) -> None:
     """Serve correlated randomness until the owner says the session is over."""
     _configure(spec, "dealer")
-    _install_hooks()
-    import crypten  # noqa: F401
-    import torch.distributed as dist
-
-    from mpc.dealer import Dealer
-
-    original = dist.init_process_group
-    dist.init_process_group = _with_timeout(original, spec.timeout_s)
-    try:
-        dealer = Dealer()
-    finally:
-        dist.init_process_group = original
-    dealer.serve()
+    with crypten_seam.peer_timeout(spec.timeout_s):
+        server = dealer.Dealer()
+    server.serve()
 
 
 def stop() -> None:

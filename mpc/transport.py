@@ -5,7 +5,7 @@ and its peers connect to ephemeral ports announced through the rendezvous store,
 so it cannot be put behind a fixed tunnel.  For runs across machines secptune
 therefore replaces the *transport* under CrypTen's ``DistributedCommunicator``:
 :func:`install` points the module-level name ``dist`` in CrypTen's communicator
-and TTP-provider modules at a :class:`Dist` object, which implements the part of
+and TTP-provider modules at a :class:`Dist` object (through :mod:`mpc.crypten_seam`), which implements the part of
 the ``torch.distributed`` API those modules use (point-to-point, broadcast,
 (all-)reduce, (all-)gather, scatter, barrier, groups) over this module's
 channels.  CrypTen's code, the secure protocol, the dealer and the traffic
@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mpc import crypten_seam
 from mpc.net import (
     Address,
     Network,
@@ -929,12 +930,8 @@ def install(network: Network, listener: socket.socket | None = None) -> Dist:
     it in the launcher, so no other process can take the port between choosing and binding).
     """
     global _INSTALLED
-    import crypten.communicator.distributed_communicator as communicator_module
-    import crypten.mpc.provider.ttp_provider as ttp_module
-
     dist = Dist(network.validate(), listener)
-    communicator_module.dist = dist
-    ttp_module.dist = dist
+    crypten_seam.use_transport(dist)
     _INSTALLED = dist
     return dist
 

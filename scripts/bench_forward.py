@@ -199,49 +199,9 @@ def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 
 
 # --------------------------------------------------------------------------- secure
 
-_DEALER_SENT = {"total": [0, 0], "sections": {}}  # owner process: bytes the dealer sent it
-
-
-def _count_dealer_traffic() -> None:
-    """Owner only: count what the dealer sends (its sizes and tensors), per section."""
-    import pickle
-
-    import crypten.communicator as comm
-    from crypten.communicator.distributed_communicator import DistributedCommunicator as C
-
-    ttp = comm.get().get_ttp_rank()
-    broadcast, recv_obj = C.broadcast, C.recv_obj
-
-    def add(nbytes: int) -> None:
-        current = accounting.log().current
-        for key in ["total"] + ([current[-1]] if current else []):
-            slot = _DEALER_SENT["total"] if key == "total" else _DEALER_SENT["sections"].setdefault(key, [0, 0])
-            slot[0] += nbytes
-            slot[1] += 1
-
-    def counted_broadcast(self, input, src, *args, **kwargs):
-        result = broadcast(self, input, src, *args, **kwargs)
-        if src == ttp:
-            add(sum(t.numel() * t.element_size() for t in (result if isinstance(result, list) else [result])))
-        return result
-
-    def counted_recv_obj(self, src, *args, **kwargs):
-        result = recv_obj(self, src, *args, **kwargs)
-        if src == ttp:
-            add(len(pickle.dumps(result)) + 4)  # as mpc.accounting counts the dealer's send_obj
-        return result
-
-    C.broadcast, C.recv_obj = counted_broadcast, counted_recv_obj
-
-
 def _snapshot() -> dict:
-    log = accounting.log().as_dict()
-    return {
-        "log": log,
-        "dealer": list(_DEALER_SENT["total"]),
-        "dealer_ops": {k: list(v) for k, v in _DEALER_SENT["sections"].items()},
-        "t": time.perf_counter(),
-    }
+    log = accounting.log()
+    return {"log": log.as_dict(), "from_dealer": log.from_dealer_dict(), "t": time.perf_counter()}
 
 
 def _diff(before: dict, after: dict, attempts: int) -> dict:
@@ -251,25 +211,22 @@ def _diff(before: dict, after: dict, attempts: int) -> dict:
     def d(x, y):
         return {k: (y[k] - x[k]) // attempts for k in ("bytes", "rounds")}
 
+    zero = {"bytes": 0, "rounds": 0}
+    sent_before, sent_after = before["from_dealer"], after["from_dealer"]  # what the dealer sent the owner
     ops = {}
     for name in sorted(set(a["ops"]) | set(b["ops"])):
-        zero = {"online": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}, "wall_s": 0.0}
-        x, y = b["ops"].get(name, zero), a["ops"].get(name, zero)
-        dx = before["dealer_ops"].get(name, [0, 0])
-        dy = after["dealer_ops"].get(name, [0, 0])
+        x = b["ops"].get(name, {"online": zero, "dealer": zero, "wall_s": 0.0})
+        y = a["ops"].get(name, {"online": zero, "dealer": zero, "wall_s": 0.0})
         ops[name] = {
             "online": d(x["online"], y["online"]),
             "dealer_channel": d(x["dealer"], y["dealer"]),
-            "dealer_sent": {"bytes": (dy[0] - dx[0]) // attempts, "rounds": (dy[1] - dx[1]) // attempts},
+            "dealer_sent": d(sent_before["ops"].get(name, zero), sent_after["ops"].get(name, zero)),
             "wall_s": round((y["wall_s"] - x["wall_s"]) / attempts, 4),
         }
     return {
         "online": d(b["online"], a["online"]),
         "dealer_channel": d(b["dealer"], a["dealer"]),
-        "dealer_sent": {
-            "bytes": (after["dealer"][0] - before["dealer"][0]) // attempts,
-            "rounds": (after["dealer"][1] - before["dealer"][1]) // attempts,
-        },
+        "dealer_sent": d(sent_before["total"], sent_after["total"]),
         "ops": ops,
         "wall_s": (after["t"] - before["t"]) / attempts,
         "attempts": attempts,
@@ -310,7 +267,6 @@ def _session_class():
 
 
 def owner_job(request, inputs, verbalizer, zero_layers: bool):
-    _count_dealer_traffic()
     start = _snapshot()
     session = _session_class()(request, verbalizer=verbalizer)
     session.range_policy = "report"  # a benchmark reports a range event (range_event) instead of stopping
@@ -328,7 +284,7 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
         "forwards": session.bench_log,
         "range_events": [{"range_event": f.get("range_event", False)} for f in session.forward_log],
         "setup": setup,
-        "dealer_total": list(_DEALER_SENT["total"]),
+        "dealer_total": accounting.log().from_dealer.bytes,
     }
 
 
@@ -504,7 +460,7 @@ def run(args) -> dict:
             "note": "session set-up on the owner: weights shared (and masked once), verbalizer head, text embedding",
         },
         dealer_check={
-            "counted_by_owner": owner["dealer_total"][0],
+            "counted_by_owner": owner["dealer_total"],
             "dealer_process": results["dealer"].traffic["dealer"]["bytes"],
         },
         session_totals={role: r.traffic["online"] | {"dealer": r.traffic["dealer"]} for role, r in results.items()},

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-import mpc  # noqa: F401  (CrypTen import shim, before any crypten import)
-from mpc import ring
+from mpc import crypten_seam, ring
 from mpc.ring import CHUNK_K, LIMB_BITS, ring_matmul, split_limbs
 
 FULL = dict(low=-(2**63), high=2**63 - 1, dtype=torch.int64)
@@ -137,33 +136,24 @@ def test_auto_policy_and_env(monkeypatch):
     assert torch.equal(ring_matmul(a, b), a @ b)
 
 
-def test_install_is_idempotent_and_narrow():
+def test_crypten_torch_proxy_routes_only_int64_matmuls():
     from crypten.cuda import CUDALongTensor
-    from crypten.mpc.primitives import arithmetic, beaver
-    from crypten.mpc.provider import tfp_provider
 
-    modules = (beaver, arithmetic, tfp_provider)
-    try:
-        ring.install_into_crypten()
-        proxies = [m.torch for m in modules]
-        ring.install_into_crypten()
-        assert [m.torch for m in modules] == proxies and ring.crypten_installed()
-        proxy = beaver.torch
-        assert proxy.matmul is not torch.matmul
-        assert proxy.randint is torch.randint and proxy.Tensor is torch.Tensor
-        # floats and extra arguments pass through to torch.matmul
-        f = torch.randn(3, 4)
-        assert torch.equal(proxy.matmul(f, f.t()), torch.matmul(f, f.t()))
-        a, b = rand(5, 6), rand(6, 7)
-        assert torch.equal(proxy.matmul(a, b), a @ b)
-        # CrypTen's GPU wrapper is unwrapped and the result re-wrapped (on CPU data here)
-        wa, wb = CUDALongTensor(), CUDALongTensor()
-        wa._tensor, wb._tensor = a, b
-        out = proxy.matmul(wa, wb)
-        assert isinstance(out, CUDALongTensor) and torch.equal(out._tensor, a @ b)
-    finally:
-        ring.uninstall_from_crypten()
-    assert all(m.torch is torch for m in modules)
+    proxy = ring.torch_proxy(torch)  # what mpc.crypten_seam installs in three CrypTen modules
+    assert proxy.matmul is not torch.matmul
+    assert proxy.randint is torch.randint and proxy.Tensor is torch.Tensor
+    # floats and extra arguments pass through to torch.matmul
+    f = torch.randn(3, 4)
+    assert torch.equal(proxy.matmul(f, f.t()), torch.matmul(f, f.t()))
+    a, b = rand(5, 6), rand(6, 7)
+    ring.calls.clear()
+    assert torch.equal(proxy.matmul(a, b), a @ b)
+    assert sum(ring.calls.values()) == 1  # the int64 pair went through ring_matmul
+    # CrypTen's GPU wrapper is unwrapped and the result re-wrapped (on CPU data here)
+    wa, wb = CUDALongTensor(), CUDALongTensor()
+    wa._tensor, wb._tensor = a, b
+    out = proxy.matmul(wa, wb)
+    assert isinstance(out, CUDALongTensor) and torch.equal(out._tensor, a @ b)
 
 
 # ---- CrypTen end to end: owner, server and dealer (TTP) as spawned processes ----
@@ -174,7 +164,7 @@ def crypten_matmuls(x_int, w_int, x_f, w_f, pub):
     import crypten
     from crypten.mpc.primitives import ArithmeticSharedTensor as AST
 
-    assert ring.crypten_installed()
+    assert crypten_seam.installed()
     ring.calls.clear()
     a = AST(x_int, precision=0, src=0)
     b = AST(w_int, precision=0, src=1)

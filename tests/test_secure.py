@@ -71,10 +71,6 @@ def test_dead_server_stops_the_run_within_60s():
 def test_tfp_provider_is_refused():
     import crypten
 
-    previous = crypten.cfg.mpc.provider
-    try:
-        crypten.cfg.mpc.provider = "TFP"
+    with crypten.cfg.temp_override({"mpc.provider": "TFP"}):
         with pytest.raises(InsecureProviderError, match="dealer"):
             assert_secure_provider()
-    finally:
-        crypten.cfg.mpc.provider = previous
