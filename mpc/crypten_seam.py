@@ -1,16 +1,19 @@
 """The one place secptune writes into CrypTen: every patch, declared, version-guarded, installed here.
 
-secptune runs on one CrypTen release (:data:`CRYPTEN_VERSION`) and changes it at run time: an import stub, the
-randomness, the tuple provider, the int64 matrix products, the traffic accounting,
-the transport and two settings.  The replacements live in the protocol modules
-that own them (:mod:`mpc.prg`, :mod:`mpc.dealer`, :mod:`mpc.ring`,
-:mod:`mpc.accounting`, :mod:`mpc.transport`); this module alone assigns them into
-CrypTen, from the table :data:`PATCHES` (what, where, why), so a CrypTen upgrade is
-checked in one spot: :func:`install` refuses any other CrypTen version, and
-``tests/test_crypten_seam.py`` checks that every patched attribute still exists and
-that no other file writes into CrypTen.
+secptune runs on one CrypTen release (:data:`CRYPTEN_VERSION`) and changes it at
+run time: an import stub, the randomness, the tuple provider, the int64 matrix
+products, the traffic accounting, the transport, two settings and the peer
+timeout.  The replacements live in the protocol modules that own them
+(:mod:`mpc.prg`, :mod:`mpc.dealer`, :mod:`mpc.ring`, :mod:`mpc.accounting`,
+:mod:`mpc.transport`); this module alone puts them into CrypTen, from the tables
+:data:`PATCHES` and :data:`TRANSPORT_PATCHES` (where, what, why).  A CrypTen
+upgrade therefore fails in one spot: :func:`install` refuses any other CrypTen
+version (and a CrypTen missing a patch point), and ``tests/test_crypten_seam.py``
+checks that every patched attribute still exists and that no other file writes
+into CrypTen.  ``scripts/crypten_tests.py`` runs CrypTen's own tests with the
+seam installed.
 
-Every party process calls :func:`install` (party processes are spawned fresh);
+Every party process calls :func:`install` (parties are spawned fresh);
 ``import mpc`` registers the import stub (:func:`install_import_stub`) before
 anything imports CrypTen.
 """

@@ -82,7 +82,9 @@ def main(argv=None) -> int:
             shutil.copytree(args.source / "test", work / "test")
         else:
             extract_tests(args.sdist or download_sdist(work), work)
-        (work / "pytest.ini").write_text("[pytest]\n")  # no configuration from folders above
+        # no configuration from folders above; a hung test (a party waiting for a peer that
+        # failed) fails after 5 minutes instead of stopping the run (pytest-timeout)
+        (work / "pytest.ini").write_text("[pytest]\ntimeout = 300\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "pytest", "-p", "crypten_upstream", "-p", "no:cacheprovider",

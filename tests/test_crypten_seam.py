@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc import accounting, crypten_seam, dealer, prg, ring
+from mpc import accounting, crypten_seam, dealer, prg
 from mpc.crypten_seam import PATCHES, TRANSPORT_PATCHES, CrypTenVersionError, Patch
 
 ROOT = Path(__file__).resolve().parent.parent
