@@ -3,6 +3,7 @@
     python scripts/crypten_tests.py                       # CrypTen's tests from the PyPI sdist
     python scripts/crypten_tests.py --source ~/CrypTen    # or from a checkout at tag v0.4.1
     python scripts/crypten_tests.py -- -k test_matmul     # extra arguments go to pytest
+    python scripts/crypten_tests.py -- test/test_binary.py  # these CrypTen test files instead
 
 secptune replaces parts of CrypTen at run time (mpc/crypten_seam.py).  This runs
 CrypTen's tests of the parts secptune uses -- the communicator, the arithmetic and
@@ -87,8 +88,9 @@ def main(argv=None) -> int:
         (work / "pytest.ini").write_text("[pytest]\ntimeout = 300\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "pytest", "-p", "crypten_upstream", "-p", "no:cacheprovider",
-                   *TESTS, *(args.pytest_args or ["-q"])]
+        extra = args.pytest_args or ["-q"]
+        chosen = [] if any(a.startswith("test/") for a in extra) else list(TESTS)  # test/... given: only those
+        command = [sys.executable, "-m", "pytest", "-p", "crypten_upstream", "-p", "no:cacheprovider", *chosen, *extra]
         return subprocess.call(command, cwd=work, env=env)
 
 
