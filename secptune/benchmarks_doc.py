@@ -137,10 +137,13 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def sources(reports: list[Report]) -> list[str]:
-    """One line per report: its name, machine and, where recorded, its command."""
+    """One line per report: its name, machine and, where recorded, its code revision and command."""
     out = []
     for r in reports:
         line = f"- `{r.name}` — machine: {machine_text(r)}"
+        revision = r.get("git_revision") or r.get("git")
+        if revision:
+            line += f"; revision {revision}" + (" with uncommitted changes" if r.get("git_dirty") else "")
         command = r.get("command")
         if command:
             line += f"; command: `{command}`"

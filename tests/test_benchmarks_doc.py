@@ -114,3 +114,9 @@ def test_a_report_missing_a_field_is_named(few_reports, tmp_path, capsys):
 def test_missing_report_directory(tmp_path, capsys):
     assert main(["benchmarks", "--reports", str(tmp_path / "nowhere"), "--out", str(tmp_path / "B.md")]) == 2
     assert "no report directory" in capsys.readouterr().err
+
+
+def test_revision_is_named_when_recorded(few_reports):
+    edit(few_reports / TINY, lambda d: d.update(git_revision="abc1234", git_dirty=True))
+    assert f"- `reports/{TINY}` — machine: 2 CPUs, x86_64, torch 2.13.0+cpu, AVX2, load 1.64; revision abc1234 " \
+           "with uncommitted changes; command: `" in benchmarks_doc.render(few_reports)
