@@ -242,11 +242,11 @@ def section_forward(reports: Reports) -> list[str]:
             rows.append([f"`{stem(r, 'bench_forward_')}`", r["model"], f"{r['seq']} × {r['batch']}", config_text(r),
                          scope, gb(comm["server"]["bytes"]), num(comm["server"]["rounds"]), gb(comm["dealer"]["bytes"]),
                          sec(links["LAN"]), sec(links["WAN"]), sec(wall), f"{r['plain_wall_s']:.2f}",
-                         f"{r['rel_err']:.1e}"])
+                         f"{r['rel_err']:.1e}", mb(r["setup"]["online"]["bytes"])])
     out += ["### Whole forward", ""]
     out += table(["report", "model", "seq × batch", "configuration", "scope", "online GB / party", "online rounds",
                   "dealer GB", "+ LAN s", "+ WAN s", "secure wall s", "plain wall s (measured forward)",
-                  "rel. error vs oracle"], rows)
+                  "rel. error vs oracle", "set-up online MB (the run's layers, once)"], rows)
     out += ["", "Per layer, online MB / rounds per party by op (reports with `--layers`):", ""]
     rows = []
     for r in runs:
@@ -255,9 +255,11 @@ def section_forward(reports: Reports) -> list[str]:
         with reading(r):
             per = r["extrapolation"]["per_layer"]
             cells = [f"{mb(per['ops'][op]['bytes'])} / {num(per['ops'][op]['rounds'])}" for op in OPS[:4]]
+            outside = r["extrapolation"]["outside_layers"]["comm"]["server"]
             rows.append([f"`{stem(r, 'bench_forward_')}`", *cells, f"{mb(per['comm']['server']['bytes'])} / "
-                         f"{num(per['comm']['server']['rounds'])}", mb(per["comm"]["dealer"]["bytes"])])
-    out += table(["report", *OPS[:4], "total online", "dealer MB"], rows)
+                         f"{num(per['comm']['server']['rounds'])}", mb(per["comm"]["dealer"]["bytes"]),
+                         f"{mb(outside['bytes'])} / {num(outside['rounds'])}"])
+    out += table(["report", *OPS[:4], "total online", "dealer MB", "outside the layers (once per forward)"], rows)
     out += ["", "### By op and link", "",
             "Per report, each op's online bytes and rounds (scope as above), the dealer's bytes for it, the owner's "
             "wall time in it, and what each link adds for its online traffic.", ""]
