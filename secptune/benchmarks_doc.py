@@ -50,7 +50,7 @@ class Reports:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ReportError(f"no report directory {self.root}: give --reports DIR (the checkout's reports/)")
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, Report] = {}
 
     def _cite(self, path: Path) -> str:
         return "reports/" + path.relative_to(self.root).as_posix()
@@ -713,7 +713,8 @@ def section_baselines(reports: Reports) -> list[str]:
         rows = []
         with reading(it):
             for method, row in it["rows"].items():
-                src = reports.get(out_path(row.get("source")) or "")
+                rel = out_path(row.get("source"))
+                src = reports.get(rel) if rel else None
                 rows.append([method, gb(row["bytes"]), num(row["rounds"]), sec(row["forward_s"]),
                              sec(row["backward_s"]), row["time_seq"], ratio(row["x_fot_rfa_bytes"]),
                              f"{row['paper_s']} / {row['paper_gb']}", ratio(row["paper_x_fot_rfa_bytes"]),
