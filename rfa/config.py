@@ -21,7 +21,7 @@ class AttentionConfig:
     softmax_layers:  layers that keep softmax attention (a hybrid), by index.
     auto_kl:         fitted maps only: the server chooses the hybrid itself — RFA in as many
                      layers as keep its model within this KL (nats per token) of exact
-                     softmax on public text (secptune.feature_fit); the session then runs
+                     softmax on public text (secptune.server.feature_fit); the session then runs
                      the resolved config the server returns.  None: softmax_layers as given.
     """
 

@@ -17,7 +17,7 @@ import torch
 from secptune.arch import arch_from_config
 from secptune.checkpoints import load_hf_model, model_family
 from secptune.devices import batch_to
-from secptune.transformer import Batch
+from secptune.batch import Batch
 
 # tokens per forward chunk (bounds float32 activation memory) and texts per length group
 # (causal models): small on a CPU, where padding costs time; large on a GPU, which is busy

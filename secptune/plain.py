@@ -18,7 +18,9 @@ from mpc import approx
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
 from secptune.devices import batch_to
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
+from secptune.batch import Batch, population_inputs
+from secptune.server.prepare import prepare_server_model
+from secptune.transformer import Nonlinear, Transformer
 
 
 # sequences per forward: float64 activations of 64 SmolLM2 sequences of ~100 tokens are a few
@@ -38,7 +40,8 @@ class PlainSession:
         device: torch.device | str = "cpu",
     ):
         model = model if model is not None else load_hf_model(model_dir)
-        self.arch, weights, self.attention = server_weights(model, attention)
+        server = prepare_server_model(model, attention)
+        self.arch, weights, self.attention = server.arch, server.weights, server.attention
         self.embedding_std = float(weights["emb.word"].std())
         self.device = torch.device(device)
         weights = {name: t.to(self.device) for name, t in weights.items()}

@@ -33,7 +33,9 @@ from secptune import __version__
 from secptune.arch import Arch
 from secptune.errors import SecptuneError
 from rfa.config import SOFTMAX, AttentionConfig
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
+from secptune.batch import Batch, population_inputs
+from secptune.server.prepare import prepare_server_model
+from secptune.transformer import Nonlinear, Transformer
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
@@ -524,7 +526,8 @@ def server_description(model, max_labels: int = MAX_LABEL_WORDS):
     prepared: dict = {}
 
     def describe(request: OwnerRequest) -> dict:
-        arch, weights, attention = server_weights(model, AttentionConfig.from_dict(request.attention))
+        server = prepare_server_model(model, AttentionConfig.from_dict(request.attention))
+        arch, weights, attention = server.arch, server.weights, server.attention
         prepared["weights"] = weights
         return {
             "version": __version__,

@@ -27,10 +27,10 @@ from mpc.fixed_weights import FixedWeight
 from mpc.opened import Opened, Unopened, open_once
 from mpc.tensorops import cat, is_secure, pad
 from rfa.config import SOFTMAX, AttentionConfig
-from rfa.random_features import rfa_attention, server_feature_matrices
+from rfa.random_features import rfa_attention
 from rfa.softmax_attention import attention
-from secptune.arch import Arch, arch_from_config, extract_weights
-from secptune.calibrate import with_activation_bounds
+from secptune.arch import Arch
+from secptune.batch import Batch, OneHot
 
 
 @dataclass
@@ -88,72 +88,12 @@ class Nonlinear:
             return Unopened(x) if self.native else open_once(x)
 
 
-class OneHot:
-    """One-hot rows [*ids, size] kept as indices (-1: an all-zero row).
-
-    A test set of SmolLM2 inputs as dense float64 one-hots would take tens of GB;
-    plaintext runs look rows up by index, secure runs materialise one batch at a
-    time just before sharing it (:meth:`double`).
-    """
-
-    def __init__(self, ids: torch.Tensor, size: int):
-        self.ids, self.size_ = ids.long(), size
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((*self.ids.shape, self.size_))
-
-    def double(self) -> torch.Tensor:
-        out = torch.zeros(self.shape, dtype=torch.float64, device=self.ids.device)
-        present = self.ids >= 0
-        out[present, self.ids[present]] = 1.0
-        return out
-
-    def __matmul__(self, table):
-        return self.double() @ table
-
-
-@dataclass
-class Batch:
-    """The data owner's inputs for one forward pass (plaintext or shares).
-
-    token_onehot  [B, n, V]  one-hot token ids (zero rows at prompt slots)
-    prompt        [B, P, H]  prompt embeddings, placed at positions
-                             prompt_start .. prompt_start + P - 1 (public layout)
-    pred_onehot   [B, n]     1 at the position whose output is scored
-    key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
-    type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
-    """
-
-    token_onehot: object
-    prompt: object
-    pred_onehot: object
-    key_penalty: object = None
-    type_onehot: object = None
-    prompt_start: int = 0
-
-
 def insert_prompt(token_embeds, prompt, start: int):
     """Add the prompt at its slots (whose token rows are zero), keeping type embeddings."""
     P, n = prompt.size(1), token_embeds.size(1)
     if P == 0:
         return token_embeds
     return token_embeds + pad(prompt, (0, 0, start, n - start - P))
-
-
-def population_inputs(text_embeds, text_batch: Batch, prompts):
-    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r."""
-    R, P, H = prompts.size(0), prompts.size(1), prompts.size(2)
-    B = text_embeds.size(0)
-    penalty = text_batch.key_penalty
-    batch = Batch(
-        token_onehot=None,
-        prompt=prompts.unsqueeze(1).expand(R, B, P, H).reshape(R * B, P, H),
-        pred_onehot=text_batch.pred_onehot.repeat(R, 1),
-        key_penalty=None if penalty is None else penalty.repeat(R, 1),
-        prompt_start=text_batch.prompt_start,
-    )
-    return text_embeds.repeat(R, 1, 1), batch
 
 
 def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,36 +128,6 @@ def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
     return future.repeat(repeat, 1)
 
 
-def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, dict, AttentionConfig]:
-    """Server side, plaintext: the architecture and canonical weights of an HF model,
-    plus the keys/values of the fixed prefix tokens (causal models) and, for RFA,
-    the feature matrices ``l{i}.rfa`` (the server's, fixed per model); and the
-    attention config as it will run (fitted RFA: with the server's choice of layers).
-
-    The prefix (BOS) never depends on the owner's input, so its per-layer keys and
-    values are computed here once, exactly, and shared like weights.  This also
-    keeps the attention-sink token — whose hidden state reaches mean squares near
-    1e6 in SmolLM2 — out of the fixed-point computation.
-    """
-    arch = arch_from_config(model.config)
-    weights = extract_weights(model, arch)
-    if arch.family == "causal" and arch.prefix_tokens:
-        ids = torch.tensor(arch.prefix_tokens)
-        embeds = weights["emb.word"][ids].unsqueeze(0)
-        capture: dict = {}
-        Transformer(arch, weights, Nonlinear(exact=True))._causal(embeds, capture)
-        weights.update(capture)
-    arch = with_activation_bounds(model, arch, weights)
-    if attention.kind == "rfa" and attention.features == "fitted":
-        from secptune.feature_fit import fitted_attention
-
-        arch, maps, attention = fitted_attention(model, arch, weights, attention)
-        weights.update(maps)
-    else:
-        weights.update(server_feature_matrices(attention, arch.layers, arch.head_dim, arch.kv_heads))
-    return arch, weights, attention
-
-
 class Transformer:
     """Forward pass of an encoder masked LM or a Llama-style causal LM."""
 
@@ -250,11 +160,21 @@ class Transformer:
         """Label-word scores [B, L] at each example's prediction position."""
         h = insert_prompt(token_embeds, batch.prompt, batch.prompt_start)
         if self.arch.family == "encoder":
-            h = self._encoder(h, batch)
+            h = self.encoder(h, batch)
         else:
-            h = self._causal(h)
+            h = self.causal(h)
         pooled = (h * batch.pred_onehot.unsqueeze(-1)).sum(1)
-        return self._score(pooled, head)
+        return self.score(pooled, head)
+
+    def hidden_of_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Plaintext last hidden states [b, n, H] for token ids [b, n] (no prompt, no padding):
+        how the server runs its own model on its public text."""
+        h = self.w["emb.word"][ids]
+        if self.arch.family == "causal":
+            return self.causal(h)
+        if "emb.type" in self.w:
+            h = h + self.w["emb.type"][0]
+        return self.encoder(h, Batch(token_onehot=None, prompt=None, pred_onehot=None))
 
     def _linear(self, x, name: str):
         """x @ W + b; x may be an opened norm output (then it is not opened again)."""
@@ -300,7 +220,7 @@ class Transformer:
         with section("norm"):
             return opened.mul(self.w[norm + ".w"]) + self.w[norm + ".b"]
 
-    def _encoder(self, h, batch: Batch):
+    def encoder(self, h, batch: Batch):
         """Post-norm layers; returns the last layer's normalised x̂ (its γ/β live in head.dense)."""
         a, w, nl = self.arch, self.w, self.nl
         n = h.size(1)
@@ -327,7 +247,7 @@ class Transformer:
             norm = p + "ln2"
         return x
 
-    def _causal(self, h, capture: dict | None = None):
+    def causal(self, h, capture: dict | None = None):
         """Llama layers.  Keys/values of the fixed prefix (``l{i}.pk/.pv``), when present,
         are prepended to every sequence's; ``capture`` collects this run's own k/v."""
         a, w, nl = self.arch, self.w, self.nl
@@ -368,7 +288,7 @@ class Transformer:
             h = h + self._linear(gated, p + "down")
         return h
 
-    def _score(self, pooled, head):
+    def score(self, pooled, head):
         a, nl = self.arch, self.nl
         rows, bias = head
         if a.family == "encoder":

@@ -27,7 +27,7 @@ import torch
 
 from mpc import approx
 from secptune.errors import InputError, SecptuneError
-from secptune.transformer import Batch
+from secptune.batch import Batch
 
 CHECKPOINT = "checkpoint.pt"
 # what --resume may change: how long the run goes on and how large the final test is.  Everything
