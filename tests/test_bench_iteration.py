@@ -1,18 +1,14 @@
-"""scripts/bench_iteration.py: the per-iteration comparison's JSON adds up."""
+"""`secptune bench iteration` (secptune.bench.iteration): the per-iteration comparison's JSON adds up."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench_iteration  # noqa: E402
+from secptune.cli import main
 
 
 def run(capsys, *argv):
-    code = bench_iteration.main(list(argv))
+    code = main(["bench", "iteration", *argv])
     return code, capsys.readouterr()
 
 
@@ -45,7 +41,7 @@ def test_forward_only_iteration_has_no_backward(capsys):
 
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
-        bench_iteration.main(["--method", "adam", "--model", "tiny-llama"])
+        main(["bench", "iteration", "--method", "adam", "--model", "tiny-llama"])
 
 
 def test_no_step_stops_after_the_gradients(capsys):

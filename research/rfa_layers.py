@@ -15,7 +15,7 @@ The model server decides this once, before serving, from its own model and text:
    oracle) and against exact softmax (transformers, float32), same seed and budget.
 
 Writes ``--out`` (default reports/rfa_layers.json) and a plot beside it; run again with
-``--tune`` on a finished sweep, it only tunes.  Needs a GPU for
+``--tune`` on a finished sweep, it only tunes.  Usage: ``python -m research.rfa_layers [--device cuda]``.  Needs a GPU for
 the full run in minutes (``--device cuda``); ``--limit`` and ``--counts`` shrink it for a CPU.
 """
 
@@ -24,18 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import mpc  # noqa: E402,F401
-from mpc import approx  # noqa: E402
-from rfa.config import SOFTMAX, AttentionConfig  # noqa: E402
+import mpc  # noqa: F401
+from mpc import approx
+from research.rfa_fidelity import ROOT, tune_pair
+from rfa.config import SOFTMAX, AttentionConfig
 
 TASKS = ("sst2", "agnews")
 FEATURES = dict(kind="rfa", features="fitted", num_features=64)
@@ -203,8 +200,6 @@ def main() -> None:
         plot(report, out.with_suffix(".png"))
     log(f"chosen: {report['chosen']}")
     if args.tune:
-        from rfa_fidelity import tune_pair
-
         chosen = hybrid(report["chosen"]["rfa_layers"], len(report["layer_damage"]))
         report["tuned"] = tune_pair(chosen, args.tune, args.tune_minutes, 500, args.device, popsize=20)
         out.write_text(json.dumps(report, indent=1))
