@@ -35,6 +35,8 @@ def test_forward_only_iteration_has_no_backward(capsys):
     assert code == 0
     r = json.loads(captured.out.strip().splitlines()[-1])
     assert r["method"] == "fot-softmax" and r["backward_s"] == 0.0 and r["forward_s"] > 0
+    assert r["command"].startswith("secptune bench iteration --method fot-softmax") and r["machine"]["cpu_count"] >= 1
+    assert "git_revision" in r and "command" not in r["forward_report"]  # one stamp per report
     comm = r["forward_report"]["comm"]
     assert r["bytes"] == max(comm["owner"]["online"]["bytes"], comm["server"]["online"]["bytes"]) > 0
 
