@@ -1,4 +1,4 @@
-"""Command line: `secptune infer | tune | compare | party | keygen | bench`.
+"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks`.
 
 Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
 no traceback unless SECPTUNE_DEBUG=1.
@@ -279,6 +279,23 @@ def cmd_bench(args) -> int:
     return run(args, command_line(args.argv))
 
 
+def _add_benchmarks(sub) -> None:
+    p = sub.add_parser("benchmarks", help="write BENCHMARKS.md from the reports in reports/ (or check it is current)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming the first differing line if the file is stale (for CI)")
+    p.add_argument("--reports", help="report directory (default: the checkout's reports/)")
+    p.add_argument("--out", help="document to write or check (default: the checkout's BENCHMARKS.md)")
+
+
+def cmd_benchmarks(args) -> int:
+    from secptune import benchmarks_doc
+
+    status, message = benchmarks_doc.run(Path(args.reports) if args.reports else benchmarks_doc.DEFAULT_REPORTS,
+                                         Path(args.out) if args.out else benchmarks_doc.DEFAULT_OUT, args.check)
+    print(f"secptune: {message}", file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,11 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_party(sub)
     _add_keygen(sub)
     add_bench(sub)
+    _add_benchmarks(sub)
     return parser
 
 
 COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "benchmarks": cmd_benchmarks}
 
 
 def _refuse_test_only_randomness(command: str) -> None:

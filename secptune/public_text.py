@@ -5,7 +5,7 @@ Never the owner's data.  Two sources: secptune's built-in neutral English corpus
 from generic openers ("The", "Yesterday", "Scientists", ...; seeded).  The corpus
 alone is too little: RFA maps fitted to it generalised badly (SmolLM2: relative
 attention error 0.5-0.75 on held-out sentences; with the generated text added,
-mostly 0.4-0.55 and half the KL; BENCHMARKS.md).  Sampled text is in the model's
+mostly 0.4-0.55 and half the KL; docs/history.md).  Sampled text is in the model's
 own distribution and costs the server one generation pass, cached per weights.
 
 The text is split: ``fit`` (feature-map fit, activation bounds) and ``check``
