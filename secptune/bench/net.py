@@ -145,14 +145,13 @@ def main(args, command: str) -> int:
     reason = netns.unavailable()
     if reason:
         raise BenchError(f"bench net runs the parties in network namespaces: {reason}")
-    stamp = provenance(command)
     results = []
     with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
         tls_dirs = tls.role_dirs(Path(tmp) / "keys")
         for name in names:
             print(f"netbench: {name} ...", file=sys.stderr, flush=True)
             result = run_setting(name, SETTINGS[name], args, tls_dirs, Path(tmp))
-            result.update(stamp)
+            result.update(provenance(command))  # the machine's load as this setting ended
             results.append(result)
             print(f"netbench: {name}: infer {result['infer']['wall_s']:.1f} s, tune {result['tune']['wall_s']:.1f} s",
                   file=sys.stderr, flush=True)
