@@ -175,7 +175,7 @@ def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[i
 
 def score_on_test(session, texts: TextSets, prompt: torch.Tensor) -> float:
     """Test metric of ``prompt`` on ``session``; the prompt may have been tuned on another session
-    (scripts/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
+    (research/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
     return _evaluate(session, [session.load_texts(b) for b in texts.test], prompt, texts.test_labels, texts.metric)
 
 
