@@ -34,7 +34,7 @@ from mpc import approx
 from research.rfa_fidelity import ROOT, tune_pair
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.server.public_text import public_sequences
-from secptune.transformer import Nonlinear
+from secptune.nonlinear import ExactNonlinear, Nonlinear
 
 TASKS = ("sst2", "agnews")
 FEATURES = dict(kind="rfa", features="fitted", num_features=64)
@@ -63,7 +63,7 @@ class Bench:
         self.texts: dict[tuple[str, str], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
     def use(self, attention: AttentionConfig, exact: bool = False) -> None:
-        self.session.model.nl = Nonlinear(exact=exact, cfg=self.acfg, attention=attention)
+        self.session.model.nl = (ExactNonlinear if exact else Nonlinear)(cfg=self.acfg, attention=attention)
 
     def public_kl(self, reference: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """Next-token log-probabilities on the public text, and KL(reference || these)."""

@@ -20,7 +20,8 @@ from secptune.checkpoints import load_hf_model
 from secptune.devices import batch_to
 from secptune.batch import Batch, population_inputs
 from secptune.server.prepare import prepare_server_model
-from secptune.transformer import Nonlinear, Transformer
+from secptune.nonlinear import ExactNonlinear, Nonlinear
+from secptune.transformer import Transformer
 
 
 # sequences per forward: float64 activations of 64 SmolLM2 sequences of ~100 tokens are a few
@@ -45,7 +46,7 @@ class PlainSession:
         self.embedding_std = float(weights["emb.word"].std())
         self.device = torch.device(device)
         weights = {name: t.to(self.device) for name, t in weights.items()}
-        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=self.attention))
+        self.model = Transformer(self.arch, weights, (ExactNonlinear if exact else Nonlinear)(cfg=cfg, attention=self.attention))
         self.head = self.model.label_head(verbalizer.to(self.device))
         self.texts: list[tuple[torch.Tensor, Batch]] = []
         self.forward_log: list[dict] = []

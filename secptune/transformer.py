@@ -1,12 +1,11 @@
 """One transformer definition for plaintext and secret-shared execution.
 
 The same code runs on float64 torch tensors and on CrypTen MPCTensors; only the
-non-linear steps differ, and those are chosen by :class:`Nonlinear`:
-
-* ``exact=True`` (plaintext only) uses the original functions and reproduces the
-  Hugging Face model's logits;
-* ``exact=False`` uses the MPC-friendly approximations of :mod:`mpc.approx` —
-  on plaintext this is the *oracle* the secure run must match.
+non-linear steps differ, and those are a strategy (secptune.nonlinear): the exact
+functions (plaintext: reproduces Hugging Face), the MPC-friendly approximations of
+:mod:`mpc.approx` (on plaintext the *oracle* the secure run must match), or the
+training baselines' differentiable forms.  Products go through
+:func:`mpc.tensorops.matmul`, so the model names no protocol type.
 
 Inputs are arranged so that nothing the data owner holds has to be public:
 token ids arrive as one-hot rows, the prompt as an additive embedding, the key
@@ -17,75 +16,15 @@ the batch size, the padded length and the number of label words.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from mpc import approx
 from mpc.accounting import section
-from mpc.fixed_weights import FixedWeight
-from mpc.opened import Opened, Unopened, open_once
-from mpc.tensorops import cat, is_secure, pad
-from rfa.config import SOFTMAX, AttentionConfig
+from mpc.tensorops import cat, is_secure, matmul, pad
 from rfa.random_features import rfa_attention
-from rfa.softmax_attention import attention
 from secptune.arch import Arch
 from secptune.batch import Batch, OneHot
-
-
-@dataclass
-class Nonlinear:
-    """Which non-linearities to use: exact (plaintext) or approximate (MPC-friendly).
-
-    ``native``: the baselines' mode (secptune.baseline) — softmax attention, norms and
-    sigmoid-form activations from CrypTen's own functions, which CrypTen's autograd can
-    differentiate; on plaintext the same formulas with torch's exact functions.
-    """
-
-    exact: bool = False
-    cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
-    monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
-    attention: AttentionConfig = SOFTMAX
-    native: bool = False
-
-    def act(self, x, name: str, bound: float):
-        with section("activation"):
-            return self._act(x, name, bound)
-
-    def _act(self, x, name: str, bound: float):
-        if self.native:
-            if name not in approx.FOURIER_KINDS:
-                raise ValueError(f"activation {name!r} is not supported")
-            return x * (x if name == "silu" else x * 1.702).sigmoid()  # GeLU ~ x·σ(1.702x)
-        if self.exact:
-            if name == "silu":
-                return torch.nn.functional.silu(x)
-            if name == "gelu":
-                return torch.nn.functional.gelu(x)
-            if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-                return torch.nn.functional.gelu(x, approximate="tanh")
-            raise ValueError(f"activation {name!r} is not supported")
-        return approx.activation(x, name, bound, self.cfg, self.monitor)
-
-    def normalize(self, x, eps: float, centre: bool):
-        """x̂ = (x − mean)/√(var + eps) (LayerNorm, ``centre``) or x/√(mean x² + eps) (RMSNorm),
-        without γ/β: those are folded into the next linears (secptune.arch.fold_norms)."""
-        with section("norm"):
-            if centre:
-                x = x - x.mean(-1, keepdim=True)
-            if self.native:
-                ms = x.square().mean(-1, keepdim=True) + eps
-                return x * approx.rsqrt_wide(ms, self.cfg.norm_range[0], self.cfg.norm_range[1])
-            if self.exact:
-                return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-            name = "layer_norm_variance" if centre else "rms_norm_mean_square"
-            return approx.normalize(x, eps, self.cfg, self.monitor, name)
-
-    def open(self, x):
-        """x opened once (mpc.opened) for all its products: the next linear and, in
-        post-norm models, the residual's x̂·γ; on plaintext a pass-through."""
-        with section("norm"):
-            return Unopened(x) if self.native else open_once(x)
+from secptune.nonlinear import Nonlinear
 
 
 def insert_prompt(token_embeds, prompt, start: int):
@@ -179,12 +118,9 @@ class Transformer:
     def _linear(self, x, name: str):
         """x @ W + b; x may be an opened norm output (then it is not opened again)."""
         with section("linear"):
-            weight = self.w[f"{name}.w"]
-            # secure sessions replace shared weights by fixed-mask handles (mpc.fixed_weights)
-            if isinstance(weight, FixedWeight):
-                y = weight.apply(x)
-            else:
-                y = x.matmul(weight) if isinstance(x, (Opened, Unopened)) else x @ weight
+            # a secure session's weights may be fixed-mask handles (mpc.fixed_weights) and x an
+            # opened norm output (mpc.opened): matmul routes each pair to its protocol
+            y = matmul(x, self.w[f"{name}.w"])
             bias = self.w.get(f"{name}.b")
             return y if bias is None else y + bias
 
@@ -195,7 +131,7 @@ class Transformer:
             self.capture.append({"layer": i, "q": q, "k": k, "v": v, "penalty": penalty, "rep": rep, "offset": offset})
         with section("attention"):
             if not nl.attention.uses_rfa(i):
-                return attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor, native=nl.native)
+                return nl.softmax_attention(q, k, v, penalty)
             params = {name: self.w[f"l{i}.rfa.{name}"] for name in ("q", "k", "bq", "bk") if f"l{i}.rfa.{name}" in self.w}
             if "q" not in params:
                 raise ValueError(f"layer {i} has no RFA feature matrices: build the weights with this attention config")

@@ -13,11 +13,12 @@ def _plain_grads(prep, batch, labels, method):
     from secptune import baseline
     from secptune.checkpoints import load_hf_model
     from secptune.server.prepare import prepare_server_model
-    from secptune.transformer import Nonlinear, Transformer
+    from secptune.nonlinear import NativeNonlinear
+    from secptune.transformer import Transformer
 
     server = prepare_server_model(load_hf_model(prep.model_dir))
     arch, weights = server.arch, server.weights
-    model = Transformer(arch, weights, Nonlinear(native=True))
+    model = Transformer(arch, weights, NativeNonlinear())
     text = (batch.token_onehot.double(), replace(batch, token_onehot=None), None)
     return baseline.loss_and_grads(model, text, batch.prompt[:1], prep.verbalizer, labels, method)
 

@@ -59,7 +59,8 @@ from secptune.bench.common import RING_MATMUL_ENV, BenchError, provenance
 from secptune.bench.options import ROBERTA_LARGE
 from secptune.batch import Batch, population_inputs
 from secptune.server.prepare import prepare_server_model
-from secptune.transformer import Nonlinear, Transformer
+from secptune.nonlinear import Nonlinear
+from secptune.transformer import Transformer
 
 ROBERTA_LARGE_SHAPE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -174,7 +175,7 @@ def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 
     server = prepare_server_model(model, attention)
     arch, weights, attention = server.arch, server.weights, server.attention
     del model
-    net = Transformer(arch, weights, Nonlinear(exact=False, attention=attention))
+    net = Transformer(arch, weights, Nonlinear(attention=attention))
     with torch.no_grad():
         head = net.label_head(verbalizer)
         embeds = net.embed_tokens(inputs.token_onehot, inputs.type_onehot)

@@ -19,7 +19,8 @@ import torch
 
 from rfa.config import SOFTMAX
 from secptune.server.public_text import batches, public_sequences
-from secptune.transformer import Nonlinear, Transformer
+from secptune.nonlinear import ExactNonlinear
+from secptune.transformer import Transformer
 
 log = logging.getLogger(__name__)
 MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
@@ -50,13 +51,13 @@ def with_activation_bounds(model, arch, weights, sequences=None, attention=None)
     """
     seen: list[float] = []
 
-    class Recorder(Nonlinear):
+    class Recorder(ExactNonlinear):
         def _act(self, x, name, bound):
             seen.append(float(x.abs().max()))
             return super()._act(x, name, bound)
 
     sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
-    run_public_text(arch, weights, sequences, Recorder(exact=True, attention=attention or SOFTMAX))
+    run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX))
     per_layer = [max(seen[i :: arch.layers]) for i in range(arch.layers)]
     bounds = tuple(_bound(v) for v in per_layer)
     if arch.family == "encoder":

@@ -29,7 +29,7 @@ from secptune.checkpoints import cache_dir
 from secptune.server.calibrate import run_public_text, with_activation_bounds
 from secptune.server.layer_choice import choose_layers
 from secptune.server.public_text import public_text
-from secptune.transformer import Nonlinear
+from secptune.nonlinear import ExactNonlinear
 
 log = logging.getLogger(__name__)
 FIT_VERSION = 5  # 5: corpus + the model's own samples, 200 steps, batched, wider range margin
@@ -106,7 +106,7 @@ def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: 
 
 
 def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions) -> dict:
-    captured = run_public_text(arch, weights, sequences, Nonlinear(exact=True), capture=True).capture
+    captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
     acfg = approx.ApproxConfig()
     out = {}
     for i in tqdm(range(arch.layers), desc="fitting RFA feature maps", unit="layer", disable=arch.layers < 4):

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from mpc import approx
 from rfa.config import AttentionConfig
 from secptune.server.public_text import batches
-from secptune.transformer import Nonlinear, Transformer
+from secptune.nonlinear import ExactNonlinear, Nonlinear
+from secptune.transformer import Transformer
 
 
 def _log_probs(arch, weights, sequences, nonlinear) -> list[torch.Tensor]:
@@ -42,11 +43,11 @@ def choose_layers(arch, weights, sequences, attention: AttentionConfig, damage: 
     budget, and cost one pass per layer)."""
     base = replace(attention, auto_kl=None)
     layers = range(arch.layers)
-    reference = _log_probs(arch, weights, sequences, Nonlinear(exact=True))
+    reference = _log_probs(arch, weights, sequences, ExactNonlinear())
     warnings: dict[tuple, dict] = {}
 
     def kl_with(rfa: set[int]) -> float:
-        nl = Nonlinear(exact=False, cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
+        nl = Nonlinear(cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
         value = _kl(reference, _log_probs(arch, weights, sequences, nl))
         warnings[tuple(sorted(rfa))] = dict(nl.monitor.violations)
         return value

@@ -11,7 +11,8 @@ from rfa.random_features import server_feature_matrices
 from secptune.arch import Arch, arch_from_config, extract_weights
 from secptune.server.calibrate import with_activation_bounds
 from secptune.server.feature_fit import fitted_attention
-from secptune.transformer import Nonlinear, Transformer
+from secptune.nonlinear import ExactNonlinear
+from secptune.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def prepare_server_model(model, attention: AttentionConfig = SOFTMAX) -> ServerM
         ids = torch.tensor(arch.prefix_tokens)
         embeds = weights["emb.word"][ids].unsqueeze(0)
         capture: dict = {}
-        Transformer(arch, weights, Nonlinear(exact=True)).causal(embeds, capture)
+        Transformer(arch, weights, ExactNonlinear()).causal(embeds, capture)
         weights.update(capture)
     arch = with_activation_bounds(model, arch, weights)
     choice = None
