@@ -10,7 +10,7 @@ timeout.  The replacements live in the protocol modules that own them
 upgrade therefore fails in one spot: :func:`install` refuses any other CrypTen
 version (and a CrypTen missing a patch point), and ``tests/test_crypten_seam.py``
 checks that every patched attribute still exists and that no other file writes
-into CrypTen.  ``scripts/crypten_tests.py`` runs CrypTen's own tests with the
+into CrypTen.  ``scripts/crypten_tests.sh`` runs CrypTen's own tests with the
 seam installed.
 
 Every party process calls :func:`install` (parties are spawned fresh);

@@ -173,9 +173,14 @@ class FixedWeight:
         shape = torch.Size((self.group.public.shape[0], self.group.widths[self.index]))
         return shape if dim is None else shape[dim]
 
+    serves_products = True  # mpc.tensorops.matmul hands it x, whatever x's type
+
     def apply(self, x):
         """x @ W (secret x, secret W) with this weight's fixed mask."""
         return self.group.member_product(x, self.index)
+
+    def __rmatmul__(self, x):
+        return self.apply(x)
 
     def __repr__(self) -> str:
         return f"FixedWeight({self.name!r}, shape={tuple(self.size())}, handle={self.group.handle})"

@@ -1,6 +1,6 @@
 """Three hosts on one machine: a network namespace per party, joined by emulated links.
 
-For tests and benchmarks (``scripts/netbench.sh``).  A :class:`Testbed` makes one
+For tests and benchmarks (``secptune bench net``).  A :class:`Testbed` makes one
 namespace per role (``owner``, ``server``, ``dealer``), each with one interface
 ``eth0`` at ``10.<net>.0.<rank+1>/24``, and runs commands inside them with
 ``ip netns exec``.  Two ways to join them:

@@ -118,6 +118,9 @@ class Opened:
         fine._tensor.div_(2 ** (2 * PRECISION_BITS))
         return out + fine
 
+    def __matmul__(self, w):
+        return self.matmul(w) if hasattr(w, "share") else NotImplemented  # other weights serve themselves
+
     def matmul(self, w, last: bool = False):
         """x @ w for a secret matrix w (opens w's size only)."""
         w_shape = tuple(w.share.shape)
@@ -172,6 +175,9 @@ class Unopened:
         return self.x * (s * y)
 
     def matmul(self, w, last: bool = False):
+        return self.x @ w
+
+    def __matmul__(self, w):
         return self.x @ w
 
     def square(self, last: bool = False):

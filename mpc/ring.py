@@ -29,8 +29,8 @@ accumulators, one temporary).  Measured for [256x1024]x[1024x4096] (34 MiB of
 inputs, 8 MiB output): 211 MiB peak RSS growth, MKL's buffers included.  Broadcast
 batch dimensions are materialised in the limbs, as torch.matmul itself does.
 
-Speed (see BENCHMARKS_ring.md)
-------------------------------
+Speed (BENCHMARKS.md, "Exact Z_2^64 products")
+----------------------------------------------
 The limb path costs six float64 GEMMs plus ~25 elementwise passes.  On GPUs CrypTen
 already treats int64 GEMM as unavailable and multiplies shares through float64
 blocks in its CUDALongTensor wrapper, spending 9-16 float64 products where this
@@ -197,7 +197,7 @@ def _use_limbs(a: torch.Tensor, b: torch.Tensor, method: str) -> bool:
     # is not available there) limbs whatever the size.  On the CPU it depends on
     # the vector unit: with AVX-512 torch's int64 kernel beat the six float64 GEMMs
     # on every shape measured; with AVX2 only, limbs were 9-13x faster
-    # (BENCHMARKS.md, "Exact Z_2^64 products" and "Performance: secure forward").
+    # (BENCHMARKS.md, "Exact Z_2^64 products"; docs/history.md for the AVX-512 machine's runs).
     return a.device.type != "cpu" or not _cpu_has_fast_int64()
 
 

@@ -71,6 +71,16 @@ def max_along(x, dim: int = -1):
     return x
 
 
+def matmul(x, w):
+    """x @ w for any operands of a forward pass: plaintext tensors, MPCTensors, an input opened
+    once (mpc.opened) and a fixed-mask weight (mpc.fixed_weights).  A weight type that serves
+    its own products (``serves_products``, e.g. FixedWeight) is asked first: CrypTen's
+    MPCTensor refuses an unknown right operand instead of deferring to it."""
+    if getattr(type(w), "serves_products", False):
+        return w.__rmatmul__(x)
+    return x @ w
+
+
 PRECISION_BITS = 16  # CrypTen's fixed-point precision
 
 

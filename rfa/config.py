@@ -21,7 +21,7 @@ class AttentionConfig:
     softmax_layers:  layers that keep softmax attention (a hybrid), by index.
     auto_kl:         fitted maps only: the server chooses the hybrid itself — RFA in as many
                      layers as keep its model within this KL (nats per token) of exact
-                     softmax on public text (secptune.feature_fit); the session then runs
+                     softmax on public text (secptune.server.feature_fit); the session then runs
                      the resolved config the server returns.  None: softmax_layers as given.
     """
 
@@ -60,7 +60,7 @@ SOFTMAX = AttentionConfig(kind="softmax")
 
 # The product's RFA default: feature maps fitted to the server's model, in the layers where
 # they cost the least accuracy, as many as keep it within a KL of 0.11 nats per token of exact
-# softmax.  The budget was chosen on validation text (scripts/rfa_budget.py,
+# softmax.  The budget was chosen on validation text (research/rfa_budget.py,
 # reports/rfa_budget.json: the largest of 0.08/0.11/0.15 within 0.5 points on SST-2 and AG News).
 DEFAULT_RFA = AttentionConfig(kind="rfa", features="fitted", num_features=64, auto_kl=0.11)
 

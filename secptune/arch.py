@@ -44,7 +44,7 @@ class Arch:
     # their keys/values once in plaintext (they never depend on the owner's input)
     prefix_tokens: tuple[int, ...] = ()
     # |input| bound of each layer's activation (+ the encoder head's, last), measured by
-    # the server on public text (secptune.calibrate); MPC approximations are fitted to it
+    # the server on public text (secptune.server.calibrate); MPC approximations are fitted to it
     act_bounds: tuple[float, ...] = ()
 
     def act_bound(self, index: int) -> float:

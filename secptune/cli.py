@@ -1,4 +1,4 @@
-"""Command line: `secptune infer | tune | compare | party | keygen`.
+"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks`.
 
 Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
 no traceback unless SECPTUNE_DEBUG=1.
@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from secptune.bench.options import add_bench
 from secptune.errors import SecptuneError
 
 
@@ -269,6 +270,32 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """``secptune bench forward|iteration|net``: the benchmark writes its report, stamped with this command."""
+    from secptune.bench import forward, iteration, net
+    from secptune.bench.common import command_line
+
+    run = {"forward": forward.main, "iteration": iteration.main, "net": net.main}[args.bench]
+    return run(args, command_line(args.argv))
+
+
+def _add_benchmarks(sub) -> None:
+    p = sub.add_parser("benchmarks", help="write BENCHMARKS.md from the reports in reports/ (or check it is current)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming the first differing line if the file is stale (for CI)")
+    p.add_argument("--reports", help="report directory (default: the checkout's reports/)")
+    p.add_argument("--out", help="document to write or check (default: the checkout's BENCHMARKS.md)")
+
+
+def cmd_benchmarks(args) -> int:
+    from secptune import benchmarks_doc
+
+    status, message = benchmarks_doc.run(Path(args.reports) if args.reports else benchmarks_doc.DEFAULT_REPORTS,
+                                         Path(args.out) if args.out else benchmarks_doc.DEFAULT_OUT, args.check)
+    print(f"secptune: {message}", file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,17 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_party(sub)
     _add_keygen(sub)
+    add_bench(sub)
+    _add_benchmarks(sub)
     return parser
 
 
-COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen}
+COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen,
+            "bench": cmd_bench, "benchmarks": cmd_benchmarks}
 
 
-def _refuse_test_only_randomness() -> None:
-    """The product never runs with the tests' insecure generators (mpc.prg's test-only switch)."""
+def _refuse_test_only_randomness(command: str) -> None:
+    """The product never runs with the tests' insecure generators (mpc.prg's test-only switch).
+    Benchmarks may (their inputs are random, not anyone's data): measuring what the secure generator
+    costs needs the insecure one beside it (research/bench_rng.py); their reports say so."""
     from mpc import prg
 
-    if os.environ.get(prg.TEST_ONLY_ENV):
+    if os.environ.get(prg.TEST_ONLY_ENV) and command != "bench":
         raise SecptuneError(
             f"{prg.TEST_ONLY_ENV} is set: it replaces every mask with an insecure generator and is for "
             f"secptune's own tests only; unset it (`unset {prg.TEST_ONLY_ENV}`)"
@@ -296,11 +328,12 @@ def _refuse_test_only_randomness() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a benchmark report records as its command
     from mpc.launcher import PartyFailedError
     from mpc.net import TransportError
 
     try:
-        _refuse_test_only_randomness()
+        _refuse_test_only_randomness(args.command)
         return COMMANDS[args.command](args)
     except (SecptuneError, PartyFailedError, TransportError) as exc:
         if os.environ.get("SECPTUNE_DEBUG"):

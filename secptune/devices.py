@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from secptune.batch import OneHot
 from secptune.errors import InputError
 
 DEVICES = ("cpu", "cuda")
@@ -30,9 +31,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def batch_to(batch, device: torch.device):
-    """A copy of a plaintext :class:`secptune.transformer.Batch` with its tensors on ``device``."""
-    from secptune.transformer import OneHot
-
+    """A copy of a plaintext :class:`secptune.batch.Batch` with its tensors on ``device``."""
     def move(x):
         if isinstance(x, OneHot):
             return OneHot(x.ids.to(device), x.size_)

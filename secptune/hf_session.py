@@ -17,7 +17,7 @@ import torch
 from secptune.arch import arch_from_config
 from secptune.checkpoints import load_hf_model, model_family
 from secptune.devices import batch_to
-from secptune.transformer import Batch
+from secptune.batch import Batch
 
 # tokens per forward chunk (bounds float32 activation memory) and texts per length group
 # (causal models): small on a CPU, where padding costs time; large on a GPU, which is busy
@@ -83,7 +83,8 @@ class HFSession:
             rows, (b, n, _) = g["rows"], g["embeds"].shape
             step = max(1, MAX_TOKENS[self.device.type] // (b * n))
             for first in range(0, R, step):
-                chunk = prompts[first : first + step].to(self.device, torch.float32)
+                # the model's own precision: float32 in the product, float64 for a reference (research/check_smollm2.py)
+                chunk = prompts[first : first + step].to(self.device, self.embed.weight.dtype)
                 r = chunk.size(0)
                 embeds = g["embeds"].repeat(r, 1, 1)
                 if P:

@@ -30,7 +30,7 @@ from secptune.inputs import (
     verbalizer_ids,
     verbalizer_onehot,
 )
-from secptune.transformer import Batch
+from secptune.batch import Batch
 
 
 @dataclass

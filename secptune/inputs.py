@@ -17,7 +17,7 @@ import torch
 
 from secptune.arch import Arch
 from secptune.errors import InputError, TemplateError
-from secptune.transformer import Batch, OneHot
+from secptune.batch import Batch, OneHot
 
 MASK = "{mask}"
 
@@ -110,7 +110,7 @@ def verbalizer_ids(tokenizer, words: list[str], template: Template) -> list[int]
 
 def encode(tokenizer, examples: list[Example], template: Template, prefix: tuple[int, ...] = ()) -> Encoded:
     """Token ids per example.  A causal model's fixed prefix (BOS) is dropped from the
-    owner's sequence: the server supplies it (see secptune.transformer.server_weights)."""
+    owner's sequence: the server supplies it (see secptune.server.prepare.prepare_server_model)."""
     mask_token = getattr(tokenizer, "mask_token", None)
     if template.family == "encoder" and not mask_token:
         raise TemplateError("this masked LM's tokenizer has no mask token")

@@ -18,7 +18,10 @@ from mpc import approx
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
 from secptune.devices import batch_to
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
+from secptune.batch import Batch, population_inputs
+from secptune.server.prepare import prepare_server_model
+from secptune.nonlinear import ExactNonlinear, Nonlinear
+from secptune.transformer import Transformer
 
 
 # sequences per forward: float64 activations of 64 SmolLM2 sequences of ~100 tokens are a few
@@ -38,11 +41,12 @@ class PlainSession:
         device: torch.device | str = "cpu",
     ):
         model = model if model is not None else load_hf_model(model_dir)
-        self.arch, weights, self.attention = server_weights(model, attention)
+        server = prepare_server_model(model, attention)
+        self.arch, weights, self.attention = server.arch, server.weights, server.attention
         self.embedding_std = float(weights["emb.word"].std())
         self.device = torch.device(device)
         weights = {name: t.to(self.device) for name, t in weights.items()}
-        self.model = Transformer(self.arch, weights, Nonlinear(exact=exact, cfg=cfg, attention=self.attention))
+        self.model = Transformer(self.arch, weights, (ExactNonlinear if exact else Nonlinear)(cfg=cfg, attention=self.attention))
         self.head = self.model.label_head(verbalizer.to(self.device))
         self.texts: list[tuple[torch.Tensor, Batch]] = []
         self.forward_log: list[dict] = []

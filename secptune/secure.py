@@ -33,7 +33,10 @@ from secptune import __version__
 from secptune.arch import Arch
 from secptune.errors import SecptuneError
 from rfa.config import SOFTMAX, AttentionConfig
-from secptune.transformer import Batch, Nonlinear, Transformer, population_inputs, server_weights
+from secptune.batch import Batch, population_inputs
+from secptune.server.prepare import prepare_server_model
+from secptune.nonlinear import NativeNonlinear, Nonlinear
+from secptune.transformer import Transformer
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
@@ -168,13 +171,11 @@ class SecureSession:
         if request.fixed_weights and not request.native:  # once per session; then each linear opens only its input
             shared = fixed_weights.prepare(shared, fuse=FUSED_LINEARS)
         cfg = approx.ApproxConfig.from_dict(request.cfg)
-        nonlinear = Nonlinear(
-            exact=False,
+        nonlinear = (NativeNonlinear if request.native else Nonlinear)(
             cfg=cfg,
             # sampled range checks under MPC: one bit per forward to the owner (docs/protocol.md)
             monitor=approx.RangeMonitor(samples=cfg.range_samples if cfg.range_check else 0),
             attention=self.attention,
-            native=request.native,
         )
         self.model = Transformer(self.arch, shared, nonlinear)
         self.verbalizer = verbalizer  # shared, checked one-hot (_checked_verbalizer)
@@ -246,7 +247,7 @@ class SecureSession:
         gradients of ``cmd["method"]`` on text set ``cmd["texts"]`` (secptune.baseline), all shared."""
         from secptune import baseline
 
-        if not self.model.nl.native:
+        if not self.model.nl.trainable:
             raise SecureComputationError("training baselines need a session opened with native=True")
         text = self.texts[cmd["texts"]]
         B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
@@ -524,7 +525,8 @@ def server_description(model, max_labels: int = MAX_LABEL_WORDS):
     prepared: dict = {}
 
     def describe(request: OwnerRequest) -> dict:
-        arch, weights, attention = server_weights(model, AttentionConfig.from_dict(request.attention))
+        server = prepare_server_model(model, AttentionConfig.from_dict(request.attention))
+        arch, weights, attention = server.arch, server.weights, server.attention
         prepared["weights"] = weights
         return {
             "version": __version__,

@@ -1,12 +1,11 @@
 """One transformer definition for plaintext and secret-shared execution.
 
 The same code runs on float64 torch tensors and on CrypTen MPCTensors; only the
-non-linear steps differ, and those are chosen by :class:`Nonlinear`:
-
-* ``exact=True`` (plaintext only) uses the original functions and reproduces the
-  Hugging Face model's logits;
-* ``exact=False`` uses the MPC-friendly approximations of :mod:`mpc.approx` —
-  on plaintext this is the *oracle* the secure run must match.
+non-linear steps differ, and those are a strategy (secptune.nonlinear): the exact
+functions (plaintext: reproduces Hugging Face), the MPC-friendly approximations of
+:mod:`mpc.approx` (on plaintext the *oracle* the secure run must match), or the
+training baselines' differentiable forms.  Products go through
+:func:`mpc.tensorops.matmul`, so the model names no protocol type.
 
 Inputs are arranged so that nothing the data owner holds has to be public:
 token ids arrive as one-hot rows, the prompt as an additive embedding, the key
@@ -17,120 +16,15 @@ the batch size, the padded length and the number of label words.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from mpc import approx
 from mpc.accounting import section
-from mpc.fixed_weights import FixedWeight
-from mpc.opened import Opened, Unopened, open_once
-from mpc.tensorops import cat, is_secure, pad
-from rfa.config import SOFTMAX, AttentionConfig
-from rfa.random_features import rfa_attention, server_feature_matrices
-from rfa.softmax_attention import attention
-from secptune.arch import Arch, arch_from_config, extract_weights
-from secptune.calibrate import with_activation_bounds
-
-
-@dataclass
-class Nonlinear:
-    """Which non-linearities to use: exact (plaintext) or approximate (MPC-friendly).
-
-    ``native``: the baselines' mode (secptune.baseline) — softmax attention, norms and
-    sigmoid-form activations from CrypTen's own functions, which CrypTen's autograd can
-    differentiate; on plaintext the same formulas with torch's exact functions.
-    """
-
-    exact: bool = False
-    cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
-    monitor: approx.RangeMonitor = field(default_factory=approx.RangeMonitor)
-    attention: AttentionConfig = SOFTMAX
-    native: bool = False
-
-    def act(self, x, name: str, bound: float):
-        with section("activation"):
-            return self._act(x, name, bound)
-
-    def _act(self, x, name: str, bound: float):
-        if self.native:
-            if name not in approx.FOURIER_KINDS:
-                raise ValueError(f"activation {name!r} is not supported")
-            return x * (x if name == "silu" else x * 1.702).sigmoid()  # GeLU ~ x·σ(1.702x)
-        if self.exact:
-            if name == "silu":
-                return torch.nn.functional.silu(x)
-            if name == "gelu":
-                return torch.nn.functional.gelu(x)
-            if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-                return torch.nn.functional.gelu(x, approximate="tanh")
-            raise ValueError(f"activation {name!r} is not supported")
-        return approx.activation(x, name, bound, self.cfg, self.monitor)
-
-    def normalize(self, x, eps: float, centre: bool):
-        """x̂ = (x − mean)/√(var + eps) (LayerNorm, ``centre``) or x/√(mean x² + eps) (RMSNorm),
-        without γ/β: those are folded into the next linears (secptune.arch.fold_norms)."""
-        with section("norm"):
-            if centre:
-                x = x - x.mean(-1, keepdim=True)
-            if self.native:
-                ms = x.square().mean(-1, keepdim=True) + eps
-                return x * approx.rsqrt_wide(ms, self.cfg.norm_range[0], self.cfg.norm_range[1])
-            if self.exact:
-                return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-            name = "layer_norm_variance" if centre else "rms_norm_mean_square"
-            return approx.normalize(x, eps, self.cfg, self.monitor, name)
-
-    def open(self, x):
-        """x opened once (mpc.opened) for all its products: the next linear and, in
-        post-norm models, the residual's x̂·γ; on plaintext a pass-through."""
-        with section("norm"):
-            return Unopened(x) if self.native else open_once(x)
-
-
-class OneHot:
-    """One-hot rows [*ids, size] kept as indices (-1: an all-zero row).
-
-    A test set of SmolLM2 inputs as dense float64 one-hots would take tens of GB;
-    plaintext runs look rows up by index, secure runs materialise one batch at a
-    time just before sharing it (:meth:`double`).
-    """
-
-    def __init__(self, ids: torch.Tensor, size: int):
-        self.ids, self.size_ = ids.long(), size
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((*self.ids.shape, self.size_))
-
-    def double(self) -> torch.Tensor:
-        out = torch.zeros(self.shape, dtype=torch.float64, device=self.ids.device)
-        present = self.ids >= 0
-        out[present, self.ids[present]] = 1.0
-        return out
-
-    def __matmul__(self, table):
-        return self.double() @ table
-
-
-@dataclass
-class Batch:
-    """The data owner's inputs for one forward pass (plaintext or shares).
-
-    token_onehot  [B, n, V]  one-hot token ids (zero rows at prompt slots)
-    prompt        [B, P, H]  prompt embeddings, placed at positions
-                             prompt_start .. prompt_start + P - 1 (public layout)
-    pred_onehot   [B, n]     1 at the position whose output is scored
-    key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
-    type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
-    """
-
-    token_onehot: object
-    prompt: object
-    pred_onehot: object
-    key_penalty: object = None
-    type_onehot: object = None
-    prompt_start: int = 0
+from mpc.tensorops import cat, is_secure, matmul, pad
+from rfa.random_features import rfa_attention
+from secptune.arch import Arch
+from secptune.batch import Batch, OneHot
+from secptune.nonlinear import Nonlinear
 
 
 def insert_prompt(token_embeds, prompt, start: int):
@@ -139,21 +33,6 @@ def insert_prompt(token_embeds, prompt, start: int):
     if P == 0:
         return token_embeds
     return token_embeds + pad(prompt, (0, 0, start, n - start - P))
-
-
-def population_inputs(text_embeds, text_batch: Batch, prompts):
-    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r."""
-    R, P, H = prompts.size(0), prompts.size(1), prompts.size(2)
-    B = text_embeds.size(0)
-    penalty = text_batch.key_penalty
-    batch = Batch(
-        token_onehot=None,
-        prompt=prompts.unsqueeze(1).expand(R, B, P, H).reshape(R * B, P, H),
-        pred_onehot=text_batch.pred_onehot.repeat(R, 1),
-        key_penalty=None if penalty is None else penalty.repeat(R, 1),
-        prompt_start=text_batch.prompt_start,
-    )
-    return text_embeds.repeat(R, 1, 1), batch
 
 
 def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,36 +67,6 @@ def causal_penalty(n: int, repeat: int = 1) -> torch.Tensor:
     return future.repeat(repeat, 1)
 
 
-def server_weights(model, attention: AttentionConfig = SOFTMAX) -> tuple[Arch, dict, AttentionConfig]:
-    """Server side, plaintext: the architecture and canonical weights of an HF model,
-    plus the keys/values of the fixed prefix tokens (causal models) and, for RFA,
-    the feature matrices ``l{i}.rfa`` (the server's, fixed per model); and the
-    attention config as it will run (fitted RFA: with the server's choice of layers).
-
-    The prefix (BOS) never depends on the owner's input, so its per-layer keys and
-    values are computed here once, exactly, and shared like weights.  This also
-    keeps the attention-sink token — whose hidden state reaches mean squares near
-    1e6 in SmolLM2 — out of the fixed-point computation.
-    """
-    arch = arch_from_config(model.config)
-    weights = extract_weights(model, arch)
-    if arch.family == "causal" and arch.prefix_tokens:
-        ids = torch.tensor(arch.prefix_tokens)
-        embeds = weights["emb.word"][ids].unsqueeze(0)
-        capture: dict = {}
-        Transformer(arch, weights, Nonlinear(exact=True))._causal(embeds, capture)
-        weights.update(capture)
-    arch = with_activation_bounds(model, arch, weights)
-    if attention.kind == "rfa" and attention.features == "fitted":
-        from secptune.feature_fit import fitted_attention
-
-        arch, maps, attention = fitted_attention(model, arch, weights, attention)
-        weights.update(maps)
-    else:
-        weights.update(server_feature_matrices(attention, arch.layers, arch.head_dim, arch.kv_heads))
-    return arch, weights, attention
-
-
 class Transformer:
     """Forward pass of an encoder masked LM or a Llama-style causal LM."""
 
@@ -250,21 +99,28 @@ class Transformer:
         """Label-word scores [B, L] at each example's prediction position."""
         h = insert_prompt(token_embeds, batch.prompt, batch.prompt_start)
         if self.arch.family == "encoder":
-            h = self._encoder(h, batch)
+            h = self.encoder(h, batch)
         else:
-            h = self._causal(h)
+            h = self.causal(h)
         pooled = (h * batch.pred_onehot.unsqueeze(-1)).sum(1)
-        return self._score(pooled, head)
+        return self.score(pooled, head)
+
+    def hidden_of_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Plaintext last hidden states [b, n, H] for token ids [b, n] (no prompt, no padding):
+        how the server runs its own model on its public text."""
+        h = self.w["emb.word"][ids]
+        if self.arch.family == "causal":
+            return self.causal(h)
+        if "emb.type" in self.w:
+            h = h + self.w["emb.type"][0]
+        return self.encoder(h, Batch(token_onehot=None, prompt=None, pred_onehot=None))
 
     def _linear(self, x, name: str):
         """x @ W + b; x may be an opened norm output (then it is not opened again)."""
         with section("linear"):
-            weight = self.w[f"{name}.w"]
-            # secure sessions replace shared weights by fixed-mask handles (mpc.fixed_weights)
-            if isinstance(weight, FixedWeight):
-                y = weight.apply(x)
-            else:
-                y = x.matmul(weight) if isinstance(x, (Opened, Unopened)) else x @ weight
+            # a secure session's weights may be fixed-mask handles (mpc.fixed_weights) and x an
+            # opened norm output (mpc.opened): matmul routes each pair to its protocol
+            y = matmul(x, self.w[f"{name}.w"])
             bias = self.w.get(f"{name}.b")
             return y if bias is None else y + bias
 
@@ -275,7 +131,7 @@ class Transformer:
             self.capture.append({"layer": i, "q": q, "k": k, "v": v, "penalty": penalty, "rep": rep, "offset": offset})
         with section("attention"):
             if not nl.attention.uses_rfa(i):
-                return attention(q, k, v, penalty, exact=nl.exact, cfg=nl.cfg, monitor=nl.monitor, native=nl.native)
+                return nl.softmax_attention(q, k, v, penalty)
             params = {name: self.w[f"l{i}.rfa.{name}"] for name in ("q", "k", "bq", "bk") if f"l{i}.rfa.{name}" in self.w}
             if "q" not in params:
                 raise ValueError(f"layer {i} has no RFA feature matrices: build the weights with this attention config")
@@ -300,7 +156,7 @@ class Transformer:
         with section("norm"):
             return opened.mul(self.w[norm + ".w"]) + self.w[norm + ".b"]
 
-    def _encoder(self, h, batch: Batch):
+    def encoder(self, h, batch: Batch):
         """Post-norm layers; returns the last layer's normalised x̂ (its γ/β live in head.dense)."""
         a, w, nl = self.arch, self.w, self.nl
         n = h.size(1)
@@ -327,7 +183,7 @@ class Transformer:
             norm = p + "ln2"
         return x
 
-    def _causal(self, h, capture: dict | None = None):
+    def causal(self, h, capture: dict | None = None):
         """Llama layers.  Keys/values of the fixed prefix (``l{i}.pk/.pv``), when present,
         are prepended to every sequence's; ``capture`` collects this run's own k/v."""
         a, w, nl = self.arch, self.w, self.nl
@@ -368,7 +224,7 @@ class Transformer:
             h = h + self._linear(gated, p + "down")
         return h
 
-    def _score(self, pooled, head):
+    def score(self, pooled, head):
         a, nl = self.arch, self.nl
         rows, bias = head
         if a.family == "encoder":

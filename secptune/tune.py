@@ -27,7 +27,7 @@ import torch
 
 from mpc import approx
 from secptune.errors import InputError, SecptuneError
-from secptune.transformer import Batch
+from secptune.batch import Batch
 
 CHECKPOINT = "checkpoint.pt"
 # what --resume may change: how long the run goes on and how large the final test is.  Everything
@@ -175,7 +175,7 @@ def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[i
 
 def score_on_test(session, texts: TextSets, prompt: torch.Tensor) -> float:
     """Test metric of ``prompt`` on ``session``; the prompt may have been tuned on another session
-    (scripts/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
+    (research/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
     return _evaluate(session, [session.load_texts(b) for b in texts.test], prompt, texts.test_labels, texts.metric)
 
 

@@ -18,7 +18,7 @@ from secptune.fewshot import held_out, sample_k_shot
 from secptune.infer import check_mode, pad_token
 from secptune.inputs import Example, Template, build_batch, check_lengths, encode, load_jsonl, verbalizer_ids, verbalizer_onehot
 from secptune.tasks import get_task, task_file
-from secptune.transformer import Batch
+from secptune.batch import Batch
 from secptune.tune import TextSets, TuneConfig, tune_program
 
 

@@ -1,6 +1,6 @@
 """pytest plugin: CrypTen's own test suite with secptune's CrypTen integration installed.
 
-Loaded by ``scripts/crypten_tests.py`` (``-p crypten_upstream``) into a pytest run over
+Loaded by ``scripts/crypten_tests.sh`` (``-p crypten_upstream``) into a pytest run over
 CrypTen's ``test/`` folder.  CrypTen's ``MultiProcessTestCase`` starts every party
 in a fresh interpreter; this plugin makes each party install :mod:`mpc.crypten_seam`
 before CrypTen starts, and runs secptune's dealer (:class:`mpc.dealer.Dealer`) as
@@ -79,7 +79,7 @@ def pytest_configure(config) -> None:
     except ImportError as exc:
         raise pytest.UsageError(
             "the crypten_upstream plugin runs in the root of CrypTen's source (the folder holding "
-            f"test/multiprocess_test_case.py), e.g. through scripts/crypten_tests.py: {exc}"
+            f"test/multiprocess_test_case.py), e.g. through scripts/crypten_tests.sh: {exc}"
         ) from exc
     crypten_seam.check_version()
     harness.MultiProcessTestCase._spawn_process = _spawn_party

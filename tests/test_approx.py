@@ -59,7 +59,7 @@ def test_softmax_with_penalty_mask():
 
 def test_norms_match_torch():
     """The model's approximate norms (γ/β applied after, as the folded linears do) against torch's."""
-    from secptune.transformer import Nonlinear
+    from secptune.nonlinear import Nonlinear
 
     nl = Nonlinear(cfg=CFG)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ Mutation test: with every mask forced to zero (the test-only switch of mpc.prg) 
 audit must report canary hits and unmasked payloads; with the real keystreams, none.
 Canaries are the other party's secrets as the run encodes them: the owner's prompt
 and the fixed-point one (its one-hot inputs) for the server; for the owner, the
-weights exactly as the server shares them (secptune.transformer.server_weights).
+weights exactly as the server shares them (secptune.server.prepare.prepare_server_model).
 """
 
 import pytest
@@ -13,7 +13,7 @@ import torch
 from mpc import prg
 from secptune.checkpoints import load_hf_model
 from secptune.infer import plain_scores, secure_scores
-from secptune.transformer import server_weights
+from secptune.server.prepare import prepare_server_model
 
 from conftest import prepared_inputs
 
@@ -44,7 +44,7 @@ def _audits(model: str, monkeypatch, zero_masks: bool) -> tuple[dict, dict]:
     else:
         monkeypatch.delenv(prg.TEST_ONLY_ENV, raising=False)
     opts, prep = _smollm2_inputs() if model == "smollm2" else prepared_inputs(model, prompt_len=4, batch_size=2)
-    _, weights, _ = server_weights(load_hf_model(prep.model_dir))
+    weights = prepare_server_model(load_hf_model(prep.model_dir)).weights
     canaries = {
         "server": _meaningful(torch.cat([_encode(b.prompt) for b in prep.batches] + [_encode(torch.ones(1))])),
         "owner": _meaningful(torch.cat([_encode(w) for w in weights.values()])),

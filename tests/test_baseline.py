@@ -12,10 +12,13 @@ from conftest import prepared_inputs
 def _plain_grads(prep, batch, labels, method):
     from secptune import baseline
     from secptune.checkpoints import load_hf_model
-    from secptune.transformer import Nonlinear, Transformer, server_weights
+    from secptune.server.prepare import prepare_server_model
+    from secptune.nonlinear import NativeNonlinear
+    from secptune.transformer import Transformer
 
-    arch, weights, _ = server_weights(load_hf_model(prep.model_dir))
-    model = Transformer(arch, weights, Nonlinear(native=True))
+    server = prepare_server_model(load_hf_model(prep.model_dir))
+    arch, weights = server.arch, server.weights
+    model = Transformer(arch, weights, NativeNonlinear())
     text = (batch.token_onehot.double(), replace(batch, token_onehot=None), None)
     return baseline.loss_and_grads(model, text, batch.prompt[:1], prep.verbalizer, labels, method)
 

@@ -1,20 +1,15 @@
-"""scripts/baseline_accuracy.py scores the tuner's layout (prompt after the BOS) and trains what it says."""
+"""research/baseline_accuracy.py scores the tuner's layout (prompt after the BOS) and trains what it says."""
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+import research.baseline_accuracy as ba
 from secptune.checkpoints import load_hf_model, load_tokenizer
 from secptune.inputs import Template, encode
 
 from conftest import TEMPLATES, prepared_inputs
 from reference import hf_scores
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import baseline_accuracy as ba  # noqa: E402
 
 
 def scorer_and_rows(prep, dtype=torch.float64):

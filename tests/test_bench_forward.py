@@ -1,19 +1,15 @@
-"""scripts/bench_forward.py: its JSON adds up, and settings it cannot run fail clearly."""
+"""`secptune bench forward` (secptune.bench.forward): its JSON adds up, and settings it cannot run fail clearly."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench_forward  # noqa: E402
+from secptune.cli import main
 
 
 def run(capsys, *argv):
-    code = bench_forward.main(list(argv))
+    code = main(["bench", "forward", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -1,18 +1,14 @@
-"""scripts/bench_iteration.py: the per-iteration comparison's JSON adds up."""
+"""`secptune bench iteration` (secptune.bench.iteration): the per-iteration comparison's JSON adds up."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench_iteration  # noqa: E402
+from secptune.cli import main
 
 
 def run(capsys, *argv):
-    code = bench_iteration.main(list(argv))
+    code = main(["bench", "iteration", *argv])
     return code, capsys.readouterr()
 
 
@@ -39,13 +35,15 @@ def test_forward_only_iteration_has_no_backward(capsys):
     assert code == 0
     r = json.loads(captured.out.strip().splitlines()[-1])
     assert r["method"] == "fot-softmax" and r["backward_s"] == 0.0 and r["forward_s"] > 0
+    assert r["command"].startswith("secptune bench iteration --method fot-softmax") and r["machine"]["cpu_count"] >= 1
+    assert "git_revision" in r and "command" not in r["forward_report"]  # one stamp per report
     comm = r["forward_report"]["comm"]
     assert r["bytes"] == max(comm["owner"]["online"]["bytes"], comm["server"]["online"]["bytes"]) > 0
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
-        bench_iteration.main(["--method", "adam", "--model", "tiny-llama"])
+        main(["bench", "iteration", "--method", "adam", "--model", "tiny-llama"])
 
 
 def test_no_step_stops_after_the_gradients(capsys):

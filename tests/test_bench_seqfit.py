@@ -1,13 +1,9 @@
-"""scripts/bench_seqfit.py: the exact sequence-length model recovers what it should and flags what it cannot."""
+"""research/bench_seqfit.py: the exact sequence-length model recovers what it should and flags what it cannot."""
 
 import math
-import sys
 from fractions import Fraction
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench_seqfit as sf  # noqa: E402
+import research.bench_seqfit as sf
 
 FIT, CHECK, TARGET = [16, 32, 64, 128], [256], 512
 

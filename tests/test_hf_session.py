@@ -26,3 +26,17 @@ def test_hf_session_matches_exact_transformer(tiny_model, monkeypatch):
     rows = batch.pred_onehot.shape[0]
     assert (got[:rows] - got[rows : 2 * rows]).abs().max() > 1e-3 * scale
     assert abs(hf.embedding_std - ours.embedding_std) < 1e-6 * ours.embedding_std
+
+
+
+def test_a_float64_model_keeps_the_prompt_in_float64():
+    """research/check_smollm2.py compares with transformers in float64 through this session: the prompt
+    must not pass through float32 on the way (that alone moves the scores by ~1e-7)."""
+    from reference import hf_scores
+    from secptune.checkpoints import load_hf_model
+    from secptune.secure import score_batches
+
+    _, prep = prepared_inputs("tiny-llama", prompt_len=4)
+    hf = HFSession(prep.model_dir, prep.verbalizer, model=load_hf_model(prep.model_dir).double())
+    expected = hf_scores(prep)  # the same model fed the same embeddings, in float64
+    assert (score_batches(hf, prep.batches) - expected).abs().max() <= 1e-12 * expected.abs().max()

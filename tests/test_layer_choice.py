@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from rfa.config import DEFAULT_RFA, AttentionConfig
-from secptune.checkpoints import load_hf_model, resolve_model
-from secptune.public_text import CHECK, SAMPLES, public_text
+import secptune.server.feature_fit as feature_fit
+import secptune.server.layer_choice as layer_choice
+from secptune.arch import arch_from_config, extract_weights
+from secptune.checkpoints import cache_dir, load_hf_model, resolve_model
 from secptune.secure import _same_attention
-from secptune.transformer import server_weights
+from secptune.server.feature_fit import weights_fingerprint
+from secptune.server.prepare import prepare_server_model
+from secptune.server.public_text import CHECK, SAMPLES, public_text
 
 from conftest import SERVER_CHOICE
 
@@ -20,9 +24,6 @@ def llama():
 
 
 def test_public_text_is_the_models_own_seeded_samples(llama, tmp_path, monkeypatch):
-    from secptune.feature_fit import weights_fingerprint
-    from secptune.transformer import arch_from_config, extract_weights
-
     monkeypatch.setenv("SECPTUNE_CACHE", str(tmp_path))
     arch = arch_from_config(llama.config)
     fingerprint = weights_fingerprint(extract_weights(llama, arch))
@@ -39,19 +40,15 @@ def test_public_text_is_the_models_own_seeded_samples(llama, tmp_path, monkeypat
 
 
 def test_encoders_use_the_corpus_only():
-    from secptune.transformer import arch_from_config
-
     model = load_hf_model(resolve_model("tiny-roberta"))
     text = public_text(model, arch_from_config(model.config), "unused")
     assert text.fit and text.check and len(text.fit) == 8
 
 
 def test_server_resolves_its_layer_choice(llama):
-    from secptune.feature_fit import choice_record
-
-    _, weights, resolved = server_weights(llama, SERVER_CHOICE)
+    server = prepare_server_model(llama, SERVER_CHOICE)
+    weights, resolved, record = server.weights, server.attention, server.choice
     assert resolved.auto_kl is None and resolved.features == "fitted"
-    record = choice_record(resolved)
     assert record["kl"] <= SERVER_CHOICE.auto_kl and record["budget"] == SERVER_CHOICE.auto_kl
     rfa = [i for i in range(llama.config.num_hidden_layers) if resolved.uses_rfa(i)]
     assert rfa == record["rfa_layers"] and 0 < len(rfa) < llama.config.num_hidden_layers  # a hybrid
@@ -59,8 +56,8 @@ def test_server_resolves_its_layer_choice(llama):
     # the ranking decides: the layers chosen are the least damaging ones
     assert rfa == sorted(record["order"][: len(rfa)])
     # budgets at the extremes: none and every layer
-    _, _, none = server_weights(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=0.0))
-    _, _, every = server_weights(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=1e9))
+    none = prepare_server_model(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=0.0)).attention
+    every = prepare_server_model(llama, dataclasses.replace(DEFAULT_RFA, auto_kl=1e9)).attention
     assert none.softmax_layers == tuple(range(llama.config.num_hidden_layers)) and every.softmax_layers == ()
 
 
@@ -69,9 +66,7 @@ def _cache_without_choices(llama, tmp_path, monkeypatch):
     (a fresh fit would cost minutes and is not what these tests are about)."""
     import shutil
 
-    from secptune.checkpoints import cache_dir
-
-    server_weights(llama, SERVER_CHOICE)  # fits the maps into the shared cache, if not there yet
+    prepare_server_model(llama, SERVER_CHOICE)  # fits the maps into the shared cache, if not there yet
     shutil.copytree(cache_dir() / "public-text", tmp_path / "public-text")
     (tmp_path / "rfa-fits").mkdir()
     for fit in (cache_dir() / "rfa-fits").glob("*.pt"):
@@ -82,25 +77,20 @@ def _cache_without_choices(llama, tmp_path, monkeypatch):
 def test_the_choice_is_made_once_and_a_new_budget_reuses_the_per_layer_damage(llama, tmp_path, monkeypatch):
     """Damage costs one pass per layer (SmolLM2: 15 min on 2 cores) and does not depend on the
     budget; the hybrid's activation bounds cost a pass over all public text."""
-    import secptune.calibrate as calibrate
-    import secptune.layer_choice as layer_choice
-    from secptune.feature_fit import choice_record
-
     _cache_without_choices(llama, tmp_path, monkeypatch)
     calls, bounds = [], []
-    real, real_bounds = layer_choice._log_probs, calibrate.with_activation_bounds
+    real, real_bounds = layer_choice._log_probs, feature_fit.with_activation_bounds
     monkeypatch.setattr(layer_choice, "_log_probs", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(calibrate, "with_activation_bounds", lambda *a, **k: bounds.append(1) or real_bounds(*a, **k))
-    first_arch, _, first = server_weights(llama, SERVER_CHOICE)
-    layers, tries = llama.config.num_hidden_layers, len(choice_record(first)["tried"])
+    monkeypatch.setattr(feature_fit, "with_activation_bounds", lambda *a, **k: bounds.append(1) or real_bounds(*a, **k))
+    first = prepare_server_model(llama, SERVER_CHOICE)
+    layers, tries = llama.config.num_hidden_layers, len(first.choice["tried"])
     assert len(calls) == 1 + layers + tries  # reference, one pass per layer, the bisection
     assert len(bounds) == 1  # the hybrid on the server's public text
     calls.clear()
-    again_arch, _, again = server_weights(llama, SERVER_CHOICE)
-    assert not calls and len(bounds) == 1 and (again_arch, again) == (first_arch, first)
-    _, _, other = server_weights(llama, dataclasses.replace(SERVER_CHOICE, auto_kl=SERVER_CHOICE.auto_kl / 3))
-    record = choice_record(other)
-    assert len(calls) == 1 + len(record["tried"]) and record["damage"] == choice_record(first)["damage"]
+    again = prepare_server_model(llama, SERVER_CHOICE)
+    assert not calls and len(bounds) == 1 and (again.arch, again.attention) == (first.arch, first.attention)
+    record = prepare_server_model(llama, dataclasses.replace(SERVER_CHOICE, auto_kl=SERVER_CHOICE.auto_kl / 3)).choice
+    assert len(calls) == 1 + len(record["tried"]) and record["damage"] == first.choice["damage"]
 
 
 def test_an_unresolved_choice_cannot_run():

@@ -1,12 +1,12 @@
 """Server side: fit RFA feature maps to the server's own model and choose its RFA layers, once.
 
 The fit (rfa.fit) needs the model's attention inputs on text the server owns
-(secptune.public_text: the built-in corpus plus the model's own samples; never the
+(secptune.server.public_text: the built-in corpus plus the model's own samples; never the
 owner's data).  Each layer's fit sees the *exact* model's inputs to that layer, so
 it does not depend on which other layers keep softmax: every layer is fitted once
 and a hybrid takes its layers from that one fit.
 
-With ``auto_kl`` the server also chooses the hybrid (secptune.layer_choice) on held-out
+With ``auto_kl`` the server also chooses the hybrid (secptune.server.layer_choice) on held-out
 public text.  Fits and choices are cached by the weights' content (not a path), so a
 fit made on one machine serves the same checkpoint on another.
 """
@@ -20,10 +20,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mpc import approx
 from rfa.config import AttentionConfig
 from rfa.fit import FitOptions, fit_layer
+from secptune.checkpoints import cache_dir
+from secptune.server.calibrate import run_public_text, with_activation_bounds
+from secptune.server.layer_choice import choose_layers
+from secptune.server.public_text import public_text
+from secptune.nonlinear import ExactNonlinear
 
 log = logging.getLogger(__name__)
 FIT_VERSION = 5  # 5: corpus + the model's own samples, 200 steps, batched, wider range margin
@@ -40,8 +46,6 @@ def weights_fingerprint(weights: dict) -> str:
 
 
 def _cache_path(fingerprint: str, stamp: list, suffix: str) -> Path:
-    from secptune.checkpoints import cache_dir
-
     key = hashlib.sha256(json.dumps([fingerprint, *stamp, FIT_VERSION]).encode()).hexdigest()[:16]
     return cache_dir() / "rfa-fits" / f"{key}{suffix}"
 
@@ -54,13 +58,10 @@ def _save(path: Path, write) -> None:
 
 
 def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None):
-    """``(arch, maps, attention)`` for fitted RFA: ``maps`` holds ``l{i}.rfa.{q,k,bq,bk}`` of
-    the RFA layers, ``attention`` is resolved (the server's layer choice made), and
-    ``arch``'s activation bounds also cover the model *with* this attention on public text
-    (all three cached by the weights' content)."""
-    from secptune.calibrate import with_activation_bounds
-    from secptune.public_text import public_text
-
+    """``(arch, maps, attention, choice)`` for fitted RFA: ``maps`` holds ``l{i}.rfa.{q,k,bq,bk}``
+    of the RFA layers, ``attention`` is resolved (the server's layer choice made; ``choice``
+    says how, or is None without a budget), and ``arch``'s activation bounds also cover the
+    model *with* this attention on public text (all cached by the weights' content)."""
     opts = opts or FitOptions()
     fingerprint = weights_fingerprint(weights)
     text = public_text(model, arch, fingerprint)
@@ -70,22 +71,21 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
     else:
         fits = _fit_all(arch, weights, text.fit, attention, opts)
         _save(path, lambda p: torch.save(fits, p))
+    choice = None
     if attention.auto_kl is not None:
-        attention = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
+        attention, choice = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
     maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
     # a pass of the hybrid over all public text (SmolLM2: ~1 min on 2 cores), once per hybrid
     stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), list(arch.act_bounds or ())]
     bounds_path = _cache_path(fingerprint, stamp, "-bounds.json")
     if bounds_path.is_file():
-        return replace(arch, act_bounds=tuple(json.loads(bounds_path.read_text()))), maps, attention
+        return replace(arch, act_bounds=tuple(json.loads(bounds_path.read_text()))), maps, attention, choice
     arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
     _save(bounds_path, lambda p: p.write_text(json.dumps(list(arch.act_bounds))))
-    return arch, maps, attention
+    return arch, maps, attention, choice
 
 
-def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: FitOptions) -> AttentionConfig:
-    from secptune.layer_choice import choose_layers
-
+def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: FitOptions) -> tuple[AttentionConfig, dict]:
     # the choice measures the secure run's approximations: a change to them is a new choice;
     # the per-layer damage does not depend on the budget (a new budget reuses it)
     stamp = [opts.steps, asdict(approx.ApproxConfig())]
@@ -102,25 +102,11 @@ def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: 
     log.info("server's RFA layers: %s (KL %.3f on public text)", choice["rfa_layers"], choice["kl"])
     rfa = set(choice["rfa_layers"])
     resolved = replace(attention, auto_kl=None, softmax_layers=tuple(i for i in range(arch.layers) if i not in rfa))
-    _CHOICES[json.dumps(resolved.as_dict())] = choice
-    return resolved
-
-
-_CHOICES: dict[str, dict] = {}  # this process's layer choices, for reports
-
-
-def choice_record(resolved: AttentionConfig) -> dict | None:
-    """How this process's server chose ``resolved``'s layers (damage per layer, KLs tried), if it did."""
-    return _CHOICES.get(json.dumps(resolved.as_dict()))
+    return resolved, choice
 
 
 def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions) -> dict:
-    from tqdm import tqdm
-
-    from secptune.calibrate import run_public_text
-    from secptune.transformer import Nonlinear
-
-    captured = run_public_text(arch, weights, sequences, Nonlinear(exact=True), capture=True).capture
+    captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
     acfg = approx.ApproxConfig()
     out = {}
     for i in tqdm(range(arch.layers), desc="fitting RFA feature maps", unit="layer", disable=arch.layers < 4):

@@ -15,7 +15,7 @@ The model server decides this once, before serving, from its own model and text:
    oracle) and against exact softmax (transformers, float32), same seed and budget.
 
 Writes ``--out`` (default reports/rfa_layers.json) and a plot beside it; run again with
-``--tune`` on a finished sweep, it only tunes.  Needs a GPU for
+``--tune`` on a finished sweep, it only tunes.  Usage: ``python -m research.rfa_layers [--device cuda]``.  Needs a GPU for
 the full run in minutes (``--device cuda``); ``--limit`` and ``--counts`` shrink it for a CPU.
 """
 
@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import mpc  # noqa: E402,F401
-from mpc import approx  # noqa: E402
-from rfa.config import SOFTMAX, AttentionConfig  # noqa: E402
+import mpc  # noqa: F401
+from mpc import approx
+from research.rfa_fidelity import ROOT, tune_pair
+from rfa.config import SOFTMAX, AttentionConfig
+from secptune.server.public_text import public_sequences
+from secptune.nonlinear import ExactNonlinear, Nonlinear
 
 TASKS = ("sst2", "agnews")
 FEATURES = dict(kind="rfa", features="fitted", num_features=64)
@@ -64,22 +63,17 @@ class Bench:
         self.texts: dict[tuple[str, str], tuple[list[int], torch.Tensor, torch.Tensor]] = {}
 
     def use(self, attention: AttentionConfig, exact: bool = False) -> None:
-        from secptune.transformer import Nonlinear
-
-        self.session.model.nl = Nonlinear(exact=exact, cfg=self.acfg, attention=attention)
+        self.session.model.nl = (ExactNonlinear if exact else Nonlinear)(cfg=self.acfg, attention=attention)
 
     def public_kl(self, reference: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """Next-token log-probabilities on the public text, and KL(reference || these)."""
-        from secptune.calibrate import public_sequences
-
         model, dev = self.session.model, self.session.device
         out = []
         with torch.no_grad(), dev:
             # corpus lines 33-68: the feature maps were fitted on lines 1-32 (count=8)
             for ids in public_sequences(self.hf, self.hf.config.vocab_size, count=17)[8:]:
-                h = model.w["emb.word"][torch.tensor(ids)].unsqueeze(0)
-                h = model._causal(h)
-                out.append(torch.log_softmax(model._score(h, (model.w["head.out"], None))[0], -1).cpu())
+                h = model.hidden_of_ids(torch.tensor(ids).unsqueeze(0))
+                out.append(torch.log_softmax(model.score(h, (model.w["head.out"], None))[0], -1).cpu())
         logp = torch.cat(out)
         if reference is None:
             return logp, 0.0
@@ -203,8 +197,6 @@ def main() -> None:
         plot(report, out.with_suffix(".png"))
     log(f"chosen: {report['chosen']}")
     if args.tune:
-        from rfa_fidelity import tune_pair
-
         chosen = hybrid(report["chosen"]["rfa_layers"], len(report["layer_damage"]))
         report["tuned"] = tune_pair(chosen, args.tune, args.tune_minutes, 500, args.device, popsize=20)
         out.write_text(json.dumps(report, indent=1))

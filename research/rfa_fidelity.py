@@ -15,7 +15,7 @@ Writes ``reports/rfa_fidelity.json`` and ``reports/rfa_fidelity.png``:
   against exact softmax, same seed, settings and number of generations; ``cross``: each
   tuned prompt tested under the other attention too.
 
-Usage: python scripts/rfa_fidelity.py [--limit 500] [--configs NAME,...] [--accuracy-configs NAME,...]
+Usage: python -m research.rfa_fidelity [--limit 500] [--configs NAME,...] [--accuracy-configs NAME,...]
        [--skip-accuracy] [--keep-previous] [--tune BUDGET --tune-minutes M [--tune-tasks T] [--tune-only]]
 """
 
@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+import mpc  # noqa: F401
+from mpc import approx
+from rfa.config import DEFAULT_RFA, SOFTMAX, AttentionConfig
 
-import mpc  # noqa: E402,F401
-from mpc import approx  # noqa: E402
-from rfa.config import DEFAULT_RFA, SOFTMAX, AttentionConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: reports/ and runs/ are written there
 
 CONFIGS = {
     "softmax-approx": SOFTMAX,
@@ -44,8 +43,8 @@ CONFIGS = {
     "rfa-fourier-128-s0.25": AttentionConfig(features="fourier", num_features=128, scale=0.25),
     # hybrids: RFA in the first four layers only, softmax in the other 26
     "rfa-positive-64-first4": AttentionConfig(features="positive", num_features=64, softmax_layers=tuple(range(4, 30))),
-    # maps fitted to the model (secptune.feature_fit) in every layer, and the product's default:
-    # fitted maps in the layers the server chooses (secptune.layer_choice)
+    # maps fitted to the model (secptune.server.feature_fit) in every layer, and the product's default:
+    # fitted maps in the layers the server chooses (secptune.server.layer_choice)
     "rfa-fitted-64": AttentionConfig(features="fitted", num_features=64),
     "rfa-default": DEFAULT_RFA,
 }
@@ -58,13 +57,13 @@ NOTE = (
 )
 
 
-def _options(task: str, limit: int | None, batch_size: int = 64):
+def _options(task: str, limit: int | None, batch_size: int = 64, model: str = "smollm2"):
     from secptune.infer import InferOptions
     from secptune.tasks import get_task, task_file
 
     spec = get_task(task)
     return InferOptions(
-        model="smollm2",
+        model=model,
         data=str(task_file(task, "test")),
         template=spec.templates["causal"],
         verbalizer=list(spec.verbalizers["causal"]),
@@ -73,11 +72,13 @@ def _options(task: str, limit: int | None, batch_size: int = 64):
     )
 
 
-def layer_errors(model, configs: dict, sentences: int = 16) -> dict:
+def layer_errors(model, configs: dict, choices: dict, sentences: int = 16) -> dict:
+    """Per-layer attention errors of each RFA config; ``choices`` collects the server's layer
+    choices (by config name) as the configs resolve."""
     from rfa.fit import attention_error
     from secptune.plain import PlainSession
     from secptune.infer import prepare
-    from secptune.transformer import server_weights
+    from secptune.server.prepare import prepare_server_model
 
     prep = prepare(_options("sst2", sentences))
     teacher = PlainSession(prep.model_dir, prep.verbalizer, True, approx.ApproxConfig(), SOFTMAX, model)
@@ -90,8 +91,11 @@ def layer_errors(model, configs: dict, sentences: int = 16) -> dict:
     for name, cfg in configs.items():
         if cfg.kind != "rfa":
             continue
-        _, weights, cfg = server_weights(model, cfg)
+        server = prepare_server_model(model, cfg)
+        weights, cfg = server.weights, server.attention
         configs[name] = cfg  # as it runs (the default: with the server's choice of layers)
+        if server.choice:
+            choices[name] = server.choice
         errors = []  # None: the layer keeps softmax
         for layer in range(teacher.arch.layers):
             params = {n: weights[f"l{layer}.rfa.{n}"] for n in ("q", "k", "bq", "bk") if f"l{layer}.rfa.{n}" in weights}
@@ -154,13 +158,14 @@ def accuracy(model, configs: dict, limit: int, split: str = "test") -> dict:
 
 
 def mpc_cost(configs: dict) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import prepared_inputs
-    from secptune.infer import secure_scores
+    """The attention op's cost under MPC: tiny-llama, the first 4 SST-2 test sentences in batches of
+    2, a 4-token prompt (reports before the move to research/ used 4 sentences of the tests instead)."""
+    from secptune.infer import prepare, secure_scores
 
     out = {}
     for name, cfg in configs.items():
-        opts, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=2)
+        opts = replace(_options("sst2", 4, batch_size=2, model="tiny-llama"), prompt_len=4)
+        prep = prepare(opts)
         started = time.perf_counter()
         _, comm, _ = secure_scores(prep, opts.cfg, attention=cfg)
         op = comm["owner"]["ops"]["attention"]
@@ -185,8 +190,6 @@ def tune_pair(attention: AttentionConfig, budget: int, minutes: float | None, te
 
     ``zero_shot[task]``: zero-shot test scores of the same examples measured before (the report's
     accuracy section); those tasks skip the zero-shot passes (an AG News RFA pass is ~10 min on 2 cores)."""
-    from dataclasses import replace
-
     from secptune.hf_session import HFSession
     from secptune.plain import PlainSession
     from secptune.tune import TuneConfig, score_on_test, tune_program
@@ -255,14 +258,14 @@ def carry_previous(report: dict, previous: dict) -> None:
     report["carried_from_previous_run"] = sorted(carried)
 
 
-def _strict(x):
+def strict_json(x):
     """JSON without Infinity/NaN: an undefined error (denominator out of range) becomes null."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
+        return {k: strict_json(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_strict(v) for v in x]
+        return [strict_json(v) for v in x]
     return x
 
 
@@ -317,19 +320,18 @@ def main() -> None:
     from secptune.checkpoints import load_hf_model, resolve_model
 
     model = load_hf_model(resolve_model("smollm2"))
-    from secptune.feature_fit import choice_record
-
-    report = {"model": "smollm2", "note": NOTE, "mpc_cost": mpc_cost(configs), "layer_error": layer_errors(model, configs)}
+    choices: dict = {}
+    report = {"model": "smollm2", "note": NOTE, "mpc_cost": mpc_cost(configs), "layer_error": layer_errors(model, configs, choices)}
     report["configs"] = {name: cfg.as_dict() for name, cfg in configs.items()}  # resolved by layer_errors
-    report["server_choice"] = {name: choice_record(cfg) for name, cfg in configs.items() if choice_record(cfg)}
+    report["server_choice"] = choices
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_strict(report), indent=1))
+    out.write_text(json.dumps(strict_json(report), indent=1))
     if not args.skip_accuracy:
         chosen = {name: configs.get(name, CONFIGS[name]) for name in args.accuracy_configs.split(",")}
         report["accuracy"] = accuracy(model, chosen, args.limit)
     if args.keep_previous and previous:
         carry_previous(report, previous)
-    out.write_text(json.dumps(_strict(report), indent=1))
+    out.write_text(json.dumps(strict_json(report), indent=1))
     plot(report, out.with_suffix(".png"))
     if args.tune:
         tune_into(report, args, configs, out, previous if args.keep_previous else None)
@@ -346,7 +348,7 @@ def tune_into(report: dict, args, configs: dict, out: Path, previous: dict | Non
     tuned = tune_pair(configs.get("rfa-default", DEFAULT_RFA), args.tune, args.tune_minutes, args.limit,
                       popsize=args.tune_popsize, k=args.tune_k, tasks=args.tune_tasks.split(","), zero_shot=known)
     report["tuned"] = {**(previous or report).get("tuned", {}), **tuned}
-    out.write_text(json.dumps(_strict(report), indent=1))
+    out.write_text(json.dumps(strict_json(report), indent=1))
 
 
 if __name__ == "__main__":

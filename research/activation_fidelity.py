@@ -7,23 +7,19 @@ approximations in float64).  Per configuration: accuracy, agreement with the
 exact model, the largest score deviation from it, and the range warnings (inputs
 outside a calibrated bound).  Writes ``reports/activation_fidelity.json``.
 
-Usage: python scripts/activation_fidelity.py [--limit 200]
+Usage: python -m research.activation_fidelity [--limit 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from mpc import approx  # noqa: E402
-from rfa.config import SOFTMAX  # noqa: E402
-from rfa_fidelity import _strict, accuracy  # noqa: E402
+from mpc import approx
+from research import command
+from research.rfa_fidelity import ROOT, accuracy, strict_json
+from rfa.config import SOFTMAX
 
 CONFIGS = {
     "activation-sigmoid": (SOFTMAX, approx.ApproxConfig(activation="sigmoid")),
@@ -38,19 +34,19 @@ def main() -> None:
     args = parser.parse_args()
 
     from secptune.checkpoints import load_hf_model, resolve_model
-    from secptune.transformer import server_weights
+    from secptune.server.prepare import prepare_server_model
 
     model = load_hf_model(resolve_model("smollm2"))
-    arch, _, _ = server_weights(model)
+    arch = prepare_server_model(model).arch
     report = {
         "model": "smollm2",
         "act_bounds": list(arch.act_bounds),
         "accuracy": accuracy(model, CONFIGS, args.limit),
-        "command": "python " + " ".join(sys.argv),
+        "command": command("research.activation_fidelity"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_strict(report), indent=1))
+    out.write_text(json.dumps(strict_json(report), indent=1))
     print(f"wrote {out}")
 
 

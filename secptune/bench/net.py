@@ -1,4 +1,4 @@
-"""Measure a secure forward and a one-generation tuning run over emulated networks.
+"""Measure a secure forward and a one-generation tuning run over emulated networks: ``secptune bench net``.
 
 For each setting (none / LAN / WAN / WAN-200) owner, server and dealer run in
 their own network namespaces (mpc.netns), joined by links with the setting's
@@ -15,12 +15,13 @@ traffic (owner <-> server: rounds x delay + bytes / bandwidth, busier party), an
 plus the dealer's requests, which CrypTen's TTP provider makes synchronously during
 the computation (each a round trip, 2 x delay, plus the dealer's bytes).
 
-Run as root: ``bash scripts/netbench.sh [--settings none,LAN,WAN,WAN-200] [--out FILE]``.
+Run as root: ``secptune bench net [--settings none,LAN,WAN,WAN-200] [--out FILE]`` (or
+``bash scripts/netbench.sh ...``, which sets up the checkout's .venv first).  Each JSON line of
+``--out`` also records the command, git revision and machine (secptune.bench.common).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,13 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mpc import costmodel, netns, tls
+from mpc.session import ROLES
+from secptune.bench import options
+from secptune.bench.common import SOURCE_ROOT as ROOT
+from secptune.bench.common import BenchError, provenance
 
-from mpc import costmodel, netns, tls  # noqa: E402
-from mpc.session import ROLES  # noqa: E402
-
-SETTINGS = {"none": None, "LAN": costmodel.LAN, "WAN": costmodel.WAN, "WAN-200": costmodel.WAN_FAST}
+# the links of options.SETTINGS, in its order (none: no emulation)
+SETTINGS = dict(zip(options.SETTINGS, (None, costmodel.LAN, costmodel.WAN, costmodel.WAN_FAST), strict=True))
 REQUEST_ROUNDS = 3  # owner-side rounds per dealer request: send request, receive size, receive data
 
 
@@ -71,7 +73,7 @@ def run_setting(name: str, link, args, tls_dirs, workdir: Path) -> dict:
                                       cwd=ROOT, capture_output=True, text=True)
                 wall = time.monotonic() - started
                 if proc.returncode != 0:
-                    raise SystemExit(f"{name} {job} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    raise BenchError(f"{name} {job} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 if job == "infer":
                     result = json.loads(proc.stdout)
                     out["infer"] = {"command_s": wall, "wall_s": result["wall_s"], "forward_s": result["forward_s"],
@@ -131,33 +133,25 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="none,LAN,WAN,WAN-200")
-    parser.add_argument("--model", default="tiny-llama")
-    parser.add_argument("--limit", type=int, default=4, help="infer examples (one batch)")
-    parser.add_argument("--popsize", type=int, default=4)
-    parser.add_argument("--out", help="append one JSON line per setting here")
-    parser.add_argument("--table", help="only print the table of a JSON-lines file written by --out")
-    args = parser.parse_args()
+def main(args, command: str) -> int:
+    """``secptune bench net``: run each setting (one JSON line each to ``--out``), print the table."""
     if args.table:
         print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
         return 0
-    reason = netns.unavailable()
-    if reason:
-        print(f"netbench: {reason}", file=sys.stderr)
-        return 2
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
-        print(f"netbench: unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}", file=sys.stderr)
-        return 2
+        raise BenchError(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
+    reason = netns.unavailable()
+    if reason:
+        raise BenchError(f"bench net runs the parties in network namespaces: {reason}")
     results = []
     with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
         tls_dirs = tls.role_dirs(Path(tmp) / "keys")
         for name in names:
             print(f"netbench: {name} ...", file=sys.stderr, flush=True)
             result = run_setting(name, SETTINGS[name], args, tls_dirs, Path(tmp))
+            result.update(provenance(command))  # the machine's load as this setting ended
             results.append(result)
             print(f"netbench: {name}: infer {result['infer']['wall_s']:.1f} s, tune {result['tune']['wall_s']:.1f} s",
                   file=sys.stderr, flush=True)
@@ -166,7 +160,3 @@ def main() -> int:
                     f.write(json.dumps(result) + "\n")
     print(table(results))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

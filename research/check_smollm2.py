@@ -2,28 +2,35 @@
 
 Runs a few real SST-2 sentences through SmolLM2-135M-Instruct and prints one JSON
 object: max |plain exact - transformers| and max |secure - plain approx| relative
-to the largest score, with wall times and traffic.  Used by tests/test_smollm2.py
-and quoted in BENCHMARKS.md.
+to the largest score, with wall times and traffic.  tests/test_smollm2.py asserts
+the same on 2 sentences; the figures are quoted in BENCHMARKS.md.  "transformers"
+is the unmodified Hugging Face model in float64 behind secptune.hf_session (before
+the move to research/, the tests' reference.hf_scores: the same model fed the same
+embeddings).
 
-    .venv/bin/python scripts/check_smollm2.py --examples 4 --prompt-len 4
+    .venv/bin/python -m research.check_smollm2 --examples 4 --prompt-len 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from secptune.checkpoints import load_hf_model
+from secptune.hf_session import HFSession
+from secptune.infer import InferOptions, plain_scores, prepare, secure_scores
+from secptune.inputs import load_jsonl
+from secptune.secure import score_batches
+from secptune.tasks import task_file
 
-from reference import hf_scores  # noqa: E402
-from secptune.infer import InferOptions, plain_scores, prepare, secure_scores  # noqa: E402
-from secptune.inputs import load_jsonl  # noqa: E402
-from secptune.tasks import task_file  # noqa: E402
+
+def transformers_scores(prep) -> torch.Tensor:
+    """The Hugging Face model itself, in float64, on the same batches and prompts."""
+    session = HFSession(prep.model_dir, prep.verbalizer, model=load_hf_model(prep.model_dir).double())
+    return score_batches(session, prep.batches)
 
 
 def main() -> None:
@@ -44,7 +51,7 @@ def main() -> None:
     t = time.perf_counter()
     exact, _ = plain_scores(prep, exact=True, cfg=opts.cfg)
     out["plain_exact_s"] = time.perf_counter() - t
-    out["exact_vs_transformers_max_abs"] = float((exact - hf_scores(prep)).abs().max())
+    out["exact_vs_transformers_max_abs"] = float((exact - transformers_scores(prep)).abs().max())
     t = time.perf_counter()
     oracle, warnings = plain_scores(prep, exact=False, cfg=opts.cfg)
     out["plain_approx_s"] = time.perf_counter() - t

@@ -1,9 +1,9 @@
 """CrypTen's own tests for what secptune relies on, run with secptune's CrypTen seam installed.
 
-    python scripts/crypten_tests.py                       # CrypTen's tests from the PyPI sdist
-    python scripts/crypten_tests.py --source ~/CrypTen    # or from a checkout at tag v0.4.1
-    python scripts/crypten_tests.py -- -k test_matmul     # extra arguments go to pytest
-    python scripts/crypten_tests.py -- test/test_binary.py  # these CrypTen test files instead
+    bash scripts/crypten_tests.sh                       # CrypTen's tests from the PyPI sdist
+    bash scripts/crypten_tests.sh --source ~/CrypTen    # or from a checkout at tag v0.4.1
+    bash scripts/crypten_tests.sh -- -k test_matmul     # extra arguments go to pytest
+    bash scripts/crypten_tests.sh -- test/test_binary.py  # these CrypTen test files instead
 
 secptune replaces parts of CrypTen at run time (mpc/crypten_seam.py).  This runs
 CrypTen's tests of the parts secptune uses -- the communicator, the arithmetic and

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Time ring_matmul (float64 limbs) against torch's int64 and float32 matmul.
 
-    python scripts/bench_ringmatmul.py --m 256 --k 1024 --n 4096 --json
+    python -m research.bench_ringmatmul --m 256 --k 1024 --n 4096 --json
 
 All three run in the same process on the same shapes ([batch x] m x k times k x n);
 each time is the best of --repeat runs after one warm-up.  ``ring_s`` is the limb
@@ -10,7 +9,7 @@ the CPU keeps torch's int64 kernel); ``float64_s`` is one float64 GEMM of the sa
 shape, the unit the limb path spends six of.  ``exact`` checks ring == int64 bit for
 bit.  ``speedup_vs_int64`` = int64_s / ring_s.
 
-    python scripts/bench_ringmatmul.py --m 256 --k 1024 --n 4096 --secure --json
+    python -m research.bench_ringmatmul --m 256 --k 1024 --n 4096 --secure --json
 
 ``--secure`` times the *secret* product instead: owner-shared X [m x k] times
 server-shared W [k x n] in a local three-process session (owner, server, dealer),
@@ -27,15 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from mpc.ring import ring_matmul  # noqa: E402
+from mpc.ring import ring_matmul
 
 
 # (batch, m, k, n): small to large, square, narrow, long-K, and SmolLM2-135M-like

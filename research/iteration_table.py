@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """The four-row per-iteration comparison (issue: baselines under MPC) next to the paper's figures.
 
-    scripts/iteration_table.py --sft FILE --prompt-grad FILE --fot-softmax FILE --fot-rfa FILE
+    python -m research.iteration_table --sft FILE --prompt-grad FILE --fot-softmax FILE --fot-rfa FILE
         [--out reports/iteration_table_seq512.json]
 
-Inputs: ``scripts/bench_seqfit.py`` reports for the gradient methods (bytes and rounds at the target
-length computed exactly; times as measured at the longest length run, plus the Adam step) and ``scripts/bench_iteration.py`` reports for the
+Inputs: ``research/bench_seqfit.py`` reports for the gradient methods (bytes and rounds at the target
+length computed exactly; times as measured at the longest length run, plus the Adam step) and ``secptune bench iteration`` reports for the
 forward-only methods (measured at the target length).  Writes JSON and prints a Markdown table with
 our figures, the paper's, and both ratios against forward-only RFA.
 """
@@ -17,9 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_iteration import full_depth  # noqa: E402
+from secptune.bench.iteration import full_depth
 
 # SecP-Tuning (arXiv 2506.15307), RoBERTa-large, seq 512, per iteration: seconds, GB
 PAPER = {

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Plaintext accuracy of the gradient baselines: full fine-tuning (SFT) and gradient prompt tuning.
 
-    scripts/baseline_accuracy.py [--tasks sst2 agnews yelp mrpc rte] [--model smollm2] [--k 16] [--seed 42]
+    python -m research.baseline_accuracy [--tasks sst2 agnews yelp mrpc rte] [--model smollm2] [--k 16] [--seed 42]
         [--methods sft prompt-grad zero-shot] [--epochs-sft 5] [--epochs-prompt 8] [--test-limit 200]
         [--out reports/baseline_accuracy.json]
 
@@ -31,16 +30,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from secptune.arch import arch_from_config  # noqa: E402
-from secptune.checkpoints import load_config, load_tokenizer, resolve_model  # noqa: E402
-from secptune.infer import pad_token  # noqa: E402
-from secptune.inputs import Template, encode, verbalizer_ids  # noqa: E402
-from secptune.tasks import TASKS, get_task  # noqa: E402
-from secptune.tune import TuneConfig, metric  # noqa: E402
-from secptune.tune_job import task_examples  # noqa: E402
+from secptune.arch import arch_from_config
+from secptune.checkpoints import load_config, load_tokenizer, resolve_model
+from secptune.infer import pad_token
+from secptune.inputs import Template, encode, verbalizer_ids
+from secptune.tasks import TASKS, get_task
+from secptune.tune import TuneConfig, metric
+from secptune.tune_job import task_examples
 
 METHODS = ("zero-shot", "sft", "prompt-grad")
 LR = {"sft": 5e-5, "prompt-grad": 1e-2}

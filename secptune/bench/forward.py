@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
-"""Time and count one secure (or plaintext) forward pass of a model.
+"""Time and count one secure (or plaintext) forward pass of a model: ``secptune bench forward``.
 
-    python scripts/bench_forward.py --model roberta-large-shape --seq 512 --batch 1 \\
+    secptune bench forward --model roberta-large-shape --seq 512 --batch 1 \\
         --mode secure --attention softmax --layers 1 --json
 
 Models: a built-in name (tiny-llama, tiny-roberta, tiny-bert, smollm2), a local
@@ -40,39 +39,35 @@ up (weights shared and, by default, masked once; texts embedded):
 
 ``--no-fixed-weights`` turns off the fixed weight masks (mpc.fixed_weights), i.e.
 CrypTen's Beaver products that open a weight-sized matrix per product: the
-"before" figures.
+"before" figures.  The report also records its command, git revision and machine
+(secptune.bench.common).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
+import mpc  # noqa: F401  (CrypTen import shim)
+from mpc import accounting, approx, costmodel
+from secptune.bench.common import RING_MATMUL_ENV, BenchError, provenance
+from secptune.bench.options import ROBERTA_LARGE
+from secptune.batch import Batch, population_inputs
+from secptune.server.prepare import prepare_server_model
+from secptune.nonlinear import Nonlinear
+from secptune.transformer import Transformer
 
-import mpc  # noqa: E402,F401  (CrypTen import shim)
-from mpc import accounting, approx, costmodel  # noqa: E402
-from secptune.errors import SecptuneError  # noqa: E402
-
-ROBERTA_LARGE = "roberta-large-shape"
 ROBERTA_LARGE_SHAPE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
     max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
     layer_norm_eps=1e-5, hidden_act="gelu",
 )
 OPS = ("linear", "attention", "norm", "activation")
-
-
-class BenchError(SecptuneError):
-    """A benchmark setting that cannot run here; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +128,6 @@ def build_model(spec: ModelSpec):
 
 def make_inputs(arch, seq: int, batch: int, prompt_len: int, seed: int):
     """The owner's plaintext inputs: a Batch of random tokens, and a 2-word verbalizer."""
-    from secptune.transformer import Batch
-
     if prompt_len + 2 > seq:
         raise BenchError(f"--seq {seq} is too short for a {prompt_len}-token prompt")
     limit = arch.max_positions - len(arch.prefix_tokens)
@@ -178,12 +171,11 @@ def attention_config(args):
 def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 3) -> tuple[torch.Tensor, float]:
     """Scores and wall time (best of ``repeat``) of the plaintext forward with the secure
     run's approximations."""
-    from secptune.transformer import Nonlinear, Transformer, population_inputs, server_weights
-
     model = build_model(spec)
-    arch, weights, attention = server_weights(model, attention)
+    server = prepare_server_model(model, attention)
+    arch, weights, attention = server.arch, server.weights, server.attention
     del model
-    net = Transformer(arch, weights, Nonlinear(exact=False, attention=attention))
+    net = Transformer(arch, weights, Nonlinear(attention=attention))
     with torch.no_grad():
         head = net.label_head(verbalizer)
         embeds = net.embed_tokens(inputs.token_onehot, inputs.type_onehot)
@@ -235,8 +227,6 @@ def _diff(before: dict, after: dict, attempts: int) -> dict:
 
 def _session_class():
     from secptune.secure import SecureSession
-    from secptune.transformer import Transformer
-
     class BenchSession(SecureSession):
         """SecureSession that records each forward's traffic and can drop to k layers."""
 
@@ -488,58 +478,15 @@ def run(args) -> dict:
     return out
 
 
-def machine_info() -> dict:
-    """The machine a report was measured on (timings depend on it; bytes do not)."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help=f"built-in name, checkpoint directory, or {ROBERTA_LARGE}")
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--mode", default="secure", choices=("secure", "plain"))
-    p.add_argument("--attention", default="softmax", choices=("softmax", "rfa"))
-    p.add_argument("--features", default="positive", help="RFA feature map: positive or fourier")
-    p.add_argument("--num-features", type=int, default=64, help="RFA random features per head")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--layers", type=int, default=None, help="run only the first N layers (and extrapolate)")
-    p.add_argument("--vocab", type=int, default=4096, help=f"vocabulary of {ROBERTA_LARGE}")
-    p.add_argument("--prompt-len", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plain-repeat", type=int, default=3, help="plain forward: best of this many runs")
-    p.add_argument("--no-fixed-weights", action="store_true", help="CrypTen's Beaver products (the 'before')")
-    p.add_argument("--range-samples", type=int, default=256,
-                   help="sampled range check: inputs tested per ranged call (0: no check; mpc.approx.ApproxConfig)")
-    p.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds before the secure run is stopped")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the JSON to this file")
-    args = p.parse_args(argv)
-    try:
-        result = run(args)
-    except SecptuneError as exc:
-        print(f"bench_forward: {exc}", file=sys.stderr)
-        return 2
-    kernel = os.environ.get("MPC_RING_MATMUL")
-    result["command"] = (f"MPC_RING_MATMUL={kernel} " if kernel else "") + "scripts/bench_forward.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+def main(args, command: str) -> int:
+    """``secptune bench forward``: measure, add the report's provenance, print (and write) the JSON."""
+    result = run(args)
     # which kernel every party's int64 products used (mpc.ring: auto keeps torch's on the CPU)
-    result["ring_matmul"] = kernel or "auto"
-    result["machine"] = machine_info()
+    result["ring_matmul"] = os.environ.get(RING_MATMUL_ENV) or "auto"
+    result.update(provenance(command))
     text = json.dumps(result, indent=None if args.json else 2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

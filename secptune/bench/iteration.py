@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """One tuning iteration under MPC, per method: forward-only tuning against the gradient baselines.
 
-    scripts/bench_iteration.py --method sft|prompt-grad|fot-softmax|fot-rfa --model NAME|roberta-large-shape
+    secptune bench iteration --method sft|prompt-grad|fot-softmax|fot-rfa --model NAME|roberta-large-shape
         --seq N [--batch B] [--layers L] --json [--out FILE]
 
 * ``fot-rfa`` / ``fot-softmax``: the product's iteration for one candidate — one secure forward
-  (fixed weight masks, MPC-friendly approximations; scripts/bench_forward.py does the measuring);
+  (fixed weight masks, MPC-friendly approximations; secptune.bench.forward does the measuring);
   there is no backward pass.
 * ``sft`` / ``prompt-grad``: one training step of the baselines (secptune.baseline) in a
   ``native`` session — forward, backward (CrypTen's autograd) and an Adam step on shares; ``sft``
@@ -16,26 +15,24 @@ JSON: ``method``, ``bytes`` (the larger of the owner's and the server's online b
 per party, and, with ``--layers L`` below the model's depth, ``extrapolation``: the same
 measurements with L and L + 1 layers (the gradient methods) or L and 0 layers (forward only), per
 layer = the difference, full model = the L-layer run + (depth − L) × per layer.  Bytes and rounds
-are exact; times are this machine's.
+are exact; times are this machine's.  Also ``command``, ``git_revision`` and ``machine``
+(secptune.bench.common).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from secptune.bench import forward as bf
+from secptune.bench.common import BenchError, provenance
+from secptune.bench.options import METHODS
 
-import bench_forward as bf  # noqa: E402
-
-METHODS = ("sft", "prompt-grad", "fot-softmax", "fot-rfa")
 PHASES = ("forward", "backward", "step")
 
 
@@ -164,44 +161,21 @@ def forward_method(args) -> dict:
 
 def run(args) -> dict:
     if args.method not in METHODS:
-        raise bf.BenchError(f"--method must be one of {', '.join(METHODS)}")
+        raise BenchError(f"--method must be one of {', '.join(METHODS)}")
+    if args.layers is not None and args.layers < 1:
+        raise BenchError("--layers must be at least 1")
     out = forward_method(args) if args.method.startswith("fot-") else gradient_method(args)
-    kernel = os.environ.get("MPC_RING_MATMUL")
-    out.update(model=args.model, seq=args.seq, batch=args.batch, machine=bf.machine_info())
-    out["command"] = (f"MPC_RING_MATMUL={kernel} " if kernel else "") + "scripts/bench_iteration.py " + " ".join(sys.argv[1:])
+    out.update(model=args.model, seq=args.seq, batch=args.batch)
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--model", required=True, help=f"built-in name, checkpoint directory, or {bf.ROBERTA_LARGE}")
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--layers", type=int, help="run the first L layers (and L+1, or 0) and extrapolate to the full depth")
-    p.add_argument("--prompt-len", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096, help=f"{bf.ROBERTA_LARGE} only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-step", action="store_true", help="gradient methods: stop after the backward pass (no Adam step)")
-    p.add_argument("--timeout", type=float, default=6 * 3600.0)
-    p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--out", help="also write the JSON report here")
-    args = p.parse_args(argv)
-    if args.layers is not None and args.layers < 1:
-        print("--layers must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        out = run(args)
-    except bf.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def main(args, command: str) -> int:
+    """``secptune bench iteration``: measure, add the report's provenance, print (and write) the JSON."""
+    out = run(args)
+    out.update(provenance(command))
     text = json.dumps(out, indent=None if args.json else 2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.json or not args.out:
         print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

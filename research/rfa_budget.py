@@ -13,27 +13,22 @@ against exact softmax on the same examples, and applies a rule stated before the
 The tolerance is half of issue 3's 1-point line: a 500-example validation sample moves by
 about a point between samples, so a budget that only just passes on validation would be a
 coin flip on test.  Writes ``reports/rfa_budget.json``; confirm the pick on the test set
-with ``scripts/rfa_fidelity.py``.
+with ``python -m research.rfa_fidelity``.
 
-Usage: python scripts/rfa_budget.py [--budgets 0.08,0.11,0.15] [--limit 500] [--tolerance 0.005]
+Usage: python -m research.rfa_budget [--budgets 0.08,0.11,0.15] [--limit 500] [--tolerance 0.005]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import mpc  # noqa: E402,F401
-from rfa.config import DEFAULT_RFA  # noqa: E402
-from rfa_fidelity import TASKS, accuracy  # noqa: E402
+import mpc  # noqa: F401
+from research.rfa_fidelity import ROOT, TASKS, accuracy
+from rfa.config import DEFAULT_RFA
 
 
 def pick(results: dict, budgets: list[float], tolerance: float) -> float | None:
@@ -54,16 +49,15 @@ def main() -> None:
     budgets = sorted(float(b) for b in args.budgets.split(","))
 
     from secptune.checkpoints import load_hf_model, resolve_model
-    from secptune.feature_fit import choice_record
-    from secptune.transformer import server_weights
+    from secptune.server.prepare import prepare_server_model
 
     model = load_hf_model(resolve_model("smollm2"))
     started = time.perf_counter()
     configs, choices = {}, {}
     for b in budgets:  # the server's choice per budget (per-layer damage cached: a bisection each)
-        _, _, resolved = server_weights(model, replace(DEFAULT_RFA, auto_kl=b))
-        configs[f"kl{b}"] = resolved
-        record = choice_record(resolved)  # this process's server made it (auto_kl is set)
+        server = prepare_server_model(model, replace(DEFAULT_RFA, auto_kl=b))
+        configs[f"kl{b}"] = server.attention
+        record = server.choice  # made by the server (auto_kl is set)
         choices[f"kl{b}"] = {"rfa_layers": record["rfa_layers"], "public_kl": record["kl"]}
         print(f"budget {b}: RFA in {record['rfa_layers']} (public KL {record['kl']:.4f})", flush=True)
     results = accuracy(model, configs, args.limit, split="validation")

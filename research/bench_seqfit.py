@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Bytes and rounds of a gradient baseline's iteration at a long sequence, computed exactly from short runs.
 
-    scripts/bench_seqfit.py --method sft|prompt-grad --model roberta-large-shape [--fit 16 32 64 128]
+    python -m research.bench_seqfit --method sft|prompt-grad --model roberta-large-shape [--fit 16 32 64 128]
         [--check 256] [--target 512] [--layers 1] [--step-from REPORT] [--keep DIR] --out FILE
 
 Why: a 512-token SFT or gradient-prompt-tuning iteration under MPC takes hours on a small CPU, but its
@@ -13,7 +12,7 @@ are a_m + b·int(ln n).  The script measures forward + backward (``--no-step``) 
 solves for the unknowns exactly in rational arithmetic, **checks the prediction against the ``--check``
 runs** (exit 1 if any byte or round count differs) and predicts ``--target``.  The Adam step's cost
 depends on the trained tensors' sizes only; ``--step-from`` adds it from a full run
-(``bench_iteration.py`` without ``--no-step``).  Times are data-independent too but not exact on a
+(``secptune bench iteration`` without ``--no-step``).  Times are data-independent too but not exact on a
 shared machine: the report gives them as measured per length, with no extrapolation.
 """
 
@@ -26,9 +25,9 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_iteration as bi  # noqa: E402
+from research import command
+from secptune.bench import iteration as bi
+from secptune.bench.common import provenance
 
 ROLES = ("owner", "server")
 PHASES = ("forward", "backward")
@@ -165,8 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=6 * 3600.0)
-    p.add_argument("--step-from", help="a full bench_iteration report whose Adam step is added")
-    p.add_argument("--keep", help="directory for each run's bench_iteration report (reused when present)")
+    p.add_argument("--step-from", help="a full `secptune bench iteration` report whose Adam step is added")
+    p.add_argument("--keep", help="directory for each run's `secptune bench iteration` report (reused when present)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     for n in args.fit + args.check + [args.target]:
@@ -181,8 +180,7 @@ def main(argv=None) -> int:
     out = {
         "method": args.method, "model": args.model, "layers_run": args.layers, "fit": fit, "step": step,
         "target_row": table_row(fit, step), "measured": {str(n): m for n, m in measured.items()},
-        "command": "scripts/bench_seqfit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": bi.bf.machine_info(),
+        **provenance(command("research.bench_seqfit", argv)),
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     row = out["target_row"]

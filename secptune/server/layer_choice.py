@@ -13,29 +13,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from tqdm import tqdm
 
 from mpc import approx
 from rfa.config import AttentionConfig
+from secptune.server.public_text import batches
+from secptune.nonlinear import ExactNonlinear, Nonlinear
+from secptune.transformer import Transformer
 
 
 def _log_probs(arch, weights, sequences, nonlinear) -> list[torch.Tensor]:
     """Per batch of public text: the model's output log-distribution at every position (float32)."""
-    from secptune.calibrate import batches
-    from secptune.transformer import Batch, Transformer
-
     model = Transformer(arch, weights, nonlinear)
     head = (weights["head.out"], weights.get("head.bias"))
-    out = []
     with torch.no_grad():
-        for ids in batches(sequences, arch):
-            h = weights["emb.word"][ids]
-            if arch.family == "causal":
-                h = model._causal(h)
-            else:
-                h = h + weights["emb.type"][0] if "emb.type" in weights else h
-                h = model._encoder(h, Batch(token_onehot=None, prompt=None, pred_onehot=None))
-            out.append(torch.log_softmax(model._score(h, head), -1).float())
-    return out
+        return [torch.log_softmax(model.score(model.hidden_of_ids(ids), head), -1).float() for ids in batches(sequences, arch)]
 
 
 def _kl(reference: list[torch.Tensor], other: list[torch.Tensor]) -> float:
@@ -49,17 +41,13 @@ def choose_layers(arch, weights, sequences, attention: AttentionConfig, damage: 
     ``{"rfa_layers", "kl", "damage", "order", "range_warnings", "budget"}``.  ``damage``: the
     per-layer KLs of an earlier choice on the same model and text (they do not depend on the
     budget, and cost one pass per layer)."""
-    from tqdm import tqdm
-
-    from secptune.transformer import Nonlinear
-
     base = replace(attention, auto_kl=None)
     layers = range(arch.layers)
-    reference = _log_probs(arch, weights, sequences, Nonlinear(exact=True))
+    reference = _log_probs(arch, weights, sequences, ExactNonlinear())
     warnings: dict[tuple, dict] = {}
 
     def kl_with(rfa: set[int]) -> float:
-        nl = Nonlinear(exact=False, cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
+        nl = Nonlinear(cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
         value = _kl(reference, _log_probs(arch, weights, sequences, nl))
         warnings[tuple(sorted(rfa))] = dict(nl.monitor.violations)
         return value

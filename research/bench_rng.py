@@ -1,16 +1,16 @@
-#!/usr/bin/env python3
 """What cryptographic masks cost: AES-256-CTR keystreams vs CrypTen's Mersenne Twister, in one run.
 
-    python scripts/bench_rng.py --out reports/bench_rng.json \\
+    python -m research.bench_rng --out reports/bench_rng.json \\
         -- --model roberta-large-shape --seq 512 --batch 1 --attention rfa --layers 1
 
 1. Throughput: 64-bit ring elements per second from ``mpc.prg.Stream`` (AES-256-CTR,
    OpenSSL) and from ``torch.randint`` over the full int64 range on a ``torch.Generator``
    (what CrypTen used), best of ``--repeat`` draws of ``--elements`` each, this process.
-2. The same secure forward (``scripts/bench_forward.py`` with the arguments after ``--``),
+2. The same secure forward (``secptune bench forward`` with the arguments after ``--``),
    ``--pairs`` times alternately: with the real streams, and with the Mersenne Twister swapped
    in by the test-only switch (``SECPTUNE_TEST_ONLY_RNG=mt19937``); with ``--baseline DIR`` (a
-   checkout of an older commit) also that code's forward in each round.  Reports each run's
+   checkout of an older commit) also that code's forward in each round (its
+   ``scripts/bench_forward.py`` when it predates ``secptune bench``).  Reports each run's
    wall time and traffic, the ratio of the fastest runs, and whether online bytes and rounds
    are identical.
 """
@@ -20,14 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from mpc import prg
+from research import command
+from secptune.bench.common import SOURCE_ROOT as ROOT
+from secptune.bench.common import git_revision, provenance
 
 
 def throughput(elements: int, repeat: int) -> dict:
@@ -59,14 +61,17 @@ def throughput(elements: int, repeat: int) -> dict:
 
 
 def forward(args: list[str], rng: str | None, root: Path = ROOT) -> dict:
+    """The secure forward of the code in checkout ``root`` (its own benchmark command), masks from ``rng``."""
     env = dict(os.environ)
-    env.pop("SECPTUNE_TEST_ONLY_RNG", None)
+    env.pop(prg.TEST_ONLY_ENV, None)
     if rng:
-        env["SECPTUNE_TEST_ONLY_RNG"] = rng
-    env["PYTHONPATH"] = str(root)
+        env[prg.TEST_ONLY_ENV] = rng
+    env["PYTHONPATH"] = str(root)  # the child runs that checkout's code
+    legacy = root / "scripts" / "bench_forward.py"  # checkouts from before `secptune bench`
+    bench = [str(legacy)] if legacy.is_file() else ["-m", "secptune", "bench", "forward"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "forward.json"
-        cmd = [sys.executable, str(root / "scripts" / "bench_forward.py"), *args, "--mode", "secure", "--json", "--out", str(out)]
+        cmd = [sys.executable, *bench, *args, "--mode", "secure", "--json", "--out", str(out)]
         print(f"bench_rng: {rng or 'aes-ctr'} ({root}): {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=root)
         return json.loads(out.read_text())
@@ -94,15 +99,10 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=1, help="forward runs per arm, alternating (best is compared)")
     p.add_argument("--baseline", metavar="DIR", help="a checkout of an older commit: its forward too")
     p.add_argument("--new-only", default="", metavar="ARGS",
-                   help="bench_forward options for this checkout only (the baseline does not know them)")
-    p.add_argument("forward_args", nargs="*", help="arguments for scripts/bench_forward.py (after --)")
+                   help="`secptune bench forward` options for this checkout only (the baseline does not know them)")
+    p.add_argument("forward_args", nargs="*", help="arguments for `secptune bench forward` (after --)")
     args = p.parse_args()
-    report = {
-        "command": " ".join(["scripts/bench_rng.py", *sys.argv[1:]]),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
-        "throughput": throughput(args.elements, args.repeat),
-    }
+    report = {**provenance(command("research.bench_rng")), "throughput": throughput(args.elements, args.repeat)}
     if args.forward_args:
         arms = {"aes_ctr": (None, ROOT), "mersenne_twister": ("mt19937", ROOT)}
         if args.baseline:
@@ -117,8 +117,7 @@ def main() -> int:
         report["forward"]["wall_ratio_aes_over_mt"] = round(best["aes_ctr"] / best["mersenne_twister"], 3)
         report["forward"]["online_identical_aes_mt"] = _online(runs["aes_ctr"][0]) == _online(runs["mersenne_twister"][0])
         if args.baseline:
-            report["forward"]["baseline_dir_commit"] = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=args.baseline, capture_output=True, text=True).stdout.strip()
+            report["forward"]["baseline_dir_commit"] = git_revision(Path(args.baseline).resolve())[0]
             report["forward"]["wall_ratio_aes_over_baseline"] = round(best["aes_ctr"] / best["baseline"], 3)
             report["forward"]["online_identical_to_baseline"] = _online(runs["aes_ctr"][0]) == _online(runs["baseline"][0])
     text = json.dumps(report, indent=1)
@@ -129,5 +128,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The data owner's inputs to one forward pass: plain data types, no MPC.
+
+A :class:`Batch` holds plaintext tensors on the owner's side and secret shares
+inside a secure session; nothing here depends on which (this module imports
+neither CrypTen nor the protocol layer, so input handling stays light).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class OneHot:
+    """One-hot rows [*ids, size] kept as indices (-1: an all-zero row).
+
+    A test set of SmolLM2 inputs as dense float64 one-hots would take tens of GB;
+    plaintext runs look rows up by index, secure runs materialise one batch at a
+    time just before sharing it (:meth:`double`).
+    """
+
+    def __init__(self, ids: torch.Tensor, size: int):
+        self.ids, self.size_ = ids.long(), size
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.ids.shape, self.size_))
+
+    def double(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=torch.float64, device=self.ids.device)
+        present = self.ids >= 0
+        out[present, self.ids[present]] = 1.0
+        return out
+
+    def __matmul__(self, table):
+        return self.double() @ table
+
+
+@dataclass
+class Batch:
+    """The data owner's inputs for one forward pass (plaintext or shares).
+
+    token_onehot  [B, n, V]  one-hot token ids (zero rows at prompt slots)
+    prompt        [B, P, H]  prompt embeddings, placed at positions
+                             prompt_start .. prompt_start + P - 1 (public layout)
+    pred_onehot   [B, n]     1 at the position whose output is scored
+    key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
+    type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
+    """
+
+    token_onehot: object
+    prompt: object
+    pred_onehot: object
+    key_penalty: object = None
+    type_onehot: object = None
+    prompt_start: int = 0
+
+
+def population_inputs(text_embeds, text_batch: Batch, prompts):
+    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r."""
+    R, P, H = prompts.size(0), prompts.size(1), prompts.size(2)
+    B = text_embeds.size(0)
+    penalty = text_batch.key_penalty
+    batch = Batch(
+        token_onehot=None,
+        prompt=prompts.unsqueeze(1).expand(R, B, P, H).reshape(R * B, P, H),
+        pred_onehot=text_batch.pred_onehot.repeat(R, 1),
+        key_penalty=None if penalty is None else penalty.repeat(R, 1),
+        prompt_start=text_batch.prompt_start,
+    )
+    return text_embeds.repeat(R, 1, 1), batch

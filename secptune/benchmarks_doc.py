@@ -1,0 +1,879 @@
+"""BENCHMARKS.md, generated from the measurement reports in ``reports/``.
+
+Every figure in BENCHMARKS.md comes from a report file, so the document cannot
+drift from the measurements: ``secptune benchmarks`` rewrites it, and
+``secptune benchmarks --check`` (CI) fails while the committed file differs from
+what the reports say.  Each table names its report(s), the machine recorded in
+them ("not recorded" when a report has no ``machine`` field) and the command that
+produced them when the report records one.  A section whose reports are absent
+says so instead of disappearing.  The history of how the figures came about is
+in docs/history.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+from mpc import costmodel
+from secptune.errors import SecptuneError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPORTS = ROOT / "reports"
+DEFAULT_OUT = ROOT / "BENCHMARKS.md"
+NOT_RECORDED = "not recorded"
+OPS = ("linear", "attention", "norm", "activation", "other")
+LINKS = {link.name: link for link in costmodel.LINKS}
+# Owner-side rounds per dealer request (send request, receive size, receive data): how
+# netbench counts the dealer's synchronous round trips in its "+ dealer" model.
+DEALER_REQUEST_ROUNDS = 3
+
+
+class ReportError(SecptuneError):
+    """A report in reports/ cannot be read or lacks a field the document needs."""
+
+
+class Report(dict):
+    """One parsed report and the name it is cited by (``reports/<relative path>``)."""
+
+    def __init__(self, name: str, data: dict):
+        super().__init__(data)
+        self.name = name
+
+
+class Reports:
+    """The report directory; every file is parsed once, and a bad file names itself."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ReportError(f"no report directory {self.root}: give --reports DIR (the checkout's reports/)")
+        self._cache: dict[str, Report] = {}
+
+    def _cite(self, path: Path) -> str:
+        return "reports/" + path.relative_to(self.root).as_posix()
+
+    def get(self, rel: str) -> Report | None:
+        """The report at ``rel`` (a JSON object), or None when the file is absent."""
+        path = self.root / rel
+        if not path.is_file():
+            return None
+        if rel not in self._cache:
+            try:
+                data = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ReportError(f"{self._cite(path)} is not valid JSON ({exc}); fix or remove it") from exc
+            if not isinstance(data, dict):
+                raise ReportError(f"{self._cite(path)} is not a JSON object; fix or remove it")
+            self._cache[rel] = Report(self._cite(path), data)
+        return self._cache[rel]
+
+    def lines(self, rel: str) -> list[Report]:
+        """The records of a JSON-lines report, or [] when the file is absent."""
+        path = self.root / rel
+        if not path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                raise ReportError(f"{self._cite(path)} line {number} is not valid JSON ({exc}); fix or remove it") from exc
+            records.append(Report(f"{self._cite(path)} line {number}", data))
+        return records
+
+    def glob(self, pattern: str) -> list[Report]:
+        """Every JSON report matching ``pattern``, sorted by path."""
+        return [self.get(p.relative_to(self.root).as_posix()) for p in sorted(self.root.glob(pattern)) if p.is_file()]
+
+
+@contextmanager
+def reading(report: Report):
+    """Turn a missing or mistyped field into an error that names the report."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError) as exc:
+        raise ReportError(f"{report.name}: missing or malformed field ({type(exc).__name__}: {exc}); "
+                          "re-run the benchmark that wrote it") from exc
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def machine_text(report: dict) -> str:
+    """The report's ``machine`` field in words, or "not recorded"."""
+    machine = report.get("machine")
+    if not machine:
+        return NOT_RECORDED
+    if not isinstance(machine, dict):
+        return str(machine)
+    words = []
+    for key, value in machine.items():
+        if key in ("cpu_count", "cpus"):
+            words.append(f"{value} CPUs")
+        elif key in ("processor", "platform", "cpu_capability", "gpu", "device"):
+            words.append(str(value))
+        elif key == "load_avg_1m":
+            words.append(f"load {value}")
+        elif key == "load_avg" and isinstance(value, list):
+            words.append("load " + "/".join(f"{v:.1f}" for v in value))
+        else:
+            words.append(f"{key} {value}")
+    return ", ".join(words)
+
+
+def link_words() -> str:
+    return "; ".join(f"{l.name} {l.bandwidth_bps / 1e6:g} Mbit/s, {l.latency_s * 1e3:g} ms one-way" for l in LINKS.values())
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def sources(reports: list[Report]) -> list[str]:
+    """One line per report: its name, machine and, where recorded, its code revision and command."""
+    out = []
+    for r in reports:
+        line = f"- `{r.name}` — machine: {machine_text(r)}"
+        revision = r.get("git_revision") or r.get("git")
+        if revision:
+            line += f"; revision {revision}" + (" with uncommitted changes" if r.get("git_dirty") else "")
+        command = r.get("command")
+        if command:
+            line += f"; command: `{command}`"
+        out.append(line)
+    return out + [""]
+
+
+def num(n) -> str:
+    return f"{int(round(n)):,}"
+
+
+def mb(n) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def gb(n) -> str:
+    return f"{n / 1e9:,.2f}"
+
+
+def sec(s) -> str:
+    return f"{s:,.1f}" if s < 1000 else f"{s:,.0f}"
+
+
+def ratio(x) -> str:
+    return f"{x:,.1f}×"
+
+
+def score(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def points(new, old) -> str:
+    return f"{(new - old) * 100:+.1f}"
+
+
+def warnings_total(counts: dict | None) -> str:
+    return num(sum(counts.values())) if counts else "0"
+
+
+def stem(report: Report, prefix: str) -> str:
+    return Path(report.name).stem.removeprefix(prefix)
+
+
+def absent(what: str) -> list[str]:
+    return [f"No report in reports/ ({what}).", ""]
+
+
+# ---------------------------------------------------------------- forward cost
+
+
+def forward_scope(r: Report) -> tuple[str, dict, dict, dict, float]:
+    """(scope, comm, ops, links_s, wall_s) of a bench_forward report: the full-model
+    extrapolation when the run had --layers, else the measured forward."""
+    ext = r.get("extrapolation")
+    if ext:
+        total = ext["total"]
+        scope = f"{ext['layers']} layers (extrapolated from {r['layers_run']})"
+        comm = {p: total["comm"][p] for p in ("owner", "server", "dealer")}
+        return scope, comm, total["ops"], total["links_s"], total["wall_s"]
+    comm = {"owner": r["comm"]["owner"], "server": r["comm"]["server"]["online"], "dealer": r["comm"]["dealer"]}
+    return f"{r['layers_run']} layers (measured)", comm, r["ops"], r["links_s"], r["wall_s"]
+
+
+def config_text(r: Report) -> str:
+    att = r["attention"]
+    words = [att["kind"] if att["kind"] == "softmax" else f"RFA {att['features']} r={att['num_features']}"]
+    words.append("fixed masks" if r.get("fixed_weights") else "Beaver")
+    if r.get("ring_matmul"):
+        words.append(f"matmul {r['ring_matmul']}")
+    if "range_samples" in r:
+        words.append(f"range samples {r['range_samples']}")
+    return ", ".join(words)
+
+
+def section_forward(reports: Reports) -> list[str]:
+    runs = reports.glob("bench_forward_*.json")
+    out = [
+        "## Forward cost by op and link",
+        "",
+        "What does one secure forward pass cost? `bench_forward` runs one forward after the session is set up "
+        "(weights shared and masked once) and counts the bytes and rounds each party sent at the transport, per op. "
+        "With `--layers N` it also runs 0 layers and extrapolates to the full model (exact for bytes and rounds: "
+        "the layers are identical). \"Online\" is the owner↔server traffic each computing party sends (the server's "
+        "count; the owner sends the same plus its requests to the dealer); the dealer's traffic can be produced "
+        f"ahead of time. + LINK: the time `mpc.costmodel` adds for the online traffic on its links ({link_words()}). "
+        "Wall times depend on the machine and its load; bytes and rounds do not. "
+        "Reports named `_step1` … `_step5`, `_sigmoid`: the same command at earlier commits (docs/history.md).",
+        "",
+    ]
+    if not runs:
+        return out + absent("bench_forward_*.json")
+    rows = []
+    for r in runs:
+        with reading(r):
+            scope, comm, _, links, wall = forward_scope(r)
+            rows.append([f"`{stem(r, 'bench_forward_')}`", r["model"], f"{r['seq']} × {r['batch']}", config_text(r),
+                         scope, gb(comm["server"]["bytes"]), num(comm["server"]["rounds"]), gb(comm["dealer"]["bytes"]),
+                         sec(links["LAN"]), sec(links["WAN"]), sec(wall), f"{r['plain_wall_s']:.2f}",
+                         f"{r['rel_err']:.1e}", mb(r["setup"]["online"]["bytes"])])
+    out += ["### Whole forward", ""]
+    out += table(["report", "model", "seq × batch", "configuration", "scope", "online GB / party", "online rounds",
+                  "dealer GB", "+ LAN s", "+ WAN s", "secure wall s", "plain wall s (measured forward)",
+                  "rel. error vs oracle", "set-up online MB (the run's layers, once)"], rows)
+    out += ["", "Per layer, online MB / rounds per party by op (reports with `--layers`):", ""]
+    rows = []
+    for r in runs:
+        if not r.get("extrapolation"):
+            continue
+        with reading(r):
+            per = r["extrapolation"]["per_layer"]
+            cells = [f"{mb(per['ops'][op]['bytes'])} / {num(per['ops'][op]['rounds'])}" for op in OPS[:4]]
+            outside = r["extrapolation"]["outside_layers"]["comm"]["server"]
+            rows.append([f"`{stem(r, 'bench_forward_')}`", *cells, f"{mb(per['comm']['server']['bytes'])} / "
+                         f"{num(per['comm']['server']['rounds'])}", mb(per["comm"]["dealer"]["bytes"]),
+                         f"{mb(outside['bytes'])} / {num(outside['rounds'])}"])
+    out += table(["report", *OPS[:4], "total online", "dealer MB", "outside the layers (once per forward)"], rows)
+    out += ["", "### By op and link", "",
+            "Per report, each op's online bytes and rounds (scope as above), the dealer's bytes for it, the owner's "
+            "wall time in it, and what each link adds for its online traffic.", ""]
+    for r in runs:
+        with reading(r):
+            scope, _, ops, _, _ = forward_scope(r)
+            rows = []
+            for op in OPS:
+                o = ops[op]
+                added = {name: link.added_s(o["bytes"], o["rounds"]) for name, link in LINKS.items()}
+                rows.append([op, num(o["bytes"]), num(o["rounds"]), num(o["dealer_bytes"]), sec(o["wall_s"]),
+                             *(sec(added[name]) for name in LINKS)])
+        out += [f"`{stem(r, 'bench_forward_')}` — {r['model']}, {config_text(r)}, {scope}:", ""]
+        out += table(["op", "online bytes", "rounds", "dealer bytes", "wall s", *(f"+ {n} s" for n in LINKS)], rows)
+        out.append("")
+    return out + ["Sources:", ""] + sources(runs)
+
+
+def section_ringmatmul(reports: Reports) -> list[str]:
+    local = [r for r in reports.glob("bench_ringmatmul_*.json") if "secure" not in r]
+    secure = [r for r in reports.glob("bench_ringmatmul_*.json") if "secure" in r]
+    out = [
+        "## Exact Z_2^64 products: limbs vs torch's int64 kernel",
+        "",
+        "Is `mpc.ring`'s float64-limb product faster than the int64 matmul CrypTen uses? Local: one product of the "
+        "shape, best of the run's repeats, checked bit for bit (`exact`). Secure: an owner-shared matrix times a "
+        "server-shared one in a three-process session, every party's products on each kernel.",
+        "",
+    ]
+    if not local and not secure:
+        return out + absent("bench_ringmatmul_*.json")
+    rows = []
+    for r in local:
+        with reading(r):
+            rows.append([f"`{stem(r, 'bench_ringmatmul_')}`", " @ ".join("×".join(map(str, s)) for s in r["shape"]),
+                         r["threads"], f"{r['int64_s']:.3f}", f"{r['ring_s']:.3f}", f"{r['float64_s']:.3f}",
+                         ratio(r["speedup_vs_int64"]), r["exact"], r["load_avg_1m"]])
+    out += table(["report", "shape", "threads", "int64 s", "limbs s", "one float64 GEMM s", "limbs speed-up",
+                  "exact", "load"], rows) + [""]
+    rows = []
+    for r in secure:
+        with reading(r):
+            for kind in ("beaver", "fixed"):
+                rows.append([f"`{stem(r, 'bench_ringmatmul_')}`", kind, mb(r["secure"]["torch"][f"{kind}_online_bytes"]),
+                             f"{r['secure']['torch'][f'{kind}_s']:.2f}", f"{r['secure']['limbs'][f'{kind}_s']:.2f}",
+                             ratio(r["limbs_speedup_vs_int64"][kind]), r["load_avg_1m"]])
+    if rows:
+        out += table(["report", "product", "online MB / party", "int64 s", "limbs s", "limbs speed-up", "load"], rows)
+        out.append("")
+    return out + ["Sources:", ""] + sources(local + secure)
+
+
+# ---------------------------------------------------------------- security
+
+
+def section_security(reports: Reports) -> list[str]:
+    rng = reports.get("bench_rng.json")
+    check = reports.get("bench_forward_roberta-large-shape_L1_rfa_rangecheck.json")
+    out = [
+        "## Security: cryptographic masks and the range check",
+        "",
+        "What do the AES-256-CTR masks (`mpc.prg`) and the sampled range check cost? `bench_rng` times ring-element "
+        "draws and runs the same secure forward with the AES keystream, with torch's Mersenne Twister (test-only "
+        "switch) and with an older checkout (the baseline), alternating; bytes and rounds are per forward.",
+        "",
+    ]
+    if rng is None:
+        return out + absent("bench_rng.json")
+    with reading(rng):
+        t = rng["throughput"]
+        out += table(["ring elements drawn", "AES-256-CTR s", "AES GB/s", "Mersenne Twister s", "MT GB/s"],
+                     [[num(t["elements"]), f"{t['aes_ctr_s']:.3f}", f"{t['aes_ctr_gb_per_s']:.2f}",
+                       f"{t['mersenne_twister_s']:.3f}", f"{t['mersenne_twister_gb_per_s']:.2f}"]]) + [""]
+        fwd = rng["forward"]
+        labels = {"aes_ctr": "AES-256-CTR", "mersenne_twister": "Mersenne Twister",
+                  "baseline": f"baseline ({fwd.get('baseline_dir_commit', 'older checkout')})"}
+        rows = []
+        for key, label in labels.items():
+            f = fwd[key]
+            rows.append([label, ", ".join(f"{w:.1f}" for w in f["wall_s"]),
+                         f"{num(f['online']['owner']['bytes'])} / {num(f['online']['owner']['rounds'])}",
+                         f"{num(f['online']['server']['bytes'])} / {num(f['online']['server']['rounds'])}",
+                         f"{num(f['dealer']['bytes'])} / {num(f['dealer']['rounds'])}",
+                         gb(f["extrapolated_total"]["server"]["bytes"])])
+        out += table(["randomness", "forward wall s (each run)", "owner online bytes / rounds",
+                      "server online bytes / rounds", "dealer bytes / rounds", "full model online GB / party"], rows)
+        out += ["", f"Best-of-runs wall ratio AES / MT: {fwd['wall_ratio_aes_over_mt']}; AES / baseline: "
+                    f"{fwd['wall_ratio_aes_over_baseline']}. Online traffic identical AES vs MT: "
+                    f"{fwd['online_identical_aes_mt']}.", ""]
+    if check is not None:
+        with reading(check):
+            off = rng["forward"]["aes_ctr"]
+            owner_on = check["comm"]["owner"]["online"]
+            total_on = check["extrapolation"]["total"]["comm"]["owner"]["bytes"]
+            total_off = off["extrapolated_total"]["owner"]["bytes"]
+            rows = [
+                ["owner online bytes, 1-layer forward", num(off["online"]["owner"]["bytes"]), num(owner_on["bytes"]),
+                 f"{owner_on['bytes'] - off['online']['owner']['bytes']:+,}"],
+                ["owner online rounds, 1-layer forward", num(off["online"]["owner"]["rounds"]), num(owner_on["rounds"]),
+                 f"{owner_on['rounds'] - off['online']['owner']['rounds']:+,}"],
+                ["owner bytes, full model (extrapolated)", num(total_off), num(total_on),
+                 f"{total_on - total_off:+,.0f} ({(total_on / total_off - 1) * 100:+.1f} %)"],
+            ]
+        out += ["The sampled range check (default on), against the `--range-samples 0` AES run above "
+                "(same forward):", ""]
+        out += table(["", "range check off", f"on ({check['range_samples']} samples)", "difference"], rows)
+        out += ["", f"The range bit in this run: {check.get('range_event')}; secure vs oracle relative error "
+                    f"{check['rel_err']:.1e}.", ""]
+    return out + ["Sources:", ""] + sources([rng] + ([check] if check is not None else []))
+
+
+# ---------------------------------------------------------------- tuning
+
+
+def tune_row(r: Report) -> list:
+    """One run directory's report.json as a table row (API calls, accuracy, cost per call)."""
+    c, f, pc = r["config"], r["final"], r["per_call"]
+    mode = c["mode"] + (" exact" if c.get("exact") else "")
+    return [f"`{Path(r.name).parent.name}`", c["task"], mode, c["device"], f["metric"], num(r["totals"]["api_calls"]),
+            num(c["budget"]), c["prompt_len"], c["intrinsic_dim"], c["popsize"], c["alpha"],
+            score(f["test"]["zero_shot"]), score(f["test"]["tuned"]), points(f["test"]["tuned"], f["test"]["zero_shot"]),
+            f"{score(f['dev']['zero_shot'])} → {score(f['dev']['tuned'])}", f["best_generation"],
+            num(pc["latency_s"] * 1000), mb(pc["bytes"]), sec(r["totals"]["wall_s"])]
+
+
+TUNE_HEADER = ["run", "task", "mode", "device", "metric", "API calls", "budget", "prompt len", "d", "popsize", "α",
+               "test zero-shot", "test tuned", "gain (points)", "dev zero-shot → tuned", "best gen", "ms / call",
+               "owner MB / call", "wall s"]
+
+
+def tune_runs(reports: Reports, folder: str) -> tuple[list[str], list[Report]]:
+    runs = reports.glob(f"{folder}/*/report.json")
+    rows = []
+    for r in runs:
+        with reading(r):
+            rows.append(tune_row(r))
+    return (table(TUNE_HEADER, rows) + [""] if rows else absent(f"{folder}/*/report.json")), runs
+
+
+def same_search(a: Report, b: Report) -> bool:
+    keys = ("task", "model", "k", "seed", "prompt_len", "intrinsic_dim", "popsize", "alpha", "budget")
+    return all(a["config"].get(k) == b["config"].get(k) for k in keys)
+
+
+def secure_vs_oracle(runs: list[Report]) -> list[str]:
+    """Per-generation losses of each secure run beside the plain run of the same search (its oracle)."""
+    out = []
+    for sec_run in (r for r in runs if r["config"]["mode"] == "secure"):
+        oracle = next((r for r in runs if r["config"]["mode"] == "plain" and not r["config"].get("exact")
+                       and same_search(r, sec_run)), None)
+        if oracle is None:
+            continue
+        with reading(sec_run), reading(oracle):
+            plain = {g["gen"]: g for g in oracle["generations"]}
+            rows = [[g["gen"], f"{g['best_loss']:.5f}", f"{plain[g['gen']]['best_loss']:.5f}",
+                     f"{g['mean_loss']:.5f}", f"{plain[g['gen']]['mean_loss']:.5f}",
+                     f"{score(g.get('dev_accuracy'))} / {score(plain[g['gen']].get('dev_accuracy'))}"]
+                    for g in sec_run["generations"] if g["gen"] in plain]
+            slow = sec_run["per_call"]["latency_s"] / oracle["per_call"]["latency_s"]
+        out += [f"`{Path(sec_run.name).parent.name}` against its oracle `{Path(oracle.name).parent.name}` "
+                f"(same search; secure / plain time per API call: {ratio(slow)}):", ""]
+        out += table(["gen", "secure best loss", "plain best loss", "secure mean loss", "plain mean loss",
+                      "dev accuracy secure / plain"], rows) + [""]
+    return out
+
+
+def section_tuning(reports: Reports) -> list[str]:
+    out = [
+        "## Tuning accuracy per task",
+        "",
+        "Does forward-only tuning (CMA-ES over a prompt, `secptune tune`) beat zero-shot, and does the secure run "
+        "match its plaintext oracle? One API call is one candidate prompt scored on all training examples; test "
+        "and dev scores are the run's metric. `plain exact` is the unmodified model in float32; `plain` runs the "
+        "secure run's approximations in float64 (the oracle); `secure` is the MPC run. Curves: each run "
+        "directory's `curves.png`.",
+        "",
+        "### GPU runs (`reports/tune-gpu/`)",
+        "",
+    ]
+    text, gpu = tune_runs(reports, "tune-gpu")
+    out += text + ["### CPU runs (`reports/tune/`)", ""]
+    text, cpu = tune_runs(reports, "tune")
+    out += text + secure_vs_oracle(cpu)
+    return out + ["Sources (run directories: `report.json`, `report.md`, `curves.png`):", ""] + sources(gpu + cpu)
+
+
+def one_report(reports: Reports, rel: str, intro: list[str], body) -> list[str]:
+    """A section fed by one report: ``intro``, then ``body(report)``'s lines and the report's source line;
+    or ``intro`` and a line saying the report is absent."""
+    r = reports.get(rel)
+    if r is None:
+        return intro + absent(rel)
+    with reading(r):
+        lines = body(r)
+    return intro + lines + ["Sources:", ""] + sources([r])
+
+
+def baseline_accuracy_body(r: Report) -> list[str]:
+    rows = []
+    for task, t in r["tasks"].items():
+        cells = [f"{score(t[m]['test'])} ({t[m]['epochs']} ep, batch {t[m]['batch']}, best dev "
+                 f"{score(t[m]['best_dev'])})" for m in ("sft", "prompt-grad")]
+        rows.append([task, t["metric"], t["n_test"], score(t["zero-shot"]["test"]), *cells])
+    runs = [f"- `{run['command']}`" for run in r.get("runs", [])]
+    out = table(["task", "metric", "test n", "zero-shot", "sft", "prompt-grad"], rows) + [""]
+    return out + (["The runs that wrote it:", ""] + runs + [""] if runs else [])
+
+
+def section_baseline_accuracy(reports: Reports) -> list[str]:
+    intro = [
+        "### Gradient baselines in plaintext",
+        "",
+        "What do gradient methods reach on the same k-shot splits? Full fine-tuning (`sft`) and gradient prompt "
+        "tuning (`prompt-grad`) with Hugging Face in float32; the best dev state is tested. Each cell: test score "
+        "(epochs, batch, best dev).",
+        "",
+    ]
+    return one_report(reports, "baseline_accuracy.json", intro, baseline_accuracy_body)
+
+
+# ---------------------------------------------------------------- RFA fidelity
+
+
+def accuracy_rows(acc: dict, configs: list[str], baseline: str) -> list[list]:
+    rows = []
+    for name in configs:
+        cells = [f"`{name}`"]
+        for task in acc:
+            res = acc[task]["results"].get(name)
+            base = acc[task]["results"][baseline]["accuracy"]
+            if res is None:
+                cells += ["—", "—"]
+                continue
+            delta = "" if name == baseline else f" ({points(res['accuracy'], base)})"
+            cells += [f"{score(res['accuracy'])}{delta}", score(res.get("agreement_with_softmax"))]
+        cells.append(warnings_total(acc[next(iter(acc))]["results"].get(name, {}).get("range_warnings")))
+        rows.append(cells)
+    return rows
+
+
+def accuracy_header(acc: dict) -> list[str]:
+    cols = ["configuration"]
+    for task in acc:
+        cols += [f"{task} ({acc[task]['examples']} ex.)", "agree"]
+    return cols + [f"range warnings ({next(iter(acc))})"]
+
+
+def accuracy_table(acc: dict) -> list[str]:
+    """Accuracy per task of every configuration in ``acc``, against exact softmax."""
+    return table(accuracy_header(acc), accuracy_rows(acc, list(next(iter(acc.values()))["results"]), "softmax-exact"))
+
+
+def fidelity_body(fid: Report) -> list[str]:
+    out = accuracy_table(fid["accuracy"]) + [""]
+    rows = []
+    for name, errors in fid["layer_error"].items():
+        vals = [e for e in errors if e is not None]
+        rows.append([f"`{name}`", f"{len(vals)} of {len(errors)}", f"{sum(vals) / len(vals):.3g}",
+                     f"{min(vals):.3g} – {max(vals):.3g}"])
+    out += ["Per-layer attention error ‖RFA − softmax‖ / ‖softmax‖ on the same inputs (layers running "
+            "RFA with a defined output):", ""]
+    out += table(["configuration", "layers", "mean", "min – max"], rows) + [""]
+    rows = [[f"`{name}`", mb(c["attention_bytes"]), num(c["attention_rounds"]), mb(c["forward_bytes"]),
+             num(c["forward_rounds"])] for name, c in fid["mpc_cost"].items()]
+    out += ["Cost under MPC (tiny-llama secure forward, owner's online traffic):", ""]
+    out += table(["configuration", "attention MB", "attention rounds", "forward MB", "forward rounds"], rows) + [""]
+    for name, choice in fid.get("server_choice", {}).items():
+        out += [f"Server's choice for `{name}`: RFA in layers {', '.join(map(str, choice['rfa_layers']))} "
+                f"(KL budget {choice['budget']}, public KL {choice['kl']:.3f}).", ""]
+    rows = []
+    for task, t in fid.get("tuned", {}).items():
+        for a in (k for k in t if k not in ("settings", "cross", "zero_shot_from", "note")):
+            rows.append([task, a, t[a]["generations"], score(t[a]["test"]["zero_shot"]),
+                         score(t[a]["test"]["tuned"]), t[a].get("stopped") or "—"])
+        rows += [[task, f"cross: {k}", "", "", score(v), ""] for k, v in t["cross"].items()]
+    if rows:
+        out += ["After tuning (CMA-ES against each attention; prompts in `reports/rfa_tuned_prompts/`, "
+                "the run's log in `reports/rfa_tune_check.log`):", ""]
+        out += table(["task", "attention", "generations", "test zero-shot", "test tuned", "stopped"], rows) + [""]
+    return out + ["![per-layer error](reports/rfa_fidelity.png)", ""]
+
+
+def section_rfa(reports: Reports) -> list[str]:
+    intro = [
+        "## RFA fidelity",
+        "",
+        "How close is random-feature attention to the model's softmax attention, in accuracy and per layer, and "
+        "what does it cost? Accuracy is zero-shot in plain mode (the secure run's approximations in float64); "
+        "\"agree\" is the fraction of predictions equal to exact softmax's; range warnings count inputs outside an "
+        "approximation's range.",
+        "",
+        "### Zero-shot accuracy by attention configuration (`rfa_fidelity.json`)",
+        "",
+    ]
+    out = one_report(reports, "rfa_fidelity.json", intro, fidelity_body)
+    budget = ["### The default's KL budget, chosen on validation text (`rfa_budget.json`)", ""]
+    out += one_report(reports, "rfa_budget.json", budget, budget_body)
+    layers = ["### Which layers can run RFA: hybrids rfa-N (`rfa_layers.json`)", "",
+              "rfa-N runs fitted RFA in the N layers whose RFA changes the next-token distribution least on public "
+              "text, the secure run's softmax elsewhere.", ""]
+    out += one_report(reports, "rfa_layers.json", layers, layers_body)
+    activations = ["### Activation approximations (`activation_fidelity.json`)", "",
+                   "Zero-shot accuracy with SiLU/GeLU as the sigmoid chain or the one-opening Fourier series, "
+                   "softmax attention.", ""]
+    return out + one_report(reports, "activation_fidelity.json", activations, activations_body)
+
+
+def budget_body(r: Report) -> list[str]:
+    acc = r["accuracy"]
+    rows = accuracy_rows(acc, list(next(iter(acc.values()))["results"]), "softmax-exact")
+    for row in rows:
+        choice = r["choices"].get(row[0].strip("`"))
+        row[1:1] = [", ".join(map(str, choice["rfa_layers"])), f"{choice['public_kl']:.3f}"] if choice else ["—", "0"]
+    header = accuracy_header(acc)
+    header[1:1] = ["server's RFA layers", "public KL"]
+    out = [f"Split: {r['split']}. Rule: {r['rule']} (tolerance {r['tolerance']}); chosen budget: "
+           f"**{r['chosen_budget']}**.", ""]
+    return out + table(header, rows) + [""]
+
+
+def layers_body(r: Report) -> list[str]:
+    tasks = list(next(iter(r["configs"].values()))["accuracy"])
+    rows = []
+    for name, c in r["configs"].items():
+        cells = [f"`{name}`", f"{c['public_kl']:.4f}"]
+        for task in tasks:
+            cells += [score(c["accuracy"][task]["validation"]), score(c["accuracy"][task]["test"])]
+        rows.append(cells + [warnings_total(c.get("range_warnings"))])
+    header = ["configuration", "public KL"] + [f"{t} {s}" for t in tasks for s in ("val", "test")]
+    out = [f"Device: {r.get('device', NOT_RECORDED)}; {r['examples_per_split']} examples per split.", ""]
+    out += table(header + ["range warnings"], rows) + [""]
+    for key in ("rule_choice", "chosen"):
+        c = r[key]
+        out += [f"`{key}`: {c['count']} layers ({', '.join(map(str, c['rfa_layers']))}) — {c['rule']}.", ""]
+    rows = [[task, a, t[a]["generations"], score(t[a]["test"]["zero_shot"]), score(t[a]["test"]["tuned"])]
+            for task, t in r.get("tuned", {}).items() for a in t]
+    if rows:
+        out += table(["task", "attention", "generations", "test zero-shot", "test tuned"], rows) + [""]
+    return out + ["![layer damage](reports/rfa_layers.png)", ""]
+
+
+def activations_body(r: Report) -> list[str]:
+    acc = r["accuracy"]
+    dev = [[name, *(f"{acc[t]['results'][name]['max_score_deviation']:.3f}" for t in acc)]
+           for name in next(iter(acc.values()))["results"] if name != "softmax-exact"]
+    out = accuracy_table(acc) + ["", "Largest score deviation from the exact model:", ""]
+    out += table(["configuration", *acc], dev) + [""]
+    return out + [f"Calibrated activation bounds per layer: {', '.join(f'{b:g}' for b in r['act_bounds'])}.", ""]
+
+
+def smollm2_body(r: Report) -> list[str]:
+    out = table(["check", "result"], [
+        ["examples × prompt length, batch", f"{r['examples']} × {r['prompt_len']}, batch {r['batch_size']}"],
+        ["plain exact vs transformers (max abs)", f"{r['exact_vs_transformers_max_abs']:.1e}"],
+        ["plain approximate vs plain exact (max abs)", f"{r['approx_vs_exact_max_abs']:.3f}"],
+        ["secure vs plain approximate (max abs / max score)", f"{r['secure_vs_plain_rel']:.1e}"],
+        ["range warnings", warnings_total(r["range_warnings"])],
+        ["wall s: secure / plain approximate", f"{sec(r['secure_s'])} / {sec(r['plain_approx_s'])}"],
+    ]) + [""]
+    rows = [[p, gb(c["online"]["bytes"]), num(c["online"]["rounds"]), gb(c["dealer"]["bytes"]),
+             num(c["dealer"]["rounds"])] for p, c in r["comm"].items()]
+    return out + table(["party", "online GB", "online rounds", "dealer-channel GB", "dealer-channel rounds"], rows) + [""]
+
+
+def section_smollm2_check(reports: Reports) -> list[str]:
+    intro = ["### SmolLM2: secure vs oracle vs transformers (`smollm2_check.json`)", "",
+             "Real SST-2 sentences with a random prompt: plain exact against Hugging Face, the approximations "
+             "against exact, secure against the approximations (the bound is `tests/test_smollm2.py`'s).", ""]
+    return one_report(reports, "smollm2_check.json", intro, smollm2_body)
+
+
+# ---------------------------------------------------------------- deployment
+
+
+def busier_online(job: dict) -> tuple[int, int]:
+    online = [job["comm"][p]["online"] for p in ("owner", "server")]
+    return max(o["bytes"] for o in online), max(o["rounds"] for o in online)
+
+
+def netbench_table(records: list[Report]) -> list[str]:
+    """Measured wall time per setting beside the cost model's: the unemulated run plus the link's time for the
+    online traffic, and plus each dealer request as a synchronous round trip with the dealer's bytes."""
+    base = next((r for r in records if r["setting"] == "none"), None)
+    rows = []
+    for r in records:
+        with reading(r):
+            link = LINKS.get(r["setting"])
+            for i, (job, label) in enumerate((("infer", "forward (infer)"), ("tune", "1 generation (tune)"))):
+                j = r[job]
+                nbytes, rounds = busier_online(j)
+                requests = j["comm"]["owner"]["dealer"]["rounds"] / DEALER_REQUEST_ROUNDS
+                online = dealer = "—"
+                if link is not None and base is not None:
+                    start = base[job]["wall_s"] + link.added_s(nbytes, rounds)
+                    dealer_s = (requests * 2 * link.latency_s
+                                + r["dealer_runs"][i]["dealer"]["bytes"] * 8 / link.bandwidth_bps)
+                    online, dealer = sec(start), sec(start + dealer_s)
+                rows.append([r["setting"], r["emulation"], label, sec(j["wall_s"]), online, dealer,
+                             f"{mb(nbytes)} / {num(rounds)}", num(requests),
+                             f"{r['load_before']:.1f}–{r['load_after']:.1f}"])
+    return table(["setting", "emulation", "job", "measured s", "modelled s (online only)", "modelled s (+ dealer)",
+                  "online MB / rounds (busier party)", "dealer requests", "load"], rows)
+
+
+def section_deployment(reports: Reports) -> list[str]:
+    out = [
+        "## Deployment vs the cost model",
+        "",
+        "Does `mpc.costmodel` predict runs over real links? `scripts/netbench.sh` runs owner, server and dealer in "
+        "three network namespaces over the TLS transport (tiny-llama: one secure forward with `secptune infer`, "
+        "one tuning generation with `secptune tune`) under each setting's bandwidth and one-way delay. Modelled = "
+        "the run without emulation + the link's time for the online traffic (busier party); \"+ dealer\" also "
+        "counts each dealer request as a synchronous round trip plus the dealer's bytes.",
+        "",
+    ]
+    any_found = False
+    for name in ("netbench.jsonl", "netbench_loaded.jsonl"):
+        records = reports.lines(name)
+        if not records:
+            continue
+        any_found = True
+        out += [f"`reports/{name}` (machine: {machine_text(records[0])}; load: the column):", ""]
+        out += netbench_table(records) + [""]
+    return out + ([] if any_found else absent("netbench*.jsonl"))
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def out_path(command: str) -> str | None:
+    match = re.search(r"--out (?:reports/)?(\S+\.json)", command or "")
+    return match.group(1) if match else None
+
+
+def section_baselines(reports: Reports) -> list[str]:
+    out = [
+        "## Baselines: one tuning iteration under MPC",
+        "",
+        "What does one iteration of each method cost at 512 tokens (RoBERTa-large shape, 24 layers)? "
+        "`fot-rfa` / `fot-softmax`: the product's forward-only step (one secure forward); `prompt-grad` / `sft`: "
+        "gradient prompt tuning and full fine-tuning with CrypTen's autograd and Adam on shares (`secptune.baseline`). "
+        "Bytes are one computing party's online bytes; the gradient methods' 512-token bytes and rounds are solved "
+        "exactly from shorter runs (`bench_seqfit`), their times are measured at the length given. Paper columns: "
+        "the figures the iteration-table report carries for comparison.",
+        "",
+    ]
+    it = reports.get("iteration_table_seq512.json")
+    if it is None:
+        out += absent("iteration_table_seq512.json")
+    else:
+        rows = []
+        with reading(it):
+            for method, row in it["rows"].items():
+                rel = out_path(row.get("source"))
+                src = reports.get(rel) if rel else None
+                rows.append([method, gb(row["bytes"]), num(row["rounds"]), sec(row["forward_s"]),
+                             sec(row["backward_s"]), row["time_seq"], ratio(row["x_fot_rfa_bytes"]),
+                             f"{row['paper_s']} / {row['paper_gb']}", ratio(row["paper_x_fot_rfa_bytes"]),
+                             ratio(row["paper_over_ours_bytes"]),
+                             machine_text(src) if src is not None else NOT_RECORDED])
+        out += table(["method", "online GB / iteration", "rounds", "forward s", "backward + step s",
+                      "(times at seq)", "× fot-RFA bytes", "paper s / GB", "paper × fot-RFA", "paper ÷ ours (bytes)",
+                      "machine (row's source report)"], rows) + [""]
+        out += ["Sources:", ""] + sources([it])
+    return out + section_seqfit(reports) + section_iterations(reports)
+
+
+def section_seqfit(reports: Reports) -> list[str]:
+    fits = reports.glob("bench_seqfit_*.json")
+    out = ["### Exact bytes and rounds at 512 tokens from shorter runs (`bench_seqfit`)", "",
+           "Traffic depends on shapes only: the fit solves bytes and rounds per phase from the fit lengths and is "
+           "checked on lengths it never saw; \"all checks exact\" means every prediction equals the measured count "
+           "to the byte.", ""]
+    if not fits:
+        return out + absent("bench_seqfit_*.json")
+    rows = []
+    for r in fits:
+        with reading(r):
+            fit, t = r["fit"], r["target_row"]
+            rows.append([r["method"], ", ".join(map(str, fit["fit_lengths"])), ", ".join(map(str, fit["check_lengths"])),
+                         fit["all_checks_exact"], fit["target"], gb(t["forward"]["bytes"]), num(t["forward"]["rounds"]),
+                         gb(t["backward"]["bytes"]), num(t["backward"]["rounds"]), gb(r["step"]["bytes"]),
+                         gb(t["bytes"]), num(t["rounds"])])
+    out += table(["method", "fit at", "checked at", "all checks exact", "target seq", "forward GB", "forward rounds",
+                  "backward GB", "backward rounds", "optimizer step GB", "total GB", "total rounds"], rows)
+    return out + ["", "Sources (per-length runs in `reports/seqfit/`):", ""] + sources(fits)
+
+
+def section_iterations(reports: Reports) -> list[str]:
+    runs = reports.glob("bench_iteration_*.json")
+    out = ["### Measured iterations (`bench_iteration`), extrapolated to the full model", ""]
+    if not runs:
+        return out + absent("bench_iteration_*.json")
+    rows = []
+    for r in runs:
+        with reading(r):
+            total = r["extrapolation"]["total"]
+            rows.append([f"`{stem(r, 'bench_iteration_')}`", r["method"], r["seq"], gb(total["bytes"]),
+                         num(total["rounds"]), sec(total["forward_s"]), sec(total["backward_s"]),
+                         sec(total.get("step_s", 0.0))])
+    out += table(["report", "method", "seq", "online GB / iteration", "rounds", "forward s", "backward s", "step s"],
+                 rows)
+    return out + ["", "Sources:", ""] + sources(runs)
+
+
+# ---------------------------------------------------------------- headline and document
+
+
+def section_headline(reports: Reports) -> list[str]:
+    """The few figures a reader asks first, each from the report that measured it."""
+    rows = []
+    fwd = reports.get("bench_forward_roberta-large-shape_L1_rfa.json")
+    if fwd is not None:
+        with reading(fwd):
+            total = fwd["extrapolation"]["total"]
+            where = f"`{fwd.name}`"
+            rows += [
+                ["RoBERTa-large shape, 512 tokens, RFA: online bytes per party per forward (24 layers)",
+                 f"{num(total['comm']['server']['bytes'])} B ({gb(total['comm']['server']['bytes'])} GB)", where,
+                 machine_text(fwd)],
+                ["… online rounds per forward", num(total["comm"]["server"]["rounds"]), where, machine_text(fwd)],
+                ["… the dealer's bytes per forward", f"{num(total['comm']['dealer']['bytes'])} B "
+                 f"({gb(total['comm']['dealer']['bytes'])} GB)", where, machine_text(fwd)],
+                ["… time the paper's LAN / WAN add", f"{sec(total['links_s']['LAN'])} s / {sec(total['links_s']['WAN'])} s",
+                 where, machine_text(fwd)],
+            ]
+    check = reports.get("bench_forward_roberta-large-shape_L1_rfa_rangecheck.json")
+    if check is not None:
+        with reading(check):
+            b = check["extrapolation"]["total"]["comm"]["server"]["bytes"]
+            rows.append(["… with the default range check on", f"{num(b)} B ({gb(b)} GB)", f"`{check.name}`",
+                         machine_text(check)])
+    secure = reports.get("tune/sst2-secure/report.json")
+    oracle = reports.get("tune/sst2-plain-oracle/report.json")
+    if secure is not None and oracle is not None:
+        with reading(secure), reading(oracle):
+            s, p = secure["per_call"]["latency_s"], oracle["per_call"]["latency_s"]
+            rows.append([f"SmolLM2 secure tuning, time per API call (SST-2, k = {secure['config']['k']} per class): "
+                         "secure / plain oracle", f"{sec(s)} s / {p:.2f} s ({ratio(s / p)})",
+                         f"`{secure.name}`, `{oracle.name}`", machine_text(secure)])
+    it = reports.get("iteration_table_seq512.json")
+    if it is not None:
+        with reading(it):
+            rows.append(["Forward-only RFA vs gradient prompt tuning / SFT, bytes per iteration at 512 tokens",
+                         f"{ratio(it['rows']['prompt-grad']['x_fot_rfa_bytes'])} / "
+                         f"{ratio(it['rows']['sft']['x_fot_rfa_bytes'])} fewer", f"`{it.name}`", machine_text(it)])
+    for task in ("sst2", "agnews"):
+        gpu = reports.get(f"tune-gpu/{task}/report.json")
+        if gpu is not None:
+            with reading(gpu):
+                t = gpu["final"]["test"]
+                rows.append([f"CMA-ES tuning gain on {task} ({num(gpu['totals']['api_calls'])} API calls, "
+                             f"{gpu['config']['device']})", f"{score(t['zero_shot'])} → {score(t['tuned'])} "
+                             f"({points(t['tuned'], t['zero_shot'])} points)", f"`{gpu.name}`", machine_text(gpu)])
+    fid = reports.get("rfa_fidelity.json")
+    if fid is not None and "rfa-default" in fid.get("accuracy", {}).get("sst2", {}).get("results", {}):
+        with reading(fid):
+            cells = [f"{task} {points(t['results']['rfa-default']['accuracy'], t['results']['softmax-exact']['accuracy'])}"
+                     for task, t in fid["accuracy"].items()]
+            rows.append(["Default RFA vs exact softmax, zero-shot accuracy (points)", ", ".join(cells),
+                         f"`{fid.name}`", machine_text(fid)])
+    out = ["## Headline figures", ""]
+    return out + (table(["figure", "value", "report", "machine"], rows) + [""] if rows else absent("headline reports"))
+
+
+SECTIONS = (section_headline, section_forward, section_security, section_ringmatmul, section_tuning,
+            section_baseline_accuracy, section_rfa, section_smollm2_check, section_deployment, section_baselines)
+
+
+def render(reports_dir: Path = DEFAULT_REPORTS) -> str:
+    """The whole of BENCHMARKS.md for the reports in ``reports_dir``."""
+    reports = Reports(reports_dir)
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `secptune benchmarks` from reports/; edit secptune/benchmarks_doc.py or the reports, "
+        "never this file (`secptune benchmarks --check` fails while it is stale). -->",
+        "",
+        "The current measurements, one table per question, each regenerated from the report files in `reports/` "
+        "that it names, with the machine recorded in them and the command that produced them where the report "
+        "records it. How the figures came about, and earlier measurements without a report, are in "
+        "[docs/history.md](docs/history.md).",
+        "",
+    ]
+    for section in SECTIONS:
+        out += section(reports)
+    while out and out[-1] == "":
+        out.pop()
+    return "\n".join(out) + "\n"
+
+
+def first_difference(expected: str, found: str) -> str:
+    """Where ``found`` first departs from ``expected``, for a --check message."""
+    a, b = expected.splitlines(), found.splitlines()
+    for number, (x, y) in enumerate(zip(a, b), 1):
+        if x != y:
+            return f"line {number}: expected {x[:120]!r}, found {y[:120]!r}"
+    if len(a) != len(b):
+        number = min(len(a), len(b)) + 1
+        return f"line {number}: " + ("expected more lines" if len(a) > len(b) else f"unexpected {b[number - 1][:120]!r}")
+    return "line endings differ"
+
+
+def run(reports_dir: Path = DEFAULT_REPORTS, out: Path = DEFAULT_OUT, check: bool = False) -> tuple[int, str]:
+    """Write (or with ``check`` compare) the document; returns (exit status, message)."""
+    text = render(reports_dir)
+    out = Path(out)
+    if not check:
+        out.write_text(text)
+        return 0, f"wrote {out} from {reports_dir}"
+    if not out.is_file():
+        return 1, f"{out} does not exist: run `secptune benchmarks` to write it"
+    found = out.read_text()
+    if found == text:
+        return 0, f"{out} is up to date with {reports_dir}"
+    return 1, (f"{out} differs from what the reports give ({first_difference(text, found)}): "
+               "run `secptune benchmarks` and commit the result")

@@ -1,0 +1,67 @@
+"""Server side: run the server's own model on public text to learn its value ranges.
+
+MPC approximations are accurate on a stated range only.  The server knows its
+model; it runs it once, exactly and in plaintext, on secptune's built-in neutral
+English corpus (never the owner's data) and publishes, per layer, a coarse bound
+on the activation inputs (a multiple of 8, with a safety margin).  Those bounds
+become part of the public :class:`~secptune.arch.Arch`; they say no more about the
+weights than the architecture does.  The same public-text pass feeds the RFA
+feature-map fit (:mod:`secptune.server.feature_fit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import torch
+
+from rfa.config import SOFTMAX
+from secptune.server.public_text import batches, public_sequences
+from secptune.nonlinear import ExactNonlinear
+from secptune.transformer import Transformer
+
+log = logging.getLogger(__name__)
+MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
+STEP = 8.0
+
+
+def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):
+    """The model on each public sequence (exactly as a forward pass would run it);
+    ``capture``: the returned model's ``capture`` lists every layer's attention inputs."""
+    model = Transformer(arch, weights, nonlinear)
+    model.capture = [] if capture else None
+    with torch.no_grad():
+        for ids in batches(sequences, arch):
+            model.hidden_of_ids(ids)
+    return model
+
+
+def _bound(largest: float) -> float:
+    return max(STEP, math.ceil(largest * MARGIN / STEP) * STEP)
+
+
+def with_activation_bounds(model, arch, weights, sequences=None, attention=None):
+    """``arch`` with ``act_bounds`` measured on public text (one entry per layer).
+
+    Given ``sequences`` and an RFA ``attention`` (the server's fitted hybrid), the model
+    runs with that attention and the bounds only grow: RFA's small errors shift the
+    activations a little, and a bound is only right if it covers what the secure run sees.
+    """
+    seen: list[float] = []
+
+    class Recorder(ExactNonlinear):
+        def _act(self, x, name, bound):
+            seen.append(float(x.abs().max()))
+            return super()._act(x, name, bound)
+
+    sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
+    run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX))
+    per_layer = [max(seen[i :: arch.layers]) for i in range(arch.layers)]
+    bounds = tuple(_bound(v) for v in per_layer)
+    if arch.family == "encoder":
+        bounds += (max(bounds),)  # the LM head's dense layer: not reached by the pass above
+    if arch.act_bounds:
+        bounds = tuple(max(a, b) for a, b in zip(bounds, arch.act_bounds))
+    return replace(arch, act_bounds=bounds)

@@ -1,0 +1,122 @@
+"""BENCHMARKS.md is generated from reports/: the committed file must be current, and its figures follow the reports."""
+
+import json
+import shutil
+
+import pytest
+
+from secptune import benchmarks_doc
+from secptune.cli import main
+
+REPORTS = benchmarks_doc.DEFAULT_REPORTS
+TINY = "bench_forward_tiny-llama_seq64_b8.json"
+ROBERTA = "bench_forward_roberta-large-shape_L1_rfa.json"
+
+
+def test_committed_benchmarks_md_is_what_the_reports_give():
+    expected = benchmarks_doc.render(REPORTS)
+    found = benchmarks_doc.DEFAULT_OUT.read_text()
+    assert found == expected, (f"BENCHMARKS.md is stale ({benchmarks_doc.first_difference(expected, found)}): "
+                               "run `secptune benchmarks` and commit it")
+
+
+@pytest.fixture
+def few_reports(tmp_path):
+    """A report directory with two forward reports and one tuning run, copied from the repository's."""
+    root = tmp_path / "reports"
+    root.mkdir()
+    for name in (TINY, ROBERTA):
+        shutil.copy(REPORTS / name, root / name)
+    (root / "tune" / "sst2-secure").mkdir(parents=True)
+    shutil.copy(REPORTS / "tune/sst2-secure/report.json", root / "tune/sst2-secure/report.json")
+    return root
+
+
+def edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def row(text, key):
+    rows = [line for line in text.splitlines() if line.startswith(f"| `{key}` |")]
+    assert rows, f"no table row for {key}"
+    return rows[0]
+
+
+def test_a_row_follows_its_report(few_reports):
+    before = benchmarks_doc.render(few_reports)
+    old = row(before, "tiny-llama_seq64_b8")
+    assert "| 0.10 | 328 |" in old  # the server's online GB and rounds as the repository's report has them
+
+    def double_traffic(d):
+        d["comm"]["server"]["online"]["bytes"] = 250_000_000
+        d["comm"]["server"]["online"]["rounds"] = 777
+
+    edit(few_reports / TINY, double_traffic)
+    after = benchmarks_doc.render(few_reports)
+    new = row(after, "tiny-llama_seq64_b8")
+    assert "| 0.25 | 777 |" in new and new != old
+    # the other report's row and the headline built from it do not move
+    assert row(after, "roberta-large-shape_L1_rfa") == row(before, "roberta-large-shape_L1_rfa")
+
+    edit(few_reports / ROBERTA, lambda d: d["extrapolation"]["total"]["comm"]["server"].update(bytes=1_234_567_890))
+    assert "1,234,567,890 B (1.23 GB)" in benchmarks_doc.render(few_reports)
+
+
+def test_machine_is_named_or_not_recorded(few_reports):
+    text = benchmarks_doc.render(few_reports)
+    assert f"- `reports/{TINY}` — machine: 2 CPUs, x86_64, torch 2.13.0+cpu, AVX2, load 1.64; command: `" in text
+    # tuning reports carry no machine field
+    assert "- `reports/tune/sst2-secure/report.json` — machine: not recorded" in text
+
+    edit(few_reports / TINY, lambda d: d.pop("machine"))
+    assert f"- `reports/{TINY}` — machine: not recorded; command: `" in benchmarks_doc.render(few_reports)
+
+
+def test_absent_reports_are_said_not_skipped(few_reports):
+    text = benchmarks_doc.render(few_reports)
+    assert "No report in reports/ (bench_rng.json)." in text
+    assert "No report in reports/ (netbench*.jsonl)." in text
+
+
+def test_cli_writes_then_checks(few_reports, tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["benchmarks", "--reports", str(few_reports), "--out", str(out)]) == 0
+    assert out.read_text() == benchmarks_doc.render(few_reports)
+    assert main(["benchmarks", "--check", "--reports", str(few_reports), "--out", str(out)]) == 0
+
+    edit(few_reports / TINY, lambda d: d["comm"]["server"]["online"].update(rounds=999))
+    capsys.readouterr()
+    assert main(["benchmarks", "--check", "--reports", str(few_reports), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    line = next(n for n, l in enumerate(benchmarks_doc.render(few_reports).splitlines(), 1) if "| 999 |" in l)
+    assert f"line {line}: expected" in err and "secptune benchmarks" in err
+    assert "| 328 |" in out.read_text()  # --check wrote nothing
+
+
+def test_a_broken_report_is_named(few_reports, tmp_path, capsys):
+    (few_reports / TINY).write_text('{"model": "tiny-llama",')
+    assert main(["benchmarks", "--reports", str(few_reports), "--out", str(tmp_path / "B.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("secptune: error: ")
+    assert f"reports/{TINY} is not valid JSON" in err[0]
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_a_report_missing_a_field_is_named(few_reports, tmp_path, capsys):
+    edit(few_reports / TINY, lambda d: d.pop("ops"))
+    assert main(["benchmarks", "--reports", str(few_reports), "--out", str(tmp_path / "B.md")]) == 2
+    err = capsys.readouterr().err
+    assert f"reports/{TINY}: missing or malformed field" in err and "'ops'" in err
+
+
+def test_missing_report_directory(tmp_path, capsys):
+    assert main(["benchmarks", "--reports", str(tmp_path / "nowhere"), "--out", str(tmp_path / "B.md")]) == 2
+    assert "no report directory" in capsys.readouterr().err
+
+
+def test_revision_is_named_when_recorded(few_reports):
+    edit(few_reports / TINY, lambda d: d.update(git_revision="abc1234", git_dirty=True))
+    assert f"- `reports/{TINY}` — machine: 2 CPUs, x86_64, torch 2.13.0+cpu, AVX2, load 1.64; revision abc1234 " \
+           "with uncommitted changes; command: `" in benchmarks_doc.render(few_reports)
