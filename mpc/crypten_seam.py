@@ -32,16 +32,13 @@ from typing import Any, Callable
 import torch
 
 from mpc import accounting, dealer, prg, ring
+from mpc.errors import CrypTenVersionError
 
 CRYPTEN_VERSION = "0.4.1"
 
 _COMMUNICATOR = "crypten.communicator.distributed_communicator"
 _TTP = "crypten.mpc.provider.ttp_provider"
 _TTP_CLIENT = f"{_TTP}:TTPClient._TTPClient__TTPClient"  # the singleton's (name-mangled) class
-
-
-class CrypTenVersionError(RuntimeError):
-    """The installed CrypTen is not the version the patch table was written for."""
 
 
 @dataclass(frozen=True)

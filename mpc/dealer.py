@@ -40,6 +40,10 @@ from typing import Callable
 import torch
 
 from mpc.prg import place
+from mpc import accounting
+from mpc.ring import ring_matmul
+from mpc import prg
+from mpc.errors import DealerRefusedError
 
 MAX_ELEMENTS = 1 << 31  # one reply or operand: 16 GiB of int64 at most (the server agrees to sizes anyway)
 REFUSED = "refused"
@@ -49,10 +53,6 @@ _FUNCTIONS: dict[str, Callable] = {}
 _SHAPE_ARGS: dict[str, tuple[int, ...]] = {}  # request name -> which arguments are shapes (or lists of shapes)
 _RELEASE_HOOKS: list[Callable] = []  # dealer side: fn(handles) drops held values
 _PENDING_RELEASE: list[int] = []  # party side: handles to release with the next request
-
-
-class DealerRefusedError(RuntimeError):
-    """The dealer refused a request (not allowed, too large, or not agreed by the server)."""
 
 
 def dealer_function(name: str, shape_args: tuple[int, ...] = ()):
@@ -137,7 +137,6 @@ def request(name: str, size, *args, device=None):
     import crypten.communicator as comm
     from crypten.mpc.provider import ttp_provider
 
-    from mpc import accounting
 
     channel = comm.get()
     client = ttp_provider.TTPClient.get()
@@ -186,8 +185,6 @@ def _op_shape(op: str, size0, size1) -> tuple:
 
 @dealer_function("additive", shape_args=(0, 1))
 def _deal_additive(dealer, size, size0, size1, op):
-    from mpc.ring import ring_matmul
-
     _op_shape(op, size0, size1)
     a, b = dealer.prss(torch.Size(size0)), dealer.prss(torch.Size(size1))
     c = a * b if op == "mul" else ring_matmul(a, b)
@@ -313,7 +310,6 @@ class Dealer:
         import crypten
         import crypten.communicator as comm
 
-        from mpc import prg
 
         crypten.init()
         self.comm = comm.get()

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from mpc.tensorops import is_secure
+from mpc.tensorops import cat
+from mpc.trig import combine, masked_angle
 
 PERIOD_BITS = 8  # x is rescaled so one period spans 2^8 units: 24-bit circle, 2^-24-period resolution
 FRAC_BITS = 16
@@ -147,8 +149,6 @@ def evaluate(x, series: FourierSeries):
     round per chunk of elements (chunks bound the dealer's 2K shares per element in memory)."""
     if not is_secure(x):
         return series.plain(x)
-    from mpc.tensorops import cat
-
     chunk = max(4096, DEALT_VALUES // (2 * series.harmonics))
     if x.numel() <= chunk:
         return _evaluate_secure(x, series)
@@ -158,8 +158,6 @@ def evaluate(x, series: FourierSeries):
 
 
 def _evaluate_secure(x, series: FourierSeries):
-    from mpc.trig import combine, masked_angle
-
     k = series.harmonics
     circle = x * (2.0**PERIOD_BITS / series.period)  # a local truncation; its rare 2^48 errors vanish mod 2^24
     theta, cos_t, sin_t = masked_angle(circle, FRAC_BITS + PERIOD_BITS, k)

@@ -30,11 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mpc import session
+from mpc.errors import PartyFailedError
 from mpc.session import ROLES
-
-
-class PartyFailedError(RuntimeError):
-    """A party process failed or died; the message is meant for the user."""
 
 
 @dataclass

@@ -16,27 +16,11 @@ import ipaddress
 import socket
 from dataclasses import dataclass, replace
 
+from mpc import tls
+from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError, TransportError  # noqa: F401  (raised here; re-exported for callers)
 from mpc.session import ROLES
 
 
-class TransportError(Exception):
-    """A problem with the parties' network; the message is meant for the user."""
-
-
-class NetworkConfigError(TransportError):
-    """The network options cannot work (bad --peers, missing keys, no TLS off loopback)."""
-
-
-class StartupError(TransportError):
-    """The parties could not meet (unreachable, refused, wrong role, version mismatch)."""
-
-
-class PeerLostError(TransportError):
-    """A peer went away during the run (its process ended or its connection broke)."""
-
-
-class PeerTimeoutError(TransportError):
-    """A peer sent nothing for longer than the peer timeout (it hangs, or the network is down)."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +126,6 @@ class Network:
                     "network in the clear; create keys with `secptune keygen` and pass --tls-dir (docs/deployment.md)"
                 )
         else:
-            from mpc import tls
-
             tls.load(self.tls_dir, self.role)
         for name, value in (("--connect-timeout", self.connect_timeout_s), ("--peer-timeout", self.peer_timeout_s)):
             if not value > 0:

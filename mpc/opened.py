@@ -25,6 +25,7 @@ from mpc.dealer import dealer_function, party_draw, release_hook, release_later,
 from mpc.ring import ring_matmul
 from mpc.tensorops import PRECISION_BITS, from_product_shares, open_shares, party_rank
 from mpc.truncation import BOUND_BITS, truncate_shares
+from mpc.tensorops import is_secure
 
 _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()
@@ -190,6 +191,4 @@ class Unopened:
 
 def open_once(x):
     """:class:`Opened` for a secret x; on plaintext, direct products."""
-    from mpc.tensorops import is_secure
-
     return Opened(x) if is_secure(x) else Unopened(x)

@@ -42,14 +42,12 @@ import sys
 
 import torch
 
+from mpc.errors import InsecureRandomnessError
+
 KEY_BYTES = 32
 TEST_ONLY_ENV = "SECPTUNE_TEST_ONLY_RNG"
 _CHUNK_BYTES = 1 << 24  # keystream produced in 16 MiB pieces: no whole-size zero buffer
 _ZEROS = memoryview(bytes(_CHUNK_BYTES))  # sliced without copying
-
-
-class InsecureRandomnessError(RuntimeError):
-    """A mask was about to be drawn from a non-cryptographic generator."""
 
 
 def new_key() -> bytes:

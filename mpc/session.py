@@ -21,15 +21,12 @@ import os
 from dataclasses import dataclass
 
 from mpc import crypten_seam, dealer
+from mpc.errors import InsecureProviderError
 
 ROLES = ("owner", "server", "dealer")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 COMPUTING_PARTIES = 2  # CrypTen's world size; the dealer is rank WORLD_SIZE
 PROVIDER = "TTP"
-
-
-class InsecureProviderError(RuntimeError):
-    """Raised when a triple provider that lets a data-holding party make triples is selected."""
 
 
 @dataclass(frozen=True)

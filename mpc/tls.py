@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mpc.net import NetworkConfigError
+from mpc.errors import NetworkConfigError
 from mpc.session import ROLES
 
 

@@ -48,17 +48,10 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc import crypten_seam
-from mpc.net import (
-    Address,
-    Network,
-    NetworkConfigError,
-    PeerLostError,
-    PeerTimeoutError,
-    StartupError,
-    TransportError,
-    listen_problem,
-)
+from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError, TransportError
+from mpc.net import Address, Network, listen_problem
 from mpc.session import ROLES
+from mpc import tls
 
 PROTOCOL = 1  # wire format version; parties with different values refuse each other
 _MAGIC = b"SPTN"
@@ -121,8 +114,6 @@ class Transport:
         self.log = log
         self.creds = None
         if network.tls_dir:
-            from mpc import tls
-
             self.creds = tls.load(network.tls_dir, network.role)
         self.peers = {r: _Peer(r, ROLES[r], network.peers[r]) for r in range(len(ROLES)) if r != self.rank}
         self.cond = threading.Condition()
@@ -250,8 +241,6 @@ class Transport:
     def _check_certificate(self, sock, role: str, where: str) -> None:
         if self.creds is None:
             return
-        from mpc import tls
-
         got = tls.fingerprint(sock.getpeercert(binary_form=True))
         if got != self.creds.fingerprints[role]:
             raise _Refused(

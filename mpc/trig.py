@@ -29,6 +29,7 @@ import torch
 
 from mpc import accounting
 from mpc.dealer import dealer_function, party_draw, request
+from mpc.tensorops import from_product_shares
 
 FRAC_BITS = 16  # CrypTen's fixed-point precision: the turn of a unit period is the low 16 bits
 MAX_BITS = 31  # the opened residues travel as int32
@@ -85,8 +86,6 @@ def masked_angle(x, bits: int, count: int):
 def combine(terms):
     """Σ public_i · share_i for (public float tensor, this party's int64 share at scale
     2^16) pairs: integer products summed in the ring and truncated once."""
-    from mpc.tensorops import from_product_shares
-
     acc = None
     for public, share in terms:
         term = (public * 2**FRAC_BITS).round().long() * share

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpc.tensorops import is_secure
+from mpc.tensorops import cat
 
 METHODS = ("sft", "prompt-grad")
 # Adam's ε: 1e-8 is below 16-bit fixed point's resolution; √v̂ of tiny gradients rounds to 0,
@@ -93,7 +94,6 @@ def loss_and_grads(model, text, prompt, verbalizer, labels, method: str, phase=N
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from mpc.tensorops import cat
 
     phase = phase or (lambda name: nullcontext())
     token, batch, embeds = text

@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 
 from secptune.errors import CheckpointError
+from secptune.tiny_corpus import corpus
+from secptune.tiny_corpus import VERBALIZER_WORDS
+from secptune.arch import family_of
 
 BUILTIN = ("tiny-roberta", "tiny-bert", "tiny-llama", "smollm2")
 # Bump a version whenever what gets built changes, so old caches are not reused.
@@ -130,7 +133,6 @@ def _trained_byte_bpe(specials: list[str]):
     """Byte-level BPE trained on the tiny corpus (deterministic: fixed alphabet order)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from secptune.tiny_corpus import corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -181,7 +183,6 @@ def _bert_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import BertTokenizer
 
-    from secptune.tiny_corpus import corpus
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -197,8 +198,6 @@ _TOKENIZERS = {"tiny-roberta": _roberta_tokenizer, "tiny-bert": _bert_tokenizer,
 
 def _check_verbalizer_words(name: str, tokenizer) -> None:
     """Guard the corpus: every verbalizer word must be one token (else tests fail obscurely)."""
-    from secptune.tiny_corpus import VERBALIZER_WORDS
-
     forms = VERBALIZER_WORDS if name == "tiny-bert" else [f for w in VERBALIZER_WORDS for f in (w, " " + w)]
     split = [f for f in forms if len(tokenizer.encode(f, add_special_tokens=False)) != 1]
     if split:
@@ -315,8 +314,6 @@ def _convert_smollm2(out: Path, target: Path) -> None:
 
 def model_family(config) -> str:
     """``"encoder"`` (masked LM: roberta, bert) or ``"causal"`` (llama); else UnsupportedModelError."""
-    from secptune.arch import family_of
-
     return family_of(config.model_type)
 
 
@@ -382,8 +379,6 @@ def _raise_unsupported_type(path: Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if isinstance(model_type, str):
-        from secptune.arch import family_of
-
         family_of(model_type)  # raises UnsupportedModelError unless supported
 
 

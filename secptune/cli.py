@@ -14,6 +14,22 @@ from pathlib import Path
 
 from secptune.bench.options import add_bench
 from secptune.errors import SecptuneError
+from mpc.errors import NetworkConfigError, PartyFailedError, TransportError
+from secptune.party import make_network
+from secptune.checkpoints import load_config, resolve_model
+from secptune.arch import arch_from_config
+from secptune.infer import InferOptions
+from secptune.tasks import get_task, task_file
+from secptune.infer import run_infer
+from secptune.tune_defaults import plan_runs
+from secptune.tune_job import run_tune
+from secptune.report import compare
+from secptune.party import serve
+from secptune.party import keygen
+from secptune.bench import forward, iteration, net
+from secptune.bench.common import command_line
+from secptune import benchmarks_doc
+from mpc import prg
 
 
 def _add_infer(sub) -> None:
@@ -56,9 +72,6 @@ def _add_network(p, owner: bool) -> None:
 
 def _network(args, role: str, wait_for_owner: bool = False):
     """The Network for --peers and its options, or None for a local run."""
-    from mpc.net import NetworkConfigError
-    from secptune.party import make_network
-
     if not args.peers:
         given = [flag for flag, v in (("--tls-dir", args.tls_dir), ("--no-tls", args.no_tls), ("--listen", args.listen)) if v]
         if given:
@@ -78,11 +91,6 @@ def _network_flags(args) -> list[str]:
 
 
 def _infer_options(args):
-    from secptune.checkpoints import load_config, resolve_model
-    from secptune.arch import arch_from_config
-    from secptune.infer import InferOptions
-    from secptune.tasks import get_task, task_file
-
     data, template, words = args.data, args.template, args.verbalizer
     if args.task:
         spec = get_task(args.task)
@@ -128,8 +136,6 @@ def _print_infer(result: dict) -> None:
 
 
 def cmd_infer(args) -> int:
-    from secptune.infer import run_infer
-
     if args.peers and args.mode != "secure":
         raise SecptuneError("--peers runs the secure mode against a remote server and dealer: add --mode secure")
 
@@ -180,9 +186,6 @@ def _add_tune(sub) -> None:
 
 
 def cmd_tune(args) -> int:
-    from secptune.tune_defaults import plan_runs
-    from secptune.tune_job import run_tune
-
     if args.peers and args.mode != "secure":
         raise SecptuneError("--peers runs the secure mode against a remote server and dealer: add --mode secure")
     network = _network(args, "owner")
@@ -194,8 +197,6 @@ def cmd_tune(args) -> int:
         print(f"{cfg.mode:>6} {cfg.task}: test {f['metric']} zero-shot {f['test']['zero_shot']:.3f} -> "
               f"tuned {f['test']['tuned']:.3f}  ({result['totals']['wall_s']:.0f} s)  report: {out}/report.md")
     if len(runs) > 1:
-        from secptune.report import compare
-
         print(compare([out for _, out, _ in runs], plot=str(Path(runs[0][1]).parent / "compare.png")))
     return 0
 
@@ -207,8 +208,6 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from secptune.report import compare
-
     print(compare(args.runs, plot=args.plot))
     return 0
 
@@ -229,8 +228,6 @@ def _add_party(sub) -> None:
 
 
 def cmd_party(args) -> int:
-    from mpc.net import NetworkConfigError
-
     if not args.peers:
         raise NetworkConfigError("secptune party needs --peers OWNER,SERVER,DEALER (host:port each)")
     if args.role == "owner":
@@ -250,8 +247,6 @@ def cmd_party(args) -> int:
         raise SecptuneError("the dealer holds no model: drop --model")
     if args.runs is not None and args.runs < 1:
         raise SecptuneError("--runs must be at least 1")
-    from secptune.party import serve
-
     network = _network(args, args.role, wait_for_owner=True)
     return serve(args.role, network, model=args.model, runs=args.runs, json_lines=args.json)
 
@@ -264,17 +259,12 @@ def _add_keygen(sub) -> None:
 
 
 def cmd_keygen(args) -> int:
-    from secptune.party import keygen
-
     print(keygen(args.role, args.out, args.days))
     return 0
 
 
 def cmd_bench(args) -> int:
     """``secptune bench forward|iteration|net``: the benchmark writes its report, stamped with this command."""
-    from secptune.bench import forward, iteration, net
-    from secptune.bench.common import command_line
-
     run = {"forward": forward.main, "iteration": iteration.main, "net": net.main}[args.bench]
     return run(args, command_line(args.argv))
 
@@ -288,8 +278,6 @@ def _add_benchmarks(sub) -> None:
 
 
 def cmd_benchmarks(args) -> int:
-    from secptune import benchmarks_doc
-
     status, message = benchmarks_doc.run(Path(args.reports) if args.reports else benchmarks_doc.DEFAULT_REPORTS,
                                          Path(args.out) if args.out else benchmarks_doc.DEFAULT_OUT, args.check)
     print(f"secptune: {message}", file=sys.stderr if status else sys.stdout)
@@ -317,8 +305,6 @@ def _refuse_test_only_randomness(command: str) -> None:
     """The product never runs with the tests' insecure generators (mpc.prg's test-only switch).
     Benchmarks may (their inputs are random, not anyone's data): measuring what the secure generator
     costs needs the insecure one beside it (research/bench_rng.py); their reports say so."""
-    from mpc import prg
-
     if os.environ.get(prg.TEST_ONLY_ENV) and command != "bench":
         raise SecptuneError(
             f"{prg.TEST_ONLY_ENV} is set: it replaces every mask with an insecure generator and is for "
@@ -329,9 +315,6 @@ def _refuse_test_only_randomness(command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what a benchmark report records as its command
-    from mpc.launcher import PartyFailedError
-    from mpc.net import TransportError
-
     try:
         _refuse_test_only_randomness(args.command)
         return COMMANDS[args.command](args)

@@ -18,8 +18,13 @@ import sys
 import time
 
 from mpc import launcher
-from mpc.net import Network, NetworkConfigError, parse_peers, Address
+from mpc.errors import NetworkConfigError
+from mpc.net import Address, Network, parse_peers
 from secptune import __version__
+from mpc.net import check_listen
+from secptune import secure
+from secptune.checkpoints import resolve_model
+from mpc import tls
 
 
 def make_network(role: str, peers: str, tls_dir: str | None, no_tls: bool, listen: str | None,
@@ -57,13 +62,8 @@ def _traffic_line(traffic: dict) -> str:
 def serve(role: str, network: Network, model: str | None = None, runs: int | None = None,
           json_lines: bool = False) -> int:
     """Serve runs as ``server`` or ``dealer`` until stopped (or ``runs`` runs); exit status of the last run."""
-    from mpc.net import check_listen
-
     job = None
     if role == "server":
-        from secptune import secure
-        from secptune.checkpoints import resolve_model
-
         job = launcher.PartyJob(secure.server_party, (str(resolve_model(model)),))
     check_listen(network)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -94,8 +94,6 @@ def _interrupt(signum, frame):
 
 def keygen(role: str, out_dir: str, days: int = 3650) -> str:
     """Make ``ROLE.key`` and ``ROLE.crt`` in ``out_dir``; returns what to do next."""
-    from mpc import tls
-
     key, cert, fp = tls.keygen(role, out_dir, days)
     others = [r for r in ("owner", "server", "dealer") if r != role]
     return (

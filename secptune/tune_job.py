@@ -20,6 +20,9 @@ from secptune.inputs import Example, Template, build_batch, check_lengths, encod
 from secptune.tasks import get_task, task_file
 from secptune.batch import Batch
 from secptune.tune import TextSets, TuneConfig, tune_program
+from secptune.hf_session import HFSession
+from secptune.plain import PlainSession
+from secptune import secure
 
 
 def task_examples(cfg: TuneConfig) -> tuple[list[Example], list[Example], list[Example]]:
@@ -91,9 +94,6 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     if cfg.exact and cfg.attention != "softmax":
         raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
     if cfg.mode == "plain":
-        from secptune.hf_session import HFSession
-        from secptune.plain import PlainSession
-
         session = HFSession(model_dir, texts.verbalizer, device=device) if cfg.exact else PlainSession(
             model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention,
             device=device,
@@ -101,8 +101,6 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
         result = tune_program(session, *args)
         totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}
     else:
-        from secptune import secure
-
         request = secure.OwnerRequest(
             labels=texts.verbalizer.shape[0],
             cfg=cfg.cfg,

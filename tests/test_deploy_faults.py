@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mpc import launcher
-from mpc.net import PeerTimeoutError
+from mpc.errors import PeerTimeoutError
 from mpc.transport import Dist
 from secptune.cli import main
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mpc import launcher
-from mpc.net import Address, StartupError
+from mpc.errors import StartupError
+from mpc.net import Address
 from mpc.transport import Dist, Transport
 from secptune.cli import main
 

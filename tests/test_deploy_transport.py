@@ -13,16 +13,8 @@ import time
 import pytest
 import torch
 
-from mpc.net import (
-    Address,
-    Network,
-    NetworkConfigError,
-    PeerLostError,
-    PeerTimeoutError,
-    StartupError,
-    check_listen,
-    parse_peers,
-)
+from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError
+from mpc.net import Address, Network, check_listen, parse_peers
 from mpc.transport import Dist, Transport
 
 from deploy_parties import ROLES, free_ports, loopback_peers, network

@@ -61,6 +61,14 @@ from secptune.batch import Batch, population_inputs
 from secptune.server.prepare import prepare_server_model
 from secptune.nonlinear import Nonlinear
 from secptune.transformer import Transformer
+from secptune.checkpoints import load_config, resolve_model
+from secptune.checkpoints import load_hf_model, resolve_model
+from rfa.config import AttentionConfig
+from secptune.secure import SecureSession
+from secptune.secure import server_description
+from mpc import launcher
+from secptune import secure
+from secptune.arch import arch_from_config
 
 ROBERTA_LARGE_SHAPE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -94,8 +102,6 @@ def model_config(spec: ModelSpec):
 
         config = tf.RobertaConfig(vocab_size=spec.vocab, **ROBERTA_LARGE_SHAPE)
     else:
-        from secptune.checkpoints import load_config, resolve_model
-
         config = load_config(resolve_model(spec.name))
     if spec.layers is not None:
         config.num_hidden_layers = spec.layers
@@ -113,8 +119,6 @@ def build_model(spec: ModelSpec):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             return tf.RobertaForMaskedLM(tf.RobertaConfig(vocab_size=spec.vocab, **shape)).float().eval()
-    from secptune.checkpoints import load_hf_model, resolve_model
-
     model = load_hf_model(resolve_model(spec.name))
     if spec.layers is not None:
         base = model.base_model
@@ -155,8 +159,6 @@ def make_inputs(arch, seq: int, batch: int, prompt_len: int, seed: int):
 
 def attention_config(args):
     """The public attention setting (rfa.config.AttentionConfig)."""
-    from rfa.config import AttentionConfig
-
     if args.attention == "softmax":
         return AttentionConfig(kind="softmax")
     try:
@@ -226,7 +228,6 @@ def _diff(before: dict, after: dict, attempts: int) -> dict:
 
 
 def _session_class():
-    from secptune.secure import SecureSession
     class BenchSession(SecureSession):
         """SecureSession that records each forward's traffic and can drop to k layers."""
 
@@ -279,8 +280,6 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
 
 
 def server_job(spec: ModelSpec):
-    from secptune.secure import server_description
-
     describe, weights = server_description(build_model(spec))
     session = _session_class()(None, server_info=describe, weights=weights)
     session.serve()
@@ -290,9 +289,6 @@ def server_job(spec: ModelSpec):
 def secure_forward(
     spec: ModelSpec, arch, inputs, verbalizer, attention, fixed: bool, zero_layers: bool, timeout_s, range_samples=256
 ):
-    from mpc import launcher
-    from secptune import secure
-
     cfg = approx.ApproxConfig(range_check=range_samples > 0, range_samples=max(range_samples, 1))
     request = secure.OwnerRequest(
         labels=verbalizer.shape[0], cfg=asdict(cfg), attention=attention.as_dict(),
@@ -390,7 +386,6 @@ def run(args) -> dict:
     layers = args.layers if args.layers is not None and args.layers < total_layers else None
     spec = ModelSpec(args.model, layers, args.vocab, args.seed)
 
-    from secptune.arch import arch_from_config
 
     arch = arch_from_config(model_config(spec))
     inputs, verbalizer = make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)

@@ -32,13 +32,16 @@ import torch
 from secptune.bench import forward as bf
 from secptune.bench.common import BenchError, provenance
 from secptune.bench.options import METHODS
+from secptune.secure import SecureSession
+from secptune.secure import SecureSession, server_description
+from mpc import approx, launcher
+from secptune import secure
+from secptune.arch import arch_from_config
 
 PHASES = ("forward", "backward", "step")
 
 
 def owner_job(request, inputs, verbalizer, labels, method, step=True):
-    from secptune.secure import SecureSession
-
     session = SecureSession(request, verbalizer=verbalizer)
     try:
         text_id = session.load_texts(replace(inputs, prompt=None))
@@ -49,8 +52,6 @@ def owner_job(request, inputs, verbalizer, labels, method, step=True):
 
 
 def server_job(spec):
-    from secptune.secure import SecureSession, server_description
-
     describe, weights = server_description(bf.build_model(spec))
     session = SecureSession(None, server_info=describe, weights=weights)
     session.serve()
@@ -59,9 +60,6 @@ def server_job(spec):
 
 def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float, step: bool = True) -> dict:
     """One secure training step: per party, per phase bytes/rounds/time."""
-    from mpc import approx, launcher
-    from secptune import secure
-
     labels = torch.nn.functional.one_hot(torch.arange(inputs.pred_onehot.size(0)) % verbalizer.size(0), verbalizer.size(0))
     request = secure.OwnerRequest(
         labels=verbalizer.shape[0], cfg=asdict(approx.ApproxConfig()), expected_vocab=arch.vocab_size, native=True
@@ -100,8 +98,6 @@ def gradient_method(args) -> dict:
     depth = bf.full_layers(bf.ModelSpec(args.model))
     layers = args.layers if args.layers is not None and args.layers < depth else None
     spec = bf.ModelSpec(args.model, layers, args.vocab, args.seed)
-    from secptune.arch import arch_from_config
-
     arch = arch_from_config(bf.model_config(spec))
     inputs, verbalizer = bf.make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)
     started = time.perf_counter()
