@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mpc.roles import COMPUTING
+
 
 @dataclass(frozen=True)
 class Link:
@@ -35,7 +37,7 @@ def link_times(comm: dict, links=LINKS) -> dict[str, float]:
     Only the two computing parties' online traffic counts here (the dealer's can be
     produced ahead of time); the busier party bounds both bytes and rounds.
     """
-    parties = [comm[p] for p in ("owner", "server") if p in comm]
+    parties = [comm[p] for p in COMPUTING if p in comm]
     nbytes = max(p["bytes"] for p in parties)
     rounds = max(p["rounds"] for p in parties)
     return {link.name: link.added_s(nbytes, rounds) for link in links}

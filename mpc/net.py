@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from mpc import tls
 from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError, TransportError  # noqa: F401  (raised here; re-exported for callers)
-from mpc.session import ROLES
+from mpc.roles import ROLES
 
 
 

@@ -36,7 +36,7 @@ import subprocess
 import threading
 import time
 
-from mpc.session import ROLES
+from mpc.roles import ROLES
 
 _COUNTER = itertools.count()
 _TUNSETIFF = 0x400454CA

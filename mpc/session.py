@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 from mpc import crypten_seam, dealer
 from mpc.errors import InsecureProviderError
+from mpc.roles import COMPUTING, RANK, ROLES
 
-ROLES = ("owner", "server", "dealer")
-RANK = {role: rank for rank, role in enumerate(ROLES)}
 COMPUTING_PARTIES = 2  # CrypTen's world size; the dealer is rank WORLD_SIZE
 PROVIDER = "TTP"
 
@@ -71,7 +70,7 @@ def _configure(spec: SessionSpec, role: str) -> None:
 
 def start(spec: SessionSpec, role: str) -> None:
     """Join the session as ``owner`` or ``server`` (blocks until all three have joined)."""
-    if role not in ("owner", "server"):
+    if role not in COMPUTING:
         raise ValueError(f"start() is for computing parties, not {role!r}; use run_dealer()")
     _configure(spec, role)
     import crypten

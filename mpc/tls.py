@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mpc.errors import NetworkConfigError
-from mpc.session import ROLES
+from mpc.roles import ROLES
 
 
 def fingerprint(cert_der: bytes) -> str:

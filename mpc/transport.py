@@ -50,7 +50,7 @@ import torch
 from mpc import crypten_seam
 from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError, TransportError
 from mpc.net import Address, Network, listen_problem
-from mpc.session import ROLES
+from mpc.roles import ROLES
 from mpc import tls
 
 PROTOCOL = 1  # wire format version; parties with different values refuse each other

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from mpc import prg
+from mpc.roles import COMPUTING
 from research import command
 from secptune.bench.common import SOURCE_ROOT as ROOT
 from secptune.bench.common import git_revision, provenance
@@ -88,7 +89,7 @@ def _summary(runs: list[dict]) -> dict:
 
 def _online(report: dict) -> dict:
     comm = report["comm"]
-    return {role: comm[role]["online"] for role in ("owner", "server")}
+    return {role: comm[role]["online"] for role in COMPUTING}
 
 
 def main() -> int:

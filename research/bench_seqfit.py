@@ -25,11 +25,12 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+from mpc.roles import COMPUTING
 from research import command
 from secptune.bench import iteration as bi
 from secptune.bench.common import provenance
 
-ROLES = ("owner", "server")
+ROLES = COMPUTING  # the computing parties
 PHASES = ("forward", "backward")
 
 

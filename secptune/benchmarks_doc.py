@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mpc import costmodel
+from mpc.roles import COMPUTING, ROLES
 from secptune.errors import SecptuneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def forward_scope(r: Report) -> tuple[str, dict, dict, dict, float]:
     if ext:
         total = ext["total"]
         scope = f"{ext['layers']} layers (extrapolated from {r['layers_run']})"
-        comm = {p: total["comm"][p] for p in ("owner", "server", "dealer")}
+        comm = {p: total["comm"][p] for p in ROLES}
         return scope, comm, total["ops"], total["links_s"], total["wall_s"]
     comm = {"owner": r["comm"]["owner"], "server": r["comm"]["server"]["online"], "dealer": r["comm"]["dealer"]}
     return f"{r['layers_run']} layers (measured)", comm, r["ops"], r["links_s"], r["wall_s"]
@@ -635,7 +636,7 @@ def section_smollm2_check(reports: Reports) -> list[str]:
 
 
 def busier_online(job: dict) -> tuple[int, int]:
-    online = [job["comm"][p]["online"] for p in ("owner", "server")]
+    online = [job["comm"][p]["online"] for p in COMPUTING]
     return max(o["bytes"] for o in online), max(o["rounds"] for o in online)
 
 

@@ -30,6 +30,7 @@ from secptune.bench import forward, iteration, net
 from secptune.bench.common import command_line
 from secptune import benchmarks_doc
 from mpc import prg
+from mpc.roles import ROLES
 
 
 def _add_infer(sub) -> None:
@@ -53,7 +54,6 @@ def _add_infer(sub) -> None:
     _add_network(p, owner=True)
 
 
-ROLES = ("owner", "server", "dealer")
 
 
 def _add_network(p, owner: bool) -> None:

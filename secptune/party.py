@@ -25,6 +25,7 @@ from mpc.net import check_listen
 from secptune import secure
 from secptune.checkpoints import resolve_model
 from mpc import tls
+from mpc.roles import ROLES
 
 
 def make_network(role: str, peers: str, tls_dir: str | None, no_tls: bool, listen: str | None,
@@ -95,7 +96,7 @@ def _interrupt(signum, frame):
 def keygen(role: str, out_dir: str, days: int = 3650) -> str:
     """Make ``ROLE.key`` and ``ROLE.crt`` in ``out_dir``; returns what to do next."""
     key, cert, fp = tls.keygen(role, out_dir, days)
-    others = [r for r in ("owner", "server", "dealer") if r != role]
+    others = [r for r in ROLES if r != role]
     return (
         f"wrote {key} (keep it on this host, never share it) and {cert}\n"
         f"  SHA-256 fingerprint: {fp}\n"

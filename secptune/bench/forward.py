@@ -67,6 +67,7 @@ from rfa.config import AttentionConfig
 from secptune.secure import SecureSession
 from secptune.secure import server_description
 from mpc import launcher
+from mpc.roles import COMPUTING, ROLES
 from secptune import secure
 from secptune.arch import arch_from_config
 
@@ -348,7 +349,7 @@ def _op_table(forward: dict) -> dict:
 
 
 def _links(comm: dict) -> dict:
-    online = {p: comm[p]["online"] for p in ("owner", "server")}
+    online = {p: comm[p]["online"] for p in COMPUTING}
     return {name: round(s, 4) for name, s in costmodel.link_times(online).items()}
 
 
@@ -411,7 +412,7 @@ def run(args) -> dict:
         )
     if args.mode == "plain":
         nothing = {"bytes": 0, "rounds": 0}
-        out.update(wall_s=out["plain_wall_s"], ratio=1.0, comm={p: dict(nothing) for p in ("owner", "server", "dealer")})
+        out.update(wall_s=out["plain_wall_s"], ratio=1.0, comm={p: dict(nothing) for p in ROLES})
         return out
 
     started = time.perf_counter()

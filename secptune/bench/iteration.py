@@ -35,6 +35,7 @@ from secptune.bench.options import METHODS
 from secptune.secure import SecureSession
 from secptune.secure import SecureSession, server_description
 from mpc import approx, launcher
+from mpc.roles import COMPUTING
 from secptune import secure
 from secptune.arch import arch_from_config
 
@@ -80,9 +81,9 @@ def full_depth(report: dict) -> dict:
 
 def summary(run: dict) -> dict:
     """The issue's fields from one measured step."""
-    phases = {p: {role: run[role].get(p, {"bytes": 0, "rounds": 0, "wall_s": 0.0}) for role in ("owner", "server")} for p in PHASES}
-    total = {role: sum(run[role][p]["bytes"] for p in run[role]) for role in ("owner", "server")}
-    rounds = {role: sum(run[role][p]["rounds"] for p in run[role]) for role in ("owner", "server")}
+    phases = {p: {role: run[role].get(p, {"bytes": 0, "rounds": 0, "wall_s": 0.0}) for role in COMPUTING} for p in PHASES}
+    total = {role: sum(run[role][p]["bytes"] for p in run[role]) for role in COMPUTING}
+    rounds = {role: sum(run[role][p]["rounds"] for p in run[role]) for role in COMPUTING}
     wall = {p: phases[p]["owner"]["wall_s"] for p in PHASES}
     return {
         "bytes": max(total.values()),
@@ -140,7 +141,7 @@ def forward_method(args) -> dict:
             "backward_s": 0.0,
         }
 
-    online = {role: f["comm"][role]["online"] for role in ("owner", "server")}
+    online = {role: f["comm"][role]["online"] for role in COMPUTING}
     out = {"method": args.method, "layers_run": f["layers_run"], "layers_full": f["layers_full"], **fields(online, f["wall_s"])}
     if "extrapolation" in f:
         # the extrapolated owner counts include its requests to the dealer; the server's are

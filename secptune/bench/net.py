@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from mpc import costmodel, netns, tls
-from mpc.session import ROLES
+from mpc.roles import COMPUTING, ROLES
 from secptune.bench import options
 from secptune.bench.common import SOURCE_ROOT as ROOT
 from secptune.bench.common import BenchError, provenance
@@ -99,7 +99,7 @@ def run_setting(name: str, link, args, tls_dirs, workdir: Path) -> dict:
 
 def added_seconds(job: dict, dealer_traffic: dict, link) -> tuple[float, float]:
     """(online, dealer) seconds the link adds to ``job`` by the cost model."""
-    comm = {p: job["comm"][p]["online"] for p in ("owner", "server") if p in job["comm"]}
+    comm = {p: job["comm"][p]["online"] for p in COMPUTING if p in job["comm"]}
     online = costmodel.link_times(comm, [link])[link.name]
     requests = job["comm"]["owner"]["dealer"]["rounds"] / REQUEST_ROUNDS
     dealer = requests * 2 * link.latency_s + dealer_traffic["dealer"]["bytes"] * 8 / link.bandwidth_bps
@@ -117,7 +117,7 @@ def table(results: list[dict]) -> str:
         link = SETTINGS[r["setting"]]
         for i, job in enumerate(("infer", "tune")):
             j = r[job]
-            comm = {p: j["comm"][p]["online"] for p in ("owner", "server")}
+            comm = {p: j["comm"][p]["online"] for p in COMPUTING}
             mb = max(c["bytes"] for c in comm.values()) / 1e6
             rounds = max(c["rounds"] for c in comm.values())
             requests = j["comm"]["owner"]["dealer"]["rounds"] / REQUEST_ROUNDS
