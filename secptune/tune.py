@@ -27,6 +27,7 @@ import torch
 
 from mpc import approx
 from secptune.errors import InputError, SecptuneError
+from secptune.scoring import ScoringSession
 from secptune.batch import Batch
 
 CHECKPOINT = "checkpoint.pt"
@@ -166,20 +167,20 @@ def _load_checkpoint(out: Path, cfg: TuneConfig) -> dict | None:
 
 
 # -- evaluation -----------------------------------------------------------------
-def _evaluate(session, text_ids: list[int], prompt: torch.Tensor, labels: list[int], kind: str) -> float:
+def _evaluate(session: ScoringSession, text_ids: list[int], prompt: torch.Tensor, labels: list[int], kind: str) -> float:
     pred: list[int] = []
     for tid in text_ids:
         pred += session.scores(tid, prompt.unsqueeze(0)).argmax(-1).tolist()
     return metric(pred, labels, kind)
 
 
-def score_on_test(session, texts: TextSets, prompt: torch.Tensor) -> float:
+def score_on_test(session: ScoringSession, texts: TextSets, prompt: torch.Tensor) -> float:
     """Test metric of ``prompt`` on ``session``; the prompt may have been tuned on another session
     (research/rfa_fidelity.py scores a prompt tuned under RFA with exact softmax and vice versa)."""
     return _evaluate(session, [session.load_texts(b) for b in texts.test], prompt, texts.test_labels, texts.metric)
 
 
-def tune_program(session, cfg: TuneConfig, texts: TextSets, out_dir: str, resume: bool, show_progress: bool = True):
+def tune_program(session: ScoringSession, cfg: TuneConfig, texts: TextSets, out_dir: str, resume: bool, show_progress: bool = True):
     """The owner's tuning loop; runs unchanged on a PlainSession or a SecureSession."""
     import cma
     from tqdm import tqdm
@@ -288,7 +289,7 @@ def _early_stop(state: dict, cfg: TuneConfig) -> bool:
     return cfg.patience is not None and state["since_best"] >= cfg.patience
 
 
-def _finish(session, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict, events=None) -> dict:
+def _finish(session: ScoringSession, cfg: TuneConfig, texts: TextSets, A: torch.Tensor, state: dict, events=None) -> dict:
     best = state["best"]
     if best is None:
         raise SecptuneError(

@@ -1,0 +1,33 @@
+"""The one interface every scoring session implements: plain (the oracle and the float
+model), exact Hugging Face, and secure (the owner's side of a two-party session).
+
+The tuner and `infer` see only this, so a mode is a session that scores prompts on
+loaded texts; nothing above it branches on which one it is.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from secptune.batch import Batch
+
+
+@runtime_checkable
+class ScoringSession(Protocol):
+    """Scores of candidate prompts on text sets loaded once per run."""
+
+    forward_log: list[dict]  # per scores() call: texts, sequences, wall_s, bytes, rounds
+
+    def load_texts(self, batch: Batch) -> int:
+        """Load one text set (embedded once: secure sessions share it once); returns its id."""
+
+    def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
+        """Label-word scores [R·B, L] of R prompts [R, P, H] on text set ``text_id`` (B texts)."""
+
+    def traffic(self) -> tuple[int, int]:
+        """(bytes, rounds) this session sent so far; (0, 0) without a peer."""
+
+    def close(self) -> None:
+        """End the session (secure: tell the server and dealer)."""
