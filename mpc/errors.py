@@ -12,7 +12,7 @@ class MPCError(Exception):
     """The secure computation could not go on; the message says why and what to do."""
 
 
-# -- the parties' network (mpc.net, mpc.tls, mpc.transport) ----------------------
+# -- the parties' network (mpc.net, mpc.tls, mpc.channels, mpc.transport) ---------
 class TransportError(MPCError):
     """A problem with the parties' network."""
 

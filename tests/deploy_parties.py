@@ -213,7 +213,7 @@ def _claim(port: int, role: str, use_tls: bool, tls_context, version: str, timeo
     import ssl
     import struct
 
-    from mpc.transport import PROTOCOL
+    from mpc.wire import PROTOCOL
 
     record = {"port": port, "role": role, "tls": use_tls, "accepted": False, "answer": ""}
     hello = json.dumps({"protocol": PROTOCOL, "version": version, "role": role, "rank": ROLES.index(role),
