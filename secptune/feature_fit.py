@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mpc import approx
+from mpc import approx, jobstate
 from rfa.config import AttentionConfig
 from rfa.fit import FitOptions, fit_layer
 
@@ -107,6 +107,7 @@ def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: 
 
 
 _CHOICES: dict[str, dict] = {}  # this process's layer choices, for reports
+jobstate.on_reset(_CHOICES.clear)  # a persistent test server: no choice from an earlier job
 
 
 def choice_record(resolved: AttentionConfig) -> dict | None:
