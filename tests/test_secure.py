@@ -58,6 +58,7 @@ def test_audit_detects_plaintext_on_the_wire(mpc_cluster):
     assert results["owner"].audit["canary_hits"] > 0.9 * canaries.numel()
 
 
+@pytest.mark.deploy  # fresh processes: a party's death is what it tests
 def test_dead_server_stops_the_run_within_60s():
     started = time.monotonic()
     with pytest.raises(launcher.PartyFailedError, match="server"):

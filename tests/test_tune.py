@@ -47,6 +47,7 @@ def test_losses_and_metrics():
     assert metric([1, 1, 0], [1, 0, 0], "f1") == pytest.approx(2 / 3)
 
 
+@pytest.mark.mpc  # the product's own local run: fresh parties
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-roberta"])
 def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     plain = run_tune(small_config(model, "plain", data), str(tmp_path / "plain"), show_progress=False)
