@@ -397,7 +397,7 @@ def _cluster_party_main(role: str, conn, parent_pid: int) -> None:
             try:
                 message = _recv(conn)
             except EOFError:
-                return  # the launcher went away
+                break  # the launcher went away
             if message[0] == "bind":
                 if listener is not None:
                     listener.close()
@@ -419,9 +419,12 @@ def _cluster_party_main(role: str, conn, parent_pid: int) -> None:
                     raise SystemExit(1)
                 jobstate.reset()
             else:
-                return
+                break
     finally:
         conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # told to stop: nothing left to clean up (an orderly interpreter exit takes seconds)
 
 
 def _loopback_listener() -> socket.socket:
