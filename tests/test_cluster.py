@@ -65,4 +65,9 @@ def test_a_failed_or_stuck_job_does_not_poison_the_next(mpc_cluster, capsys):
     result = _probe(mpc_cluster.run, "after")
     assert torch.equal(result["owner"].value["revealed"], torch.ones(4, dtype=torch.float64))
     assert mpc_cluster.starts == starts + 2  # one new start after each failure
+    mpc_cluster._procs["dealer"].kill()  # a party lost between jobs: the next job gets new ones
+    mpc_cluster._procs["dealer"].join(10)
+    result = _probe(mpc_cluster.run, "after a lost party")
+    assert torch.equal(result["owner"].value["revealed"], torch.ones(4, dtype=torch.float64))
+    assert mpc_cluster.starts == starts + 3 and "not ready for a new job" in capsys.readouterr().err
     assert (mpc_cluster.key_dir / "owner" / "owner.crt").read_bytes() != certificate  # new keys per start
