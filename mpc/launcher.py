@@ -354,8 +354,11 @@ class LocalCluster:
 
     def _bind(self) -> dict[str, int]:
         """Each party opens a new loopback listener for the next job; returns the ports."""
-        for conn in self._pipes.values():
-            _send(conn, ("bind",))
+        for role, conn in self._pipes.items():
+            try:
+                _send(conn, ("bind",))
+            except OSError:  # its end of the pipe is gone
+                raise PartyFailedError(_death_message(role, self._procs[role])) from None
         ports = {}
         deadline = time.monotonic() + self.start_timeout_s
         for role, conn in self._pipes.items():
