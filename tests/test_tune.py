@@ -100,6 +100,7 @@ def _cli(args, **kw):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.deploy  # three CLI processes, one of them killed
 def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     args = ["--model", "tiny-llama", "--mode", "plain", "--train", str(data / "train.jsonl"),
             "--test", str(data / "test.jsonl"), "--k", "2", "--popsize", "4", "--budget", "400",
