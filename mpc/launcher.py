@@ -8,6 +8,8 @@ deadlocked the dealer here before, and every process needs the CrypTen shim.
   local user cannot take a role).  The launcher watches all three; if one dies or
   reports an error, the others are stopped at once and the caller gets a
   :class:`PartyFailedError` naming the party — never a hang.
+* :class:`LocalCluster`: the same three started once, then running many jobs
+  (the test suite), each a fresh session on processes that have done their imports.
 * :func:`run_party`: this host's one party of a run across machines, over the TLS
   transport of :mod:`mpc.transport` (a :class:`mpc.net.Network` says where the
   others are).  Nobody watches the other hosts' processes here: the transport
@@ -22,6 +24,7 @@ import multiprocessing as mp
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -108,10 +111,21 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
                 parent_pid: int | None = None, listener: socket.socket | None = None) -> None:
     """Entry point of every spawned party process (``network``: where the parties are;
     ``listener``: this party's socket, bound by the launcher of a local run)."""
-    from mpc import accounting, reveal
-
     if parent_pid is not None:
         _die_with_parent(parent_pid)
+    try:
+        if not _serve_job(role, spec, job, conn, network, listener):
+            raise SystemExit(1)
+    finally:
+        conn.close()
+
+
+def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn, network=None,
+               listener: socket.socket | None = None) -> bool:
+    """Run this party's part of one job and report it on ``conn``; False if it failed
+    (the failure is reported; this process's session is then unusable)."""
+    from mpc import accounting, reveal
+
     started = time.perf_counter()
     finished, reason = False, None
     try:
@@ -151,13 +165,13 @@ def _party_main(role: str, spec: session.SessionSpec, job: PartyJob | None, conn
             # a network problem is passed on so the peers can name the cause; a job's
             # error is not (its text may describe this party's private inputs)
             reason = str(exc) if isinstance(exc, TransportError) else None
-        raise SystemExit(1)
+        return False
     finally:
         if network is not None:
             from mpc import transport
 
             transport.shutdown(graceful=finished, reason=reason)  # no goodbye after a failure: peers stop at once
-        conn.close()
+    return True
 
 
 def _stop_all(procs: dict[str, mp.Process], grace_s: float = 0.0) -> None:
@@ -199,7 +213,7 @@ def run_local(
     party its socket, so no other process can take a port between choosing and binding.
     """
     from mpc import tls
-    from mpc.net import Address, Network, TransportError
+    from mpc.net import Address, TransportError
 
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="secptune-run-") as run_dir:
@@ -214,9 +228,7 @@ def run_local(
         pipes, procs = {}, {}
         try:
             for role, job in jobs.items():
-                network = Network(peers, role, tls_dir=str(key_dirs[role]), connect_timeout_s=peer_timeout_s,
-                                  peer_timeout_s=peer_timeout_s)
-                spec = session.SessionSpec(rendezvous=network.describe(), timeout_s=peer_timeout_s)
+                network, spec = _local_network(peers, role, key_dirs[role], peer_timeout_s)
                 parent_end, child_end = ctx.Pipe(duplex=False)
                 proc = ctx.Process(  # parent_pid: a killed command takes its parties with it
                     target=_party_main,
@@ -240,6 +252,187 @@ def run_local(
             return results
         finally:
             _stop_all(procs, grace_s)
+
+
+def _local_network(peers: tuple, role: str, key_dir, peer_timeout_s: float):
+    """``role``'s :class:`mpc.net.Network` and session spec of a run on this machine (TLS, pinned keys)."""
+    from mpc.net import Network
+
+    network = Network(peers, role, tls_dir=str(key_dir), connect_timeout_s=peer_timeout_s,
+                      peer_timeout_s=peer_timeout_s)
+    return network, session.SessionSpec(rendezvous=network.describe(), timeout_s=peer_timeout_s)
+
+
+class LocalCluster:
+    """Owner, server and dealer started once on this machine, then running many jobs.
+
+    For callers that run many short two-party jobs (the test suite): a spawned
+    party spends seconds importing torch, CrypTen and transformers, often more
+    than the job.  Each :meth:`run` is still a whole session as in
+    :func:`run_local` — new TLS connections on new loopback ports, ``crypten.init``
+    with fresh AES keys, a fresh dealer — and between jobs every party clears what
+    a job leaves behind (:func:`mpc.jobstate.reset`), so results, bytes and rounds
+    are those of fresh processes.  The TLS keys are made per :meth:`start` (mode
+    0700 directory, deleted on :meth:`close`).  A job that fails or times out
+    stops all three parties (a failed session cannot be trusted to be clean); the
+    next job starts new ones.  Each job gets the caller's environment and
+    ``sys.path`` as they are when it is submitted, as a fresh spawn would.
+    """
+
+    def __init__(self, peer_timeout_s: float = 120.0, start_timeout_s: float = 300.0, log=None):
+        self.peer_timeout_s = peer_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.starts = 0  # how many times the parties were started
+        self.leftovers: dict[str, dict] = {}  # per role: mpc.jobstate.leftovers() before the last job
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._pipes: dict = {}
+        self._procs: dict[str, mp.Process] = {}
+        self._stopped_because: str | None = None
+
+    @property
+    def key_dir(self) -> Path | None:
+        """This start's TLS keys (None while stopped)."""
+        return None if self._dir is None else Path(self._dir.name) / "tls"
+
+    def start(self) -> None:
+        """Spawn the three parties with new TLS keys (they import CrypTen while the caller goes on)."""
+        from mpc import tls
+        from mpc.net import TransportError
+
+        if self._procs:
+            return
+        if self._stopped_because:
+            self.log(f"secptune cluster: starting owner, server and dealer again (the last job failed: "
+                     f"{self._stopped_because})")
+        self._stopped_because = None
+        self._dir = tempfile.TemporaryDirectory(prefix="secptune-cluster-")
+        os.chmod(self._dir.name, 0o700)
+        try:
+            tls.role_dirs(self.key_dir)
+        except TransportError as exc:
+            self.close()
+            raise PartyFailedError(f"cannot make the cluster's keys: {exc}") from exc
+        ctx = mp.get_context("spawn")
+        for role in ROLES:
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=_cluster_party_main, args=(role, child_end, os.getpid()),
+                               name=f"secptune-cluster-{role}")
+            proc.start()
+            child_end.close()
+            self._pipes[role], self._procs[role] = parent_end, proc
+        self.starts += 1
+
+    def run(self, owner: PartyJob, server: PartyJob, timeout_s: float = 3600.0) -> dict[str, PartyResult]:
+        """Run one job as :func:`run_local` does (same results and errors) on the running parties."""
+        from mpc.net import Address
+
+        self.start()
+        try:
+            try:
+                ports = self._bind()
+            except PartyFailedError as exc:  # the last job's clean-up failed: no job of this one has run
+                self.log(f"secptune cluster: the parties were not ready for a new job ({exc}); starting new ones")
+                self.close(grace_s=0.0)
+                self.start()
+                ports = self._bind()
+            peers = tuple(Address("127.0.0.1", ports[role]) for role in ROLES)
+            context = (list(sys.path), dict(os.environ))
+            for role, job in {"owner": owner, "server": server, "dealer": None}.items():
+                network, spec = _local_network(peers, role, self.key_dir / role, self.peer_timeout_s)
+                _send(self._pipes[role], ("run", spec, network, pickle.dumps(job), *context))
+            return _collect(self._pipes, self._procs, timeout_s)
+        except BaseException as exc:
+            self._stopped_because = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.log(f"secptune cluster: a job failed ({self._stopped_because}); owner, server and dealer "
+                     "were stopped, the next job starts new ones")
+            self.close(grace_s=0.0)
+            raise
+
+    def _bind(self) -> dict[str, int]:
+        """Each party opens a new loopback listener for the next job; returns the ports."""
+        for role, conn in self._pipes.items():
+            try:
+                _send(conn, ("bind",))
+            except OSError:  # its end of the pipe is gone
+                raise PartyFailedError(_death_message(role, self._procs[role])) from None
+        ports = {}
+        deadline = time.monotonic() + self.start_timeout_s
+        for role, conn in self._pipes.items():
+            while not conn.poll(0.05):
+                if not self._procs[role].is_alive():
+                    raise PartyFailedError(_death_message(role, self._procs[role]))
+                if time.monotonic() > deadline:
+                    raise PartyFailedError(f"the {role} process did not get ready within {self.start_timeout_s:.0f} s")
+            message = _recv(conn)
+            if message[0] != "port":
+                raise PartyFailedError(f"the {role} process failed: {_detail(message)}")
+            ports[role], self.leftovers[role] = message[1], message[2]
+        return ports
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop the three parties (after ``grace_s`` to exit on their own) and delete this start's keys."""
+        for conn in self._pipes.values():
+            try:
+                _send(conn, ("close",))
+            except OSError:
+                pass  # already gone
+        _stop_all(self._procs, grace_s)
+        for conn in self._pipes.values():
+            conn.close()
+        self._pipes, self._procs = {}, {}
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _cluster_party_main(role: str, conn, parent_pid: int) -> None:
+    """One persistent party of a :class:`LocalCluster`: bind, run a job, clear its traces, repeat."""
+    _die_with_parent(parent_pid)
+    from mpc import jobstate
+
+    jobstate.remember_baseline()
+    listener = None
+    try:
+        while True:
+            try:
+                message = _recv(conn)
+            except EOFError:
+                break  # the launcher went away
+            if message[0] == "bind":
+                if listener is not None:
+                    listener.close()
+                listener = _loopback_listener()
+                _send(conn, ("port", listener.getsockname()[1], jobstate.leftovers()))
+            elif message[0] == "run":
+                _, spec, network, payload, sys_path, env = message
+                os.environ.clear()
+                os.environ.update(env)
+                sys.path[:] = sys_path
+                try:
+                    job = pickle.loads(payload)
+                except BaseException as exc:
+                    _report_error(conn, role, exc, local=True)
+                    raise SystemExit(1)
+                ok = _serve_job(role, spec, job, conn, network, listener)
+                listener = None  # the job's transport owned and closed it
+                if not ok:
+                    raise SystemExit(1)
+                jobstate.reset()
+            else:
+                break
+    finally:
+        conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # told to stop: nothing left to clean up (an orderly interpreter exit takes seconds)
 
 
 def _loopback_listener() -> socket.socket:

@@ -24,6 +24,8 @@ import torch
 
 from mpc import approx
 from rfa.random_features import feature_matrix
+from rfa.random_features import rfa_attention
+from rfa.softmax_attention import attention
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,6 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
 
 def attention_error(samples: list[dict], layer_params: dict, acfg: approx.ApproxConfig, cfg) -> float:
     """Relative error ||RFA − softmax|| / ||softmax|| of this layer's attention outputs."""
-    from rfa.random_features import rfa_attention
-    from rfa.softmax_attention import attention
-
     num = den = 0.0
     for s in samples:
         exact = attention(s["q"], s["k"], s["v"], s["penalty"], exact=True, cfg=acfg)

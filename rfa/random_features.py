@@ -38,6 +38,7 @@ from mpc import approx
 from mpc.opened import open_once
 from mpc.tensorops import cat, is_secure
 from rfa.config import AttentionConfig
+from mpc.trig import sincos_turns, sincos_turns_plain
 
 STABILISER = 0.0  # the constant c above (c > 0 would push small features below fixed-point resolution)
 
@@ -98,8 +99,6 @@ def positive_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
 
 def fourier_features(x, params, side: str, cfg: approx.ApproxConfig, monitor):
     """[sin xW, cos xW], keys weighted by exp(|k|²/2 − c); W is in turns."""
-    from mpc.trig import sincos_turns, sincos_turns_plain
-
     u = _project(x, params, side)
     sin, cos = sincos_turns(u) if is_secure(u) else sincos_turns_plain(u)
     feats = cat([sin, cos], dim=-1)

@@ -136,9 +136,11 @@ def secure_scores(
     network=None,
     attention: AttentionConfig = SOFTMAX,
     range_policy: str = "report",
+    launch=None,
 ):
     """Scores from a secure run, with each party's traffic: three local processes, or
-    (``network``) this host as the data owner and the server and dealer elsewhere.
+    (``network``) this host as the data owner and the server and dealer elsewhere
+    (``launch``: how the local run starts its parties, see :func:`secptune.secure.run_local`).
     ``range_policy``: what the owner does when a forward's sampled range check fails
     ("report": mark it in the forward log, see :func:`secptune.secure.range_events`;
     "stop": raise :class:`secptune.secure.RangeCheckError`)."""
@@ -154,7 +156,8 @@ def secure_scores(
     if network is not None:
         results = secure.run_remote(secure.score_batches, args, request, prep.verbalizer, network)
     else:
-        results = secure.run_local(str(prep.model_dir), secure.score_batches, args, request, prep.verbalizer, canaries)
+        results = secure.run_local(str(prep.model_dir), secure.score_batches, args, request, prep.verbalizer, canaries,
+                                   launch=launch)
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 

@@ -560,11 +560,14 @@ def run_local(
     canaries: dict | None = None,
     timeout_s: float = 24 * 3600.0,
     max_labels: int = MAX_LABEL_WORDS,
+    launch: Callable | None = None,
 ) -> dict[str, launcher.PartyResult]:
     """Launch owner, server and dealer on this machine and run ``program`` on the owner
-    (``max_labels``: the server's cap on label words per query)."""
+    (``max_labels``: the server's cap on label words per query; ``launch``: runs the two
+    jobs as :func:`mpc.launcher.run_local` does, the default; tests pass a
+    :class:`mpc.launcher.LocalCluster`'s ``run``)."""
     canaries = canaries or {}
-    return launcher.run_local(
+    return (launch or launcher.run_local)(
         owner=launcher.PartyJob(owner_party, (program, args, request, verbalizer, canaries.get("owner"))),
         server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"), max_labels)),
         timeout_s=timeout_s,

@@ -30,7 +30,10 @@ def server_collects_owner_masks(model_dir: str):
         return out
 
     secure._share, fixed_weights.prepare = recording_share, capturing_prepare
-    result = secure.server_party(model_dir)
+    try:
+        result = secure.server_party(model_dir)
+    finally:  # a persistent party runs other jobs after this one
+        secure._share, fixed_weights.prepare = share, prepare
     return {"result": result, "owner_masks": captured["owner_masks"]}
 
 

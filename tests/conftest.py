@@ -55,3 +55,28 @@ def no_leftover_processes(monkeypatch):
     monkeypatch.setenv(MARK, mark)
     yield
     assert leftovers(mark) == []
+
+
+@pytest.fixture(scope="session")
+def mpc_cluster():
+    """Owner, server and dealer started once for the whole session; ``.run(owner, server, timeout_s)``
+    runs one job on them as :func:`mpc.launcher.run_local` would (tests marked ``mpc``)."""
+    from mpc.launcher import LocalCluster
+
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+DEPLOY_MODULES = ("test_deploy_", "test_local_auth")  # fresh processes, hosts, TLS and faults by design
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the cluster are ``mpc``, the deployment modules ``deploy``; a test with none of
+    the markers is ``unit``."""
+    for item in items:
+        if "mpc_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mpc)
+        if item.module.__name__.startswith(DEPLOY_MODULES):
+            item.add_marker(pytest.mark.deploy)
+        if not any(item.get_closest_marker(name) for name in ("mpc", "deploy", "slow")):
+            item.add_marker(pytest.mark.unit)

@@ -45,12 +45,13 @@ def run_op(op, shapes, inputs, extra=None):
     return reveal_to(out, 0), cost
 
 
-def run(op, *tensors, extra=None):
-    """Run ``op`` securely on owner tensors; returns (revealed result, owner online cost)."""
+def run(launch, op, *tensors, extra=None):
+    """Run ``op`` securely on owner tensors with ``launch`` (the cluster's ``run``, or
+    :func:`mpc.launcher.run_local`); returns (revealed result, owner online cost)."""
     from mpc import launcher
 
     shapes = [tuple(t.shape) for t in tensors]
-    results = launcher.run_local(
+    results = launch(
         launcher.PartyJob(run_op, (op, shapes, list(tensors), extra)),
         launcher.PartyJob(run_op, (op, shapes, [None] * len(tensors), extra)),
         timeout_s=300,
@@ -97,13 +98,19 @@ def _fourier_exp(x, low=-16.0, high=4.0):
 OPS["fourier_exp"] = _fourier_exp
 
 
-def _fourier_view(x, name="silu", bound=64.0):
-    """The activation of a non-contiguous view (as the fused gate|up product hands it over)."""
-    from mpc.fourier import activation_series, evaluate
+def _fourier_view(x, name="silu", bound=64.0, dealt_values=None):
+    """The activation of a non-contiguous view (as the fused gate|up product hands it over);
+    ``dealt_values``: a smaller bound on the dealer's values held at once (smaller chunks)."""
+    from mpc import fourier
     from mpc.tensorops import cat
 
     view = cat([x * 0.5, x], dim=-1).narrow(-1, x.size(-1), x.size(-1))
-    return evaluate(view, activation_series(name, bound))
+    default = fourier.DEALT_VALUES
+    fourier.DEALT_VALUES = dealt_values or default
+    try:
+        return fourier.evaluate(view, fourier.activation_series(name, bound))
+    finally:
+        fourier.DEALT_VALUES = default
 
 
 OPS["fourier_view"] = _fourier_view

@@ -45,4 +45,34 @@ def owner_receives_broadcast(shape, canaries):
     comm.get().broadcast(torch.zeros(shape, dtype=torch.long), src=1)
 
 
+def probe_fresh_state(tag: str):
+    """Cluster job: what this party finds at the start of a job (its state must be a fresh
+    process's), then leave traces for the next job: config, seed, handles, canaries, a reveal."""
+    import crypten
+    from crypten.mpc.provider import ttp_provider
+
+    from mpc import accounting, fixed_weights, opened
+    from mpc.reveal import reveal_to
+
+    found = {
+        "traffic": accounting.log().as_dict(),  # the session's start-up only
+        "canaries": accounting.log().canaries,
+        "exp_iterations": crypten.cfg.functions.exp_iterations,
+        "handles": (next(fixed_weights._HANDLES), next(opened._HANDLES)),
+        "torch_draw": torch.rand(3),
+        "env": os.environ.get("SECPTUNE_CLUSTER_PROBE"),
+    }
+    crypten.cfg.functions.exp_iterations = 3
+    torch.manual_seed(12345)
+    accounting.set_canaries(torch.arange(5))
+    os.environ["SECPTUNE_CLUSTER_PROBE"] = "left by " + tag
+    x = crypten.cryptensor(torch.ones(4), src=0)
+    found["revealed"] = reveal_to(x * x, 0)
+    fixed_weights.prepare({"b.w": crypten.cryptensor(torch.zeros(4, 2), src=1)})  # the dealer keeps its mask
+    # last: a draw takes a stream out of step with its other holder
+    found["pairwise_draw"] = crypten.generators["next"][torch.device("cpu")].ring((4,))
+    found["dealer_draw"] = ttp_provider.TTPClient.get().get_generator().ring((4,))
+    return found
+
+
 __all__ = ["secure"]

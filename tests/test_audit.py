@@ -38,7 +38,7 @@ def _smollm2_inputs():
     return opts, prepare(opts, load_jsonl(task_file("sst2", "test"), 2))
 
 
-def _audits(model: str, monkeypatch, zero_masks: bool) -> tuple[dict, dict]:
+def _audits(model: str, monkeypatch, zero_masks: bool, launch) -> tuple[dict, dict]:
     if zero_masks:
         monkeypatch.setenv(prg.TEST_ONLY_ENV, "zero")
     else:
@@ -49,7 +49,7 @@ def _audits(model: str, monkeypatch, zero_masks: bool) -> tuple[dict, dict]:
         "server": _meaningful(torch.cat([_encode(b.prompt) for b in prep.batches] + [_encode(torch.ones(1))])),
         "owner": _meaningful(torch.cat([_encode(w) for w in weights.values()])),
     }
-    scores, _, results = secure_scores(prep, opts.cfg, canaries)
+    scores, _, results = secure_scores(prep, opts.cfg, canaries, launch=launch)
     plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
     assert (scores - plain).abs().max() <= 1e-2 * plain.abs().max()  # zero masks compute correctly too
     for role in ("owner", "server"):  # every reveal went to the owner: the scores (and one-bit range checks)
@@ -62,9 +62,9 @@ def _audits(model: str, monkeypatch, zero_masks: bool) -> tuple[dict, dict]:
 @pytest.mark.parametrize(
     "model", ["tiny-llama", "tiny-roberta", pytest.param("smollm2", marks=pytest.mark.slow)]  # smollm2: ~10 min
 )
-def test_audit_finds_zero_masks_and_passes_real_ones(model, monkeypatch):
+def test_audit_finds_zero_masks_and_passes_real_ones(model, monkeypatch, mpc_cluster):
     for zero_masks in (True, False):
-        for role, audit in zip(("owner", "server"), _audits(model, monkeypatch, zero_masks)):
+        for role, audit in zip(("owner", "server"), _audits(model, monkeypatch, zero_masks, mpc_cluster.run)):
             paths = audit["paths"]
             assert audit["received_elements"] > 10_000 and {"all_reduce", "broadcast" if role == "owner" else "all_reduce"} <= set(paths)
             if zero_masks:  # the mutation: the weight opening / input openings in the clear

@@ -24,7 +24,7 @@ def _plain_grads(prep, batch, labels, method):
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-roberta"])
-def test_secure_gradients_match_plaintext(model):
+def test_secure_gradients_match_plaintext(model, mpc_cluster):
     from mpc import approx, launcher
     from secptune import secure
 
@@ -36,7 +36,7 @@ def test_secure_gradients_match_plaintext(model):
     )
     methods = ["prompt-grad", "sft"]
     # gradients only: a whole training step (Adam on shares) runs in tests/test_bench_iteration.py
-    results = launcher.run_local(
+    results = mpc_cluster.run(
         owner=launcher.PartyJob(train_jobs.owner_job, (request, prep.verbalizer, batch, labels, methods)),
         server=launcher.PartyJob(train_jobs.server_job, (str(prep.model_dir),)),
         timeout_s=600,

@@ -42,6 +42,7 @@ def test_plain_mode(capsys):
     assert result["layers_run"] == result["layers_full"] == 2
 
 
+@pytest.mark.mpc  # the benchmark's own local run: fresh parties
 def test_secure_run_json_adds_up(capsys, tmp_path):
     target = tmp_path / "bench.json"
     code, out, _ = run(

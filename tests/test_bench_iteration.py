@@ -12,6 +12,7 @@ def run(capsys, *argv):
     return code, capsys.readouterr()
 
 
+@pytest.mark.mpc  # the benchmark's own local run: fresh parties
 def test_gradient_step_reports_phases_and_extrapolates(capsys):
     code, captured = run(capsys, "--method", "prompt-grad", "--model", "tiny-llama", "--seq", "8", "--batch", "2",
                          "--layers", "1", "--json")
@@ -30,6 +31,7 @@ def test_gradient_step_reports_phases_and_extrapolates(capsys):
     assert ext["total"]["bytes"] == r["bytes"] + ext["per_layer"]["bytes"]  # 1 measured + 1 more layer
 
 
+@pytest.mark.mpc
 def test_forward_only_iteration_has_no_backward(capsys):
     code, captured = run(capsys, "--method", "fot-softmax", "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--json")
     assert code == 0
@@ -46,6 +48,7 @@ def test_unknown_method_is_refused():
         main(["bench", "iteration", "--method", "adam", "--model", "tiny-llama"])
 
 
+@pytest.mark.mpc
 def test_no_step_stops_after_the_gradients(capsys):
     code, captured = run(capsys, "--method", "sft", "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--no-step",
                          "--json")

@@ -6,23 +6,23 @@ import attack_jobs
 from mpc import dealer, launcher
 
 
-def _run(owner_request, server_request):
-    return launcher.run_local(
+def _run(launch, owner_request, server_request):
+    return launch(
         owner=launcher.PartyJob(attack_jobs.ask_dealer, owner_request),
         server=launcher.PartyJob(attack_jobs.ask_dealer, server_request),
         timeout_s=120,
     )
 
 
-def test_the_dealer_refuses_what_the_protocol_never_asks_for():
+def test_the_dealer_refuses_what_the_protocol_never_asks_for(mpc_cluster):
     # CrypTen's TTP server ran any method named in a request: this one returns raw stream output
     with pytest.raises(launcher.PartyFailedError, match="not a dealer request"):
-        _run(("_get_additive_PRSS", (4,), ()), ("_get_additive_PRSS", (4,), ()))
+        _run(mpc_cluster.run, ("_get_additive_PRSS", (4,), ()), ("_get_additive_PRSS", (4,), ()))
     # an owner asking for more (or other) masks than the server does: refused before any draw
     with pytest.raises(launcher.PartyFailedError, match="differs from what the server asked for"):
-        _run(("square", (64,), ()), ("square", (4,), ()))
+        _run(mpc_cluster.run, ("square", (64,), ()), ("square", (4,), ()))
     # control: the same request from both is served, and the shares are a square pair
-    results = _run(("square", (4,), ()), ("square", (4,), ()))
+    results = _run(mpc_cluster.run, ("square", (4,), ()), ("square", (4,), ()))
     assert results["owner"].value.shape == results["server"].value.shape == (4,)
 
 

@@ -85,12 +85,12 @@ def op_job(weights, inputs, canaries):
     }
 
 
-def test_fixed_mask_products_match_plaintext_and_open_only_inputs():
+def test_fixed_mask_products_match_plaintext_and_open_only_inputs(mpc_cluster):
     from mpc import launcher
 
     weights, inputs = _weights(), _inputs()
     canaries = torch.cat([(w * 2**16).long().flatten() for w in weights.values()])
-    results = launcher.run_local(
+    results = mpc_cluster.run(
         launcher.PartyJob(op_job, (None, inputs, canaries)),
         launcher.PartyJob(op_job, (weights, None, None)),
         timeout_s=300,
@@ -155,7 +155,7 @@ def forward_program(session, batches):
 
 
 @pytest.mark.parametrize("model", ["tiny-llama"])
-def test_secure_model_with_fixed_masks_opens_activations_only(model):
+def test_secure_model_with_fixed_masks_opens_activations_only(model, mpc_cluster):
     from dataclasses import asdict
 
     from conftest import prepared_inputs
@@ -166,7 +166,8 @@ def test_secure_model_with_fixed_masks_opens_activations_only(model):
     plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
     request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=asdict(opts.cfg), expected_vocab=prep.arch.vocab_size)
     assert request.fixed_weights  # the default
-    results = secure.run_local(str(prep.model_dir), forward_program, (prep.batches,), request, prep.verbalizer)
+    results = secure.run_local(str(prep.model_dir), forward_program, (prep.batches,), request, prep.verbalizer,
+                               launch=mpc_cluster.run)
     scores, ops = results["owner"].value["result"]
     assert float((scores - plain).abs().max() / plain.abs().max()) <= 1e-2
     a = prep.arch

@@ -91,12 +91,13 @@ def test_an_intruder_cannot_take_a_role_of_a_local_run(tmp_path, no_leftover_pro
         while not armed.exists() and intruder.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert armed.exists(), "the intruder did not start"
-        runner.start()  # the intruder strikes as soon as the ports are known: before the parties meet
         me = psutil.Process()
+        earlier = {p.pid for p in me.children()}  # e.g. the session's cluster (tests/conftest.py)
+        runner.start()  # the intruder strikes as soon as the ports are known: before the parties meet
         parties: list = []
         deadline = time.monotonic() + 60
         while len(parties) < 3 and time.monotonic() < deadline:
-            parties = [p for p in me.children() if "spawn_main" in " ".join(_cmdline(p))]
+            parties = [p for p in me.children() if p.pid not in earlier and "spawn_main" in " ".join(_cmdline(p))]
             time.sleep(0.01)
         assert len(parties) == 3, "the three party processes did not start"
         ports: set = set()

@@ -18,7 +18,7 @@ from secptune import secure
 OBSERVED, PREDICTED = 312, 1000  # 312 int64 draws = 624 MT words: the whole state
 
 
-def _owner_masks_seen_by_server(monkeypatch, rng: str | None) -> torch.Tensor:
+def _owner_masks_seen_by_server(monkeypatch, rng: str | None, launch) -> torch.Tensor:
     if rng:
         monkeypatch.setenv(prg.TEST_ONLY_ENV, rng)
     else:
@@ -27,7 +27,7 @@ def _owner_masks_seen_by_server(monkeypatch, rng: str | None) -> torch.Tensor:
     request = secure.OwnerRequest(
         labels=len(prep.label_ids), cfg=asdict(opts.cfg), expected_vocab=prep.arch.vocab_size
     )
-    results = launcher.run_local(
+    results = launch(
         owner=launcher.PartyJob(secure.owner_party, (secure.score_batches, (prep.batches,), request, prep.verbalizer)),
         server=launcher.PartyJob(attack_jobs.server_collects_owner_masks, (str(prep.model_dir),)),
     )
@@ -38,8 +38,8 @@ def _owner_masks_seen_by_server(monkeypatch, rng: str | None) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rng", [None, "mt19937"], ids=["aes-ctr", "mersenne-twister-control"])
-def test_the_server_cannot_predict_the_owners_next_masks(monkeypatch, rng):
-    masks = _owner_masks_seen_by_server(monkeypatch, rng).tolist()
+def test_the_server_cannot_predict_the_owners_next_masks(monkeypatch, rng, mpc_cluster):
+    masks = _owner_masks_seen_by_server(monkeypatch, rng, mpc_cluster.run).tolist()
     predicted = mt19937.predict_int64(masks[:OBSERVED], PREDICTED)
     hits = sum(p == m for p, m in zip(predicted, masks[OBSERVED : OBSERVED + PREDICTED]))
     if rng == "mt19937":

@@ -18,11 +18,11 @@ from conftest import prepared_inputs
 TOLERANCE = 1e-2  # as tests/test_secure.py: max |secure − plain| ≤ 1e-2 · max |plain|
 
 
-def test_in_range_forward_reveals_bit_zero_and_matches_the_oracle():
+def test_in_range_forward_reveals_bit_zero_and_matches_the_oracle(mpc_cluster):
     opts, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=2)
     plain, warnings = plain_scores(prep, exact=False, cfg=opts.cfg)
     assert warnings == {}  # the oracle sees every input in range
-    got, _, results = secure_scores(prep, opts.cfg)
+    got, _, results = secure_scores(prep, opts.cfg, launch=mpc_cluster.run)
     assert float((got - plain).abs().max() / plain.abs().max()) <= TOLERANCE
     forwards = results["owner"].value["forwards"]
     events = secure.range_events(forwards)
@@ -50,7 +50,7 @@ def owner_out_of_range(session, batches):
     return {"scores": scores, "reported": reported, "error": None}
 
 
-def test_out_of_range_inputs_are_reported_or_stop_the_run():
+def test_out_of_range_inputs_are_reported_or_stop_the_run(mpc_cluster):
     """Positive control: attention logits announced to lie in [−0.01, 0.01].
 
     The bound only enters the range check (the softmax itself does not depend on it), so
@@ -68,7 +68,7 @@ def test_out_of_range_inputs_are_reported_or_stop_the_run():
 
     request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=dataclasses.asdict(cfg))
     results = secure.run_local(
-        str(prep.model_dir), owner_out_of_range, (prep.batches[:1],), request, prep.verbalizer
+        str(prep.model_dir), owner_out_of_range, (prep.batches[:1],), request, prep.verbalizer, launch=mpc_cluster.run
     )
     value = results["owner"].value["result"]
     assert value["reported"]["range_event"] is True  # "report": the owner is told, the scores come back

@@ -134,11 +134,11 @@ def relative_error(a, b):
     ],
     ids=["llama-positive", "roberta-positive", "llama-fourier", "llama-fitted-hybrid", "llama-default"],
 )
-def test_secure_rfa_equals_plain_rfa(model, cfg):
+def test_secure_rfa_equals_plain_rfa(model, cfg, mpc_cluster):
     opts, prep = prepared_inputs(model, prompt_len=4, batch_size=2)
     plain, warnings = plain_scores(prep, exact=False, cfg=opts.cfg, attention=cfg)
     softmax, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
-    got, comm, _ = secure_scores(prep, opts.cfg, attention=cfg)
+    got, comm, _ = secure_scores(prep, opts.cfg, attention=cfg, launch=mpc_cluster.run)
     assert relative_error(got, plain) <= 1e-2, warnings
     assert not torch.allclose(plain, softmax)  # RFA really replaced softmax
     assert comm["owner"]["ops"]["attention"]["online"]["bytes"] > 0

@@ -177,7 +177,7 @@ def crypten_matmuls(x_int, w_int, x_f, w_f, pub):
     return beaver_2d, beaver_3d, public, fixed, dict(ring.calls)
 
 
-def test_crypten_secret_shared_matmul_after_install(monkeypatch):
+def test_crypten_secret_shared_matmul_after_install(monkeypatch, mpc_cluster):
     from mpc import launcher
 
     monkeypatch.setenv("MPC_RING_MATMUL", "limbs")  # auto may keep torch's kernel on this CPU
@@ -185,7 +185,7 @@ def test_crypten_secret_shared_matmul_after_install(monkeypatch):
     x_int, w_int, pub = rand(6, 300, gen=gen), rand(300, 40, gen=gen), rand(300, 9, gen=gen)
     x_f, w_f = torch.randn(6, 300, generator=gen), torch.randn(300, 40, generator=gen) / 10
     job = launcher.PartyJob(crypten_matmuls, (x_int, w_int, x_f, w_f, pub))
-    results = launcher.run_local(owner=job, server=job, timeout_s=120, peer_timeout_s=60)
+    results = mpc_cluster.run(owner=job, server=job, timeout_s=120)
     beaver_2d, beaver_3d, public, fixed, owner_calls = results["owner"].value
     server_calls = results["server"].value[-1]
     assert torch.equal(beaver_2d, torch.matmul(x_int, w_int))

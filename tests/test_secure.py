@@ -21,10 +21,10 @@ def relative_error(secure_s, plain_s):
 
 
 @pytest.mark.parametrize("model", TINY_MODELS)
-def test_secure_equals_plain_oracle(model):
+def test_secure_equals_plain_oracle(model, mpc_cluster):
     opts, prep = prepared_inputs(model, prompt_len=4, batch_size=2)
     plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
-    got, comm, _ = secure_scores(prep, opts.cfg)
+    got, comm, _ = secure_scores(prep, opts.cfg, launch=mpc_cluster.run)
     assert got.shape == plain.shape == (4, len(prep.label_ids))
     assert relative_error(got, plain) <= 1e-2
     assert comm["owner"]["online"]["bytes"] > 0 and comm["server"]["online"]["bytes"] > 0
@@ -42,7 +42,7 @@ def _meaningful(values):
 # What each party receives in a real forward: tests/test_audit.py (canaries, uniformity, mutation test).
 
 
-def test_audit_detects_plaintext_on_the_wire():
+def test_audit_detects_plaintext_on_the_wire(mpc_cluster):
     """Negative control: a server that broadcasts a weight matrix is caught."""
     from secptune.arch import arch_from_config, extract_weights
     from secptune.checkpoints import load_hf_model, resolve_model
@@ -51,13 +51,14 @@ def test_audit_detects_plaintext_on_the_wire():
     model = load_hf_model(model_dir)
     w = extract_weights(model, arch_from_config(model.config))["l0.q.w"]
     canaries = _meaningful(_encode(w))
-    results = launcher.run_local(
+    results = mpc_cluster.run(
         owner=launcher.PartyJob(parties.owner_receives_broadcast, (tuple(w.shape), canaries)),
         server=launcher.PartyJob(parties.server_leaks_weights, (str(model_dir), None)),
     )
     assert results["owner"].audit["canary_hits"] > 0.9 * canaries.numel()
 
 
+@pytest.mark.deploy  # fresh processes: a party's death is what it tests
 def test_dead_server_stops_the_run_within_60s():
     started = time.monotonic()
     with pytest.raises(launcher.PartyFailedError, match="server"):

@@ -47,6 +47,7 @@ def test_losses_and_metrics():
     assert metric([1, 1, 0], [1, 0, 0], "f1") == pytest.approx(2 / 3)
 
 
+@pytest.mark.mpc  # the product's own local run: fresh parties
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-roberta"])
 def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     plain = run_tune(small_config(model, "plain", data), str(tmp_path / "plain"), show_progress=False)
@@ -99,6 +100,7 @@ def _cli(args, **kw):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.deploy  # three CLI processes, one of them killed
 def test_killed_run_resumes_to_the_same_result(data, tmp_path):
     args = ["--model", "tiny-llama", "--mode", "plain", "--train", str(data / "train.jsonl"),
             "--test", str(data / "test.jsonl"), "--k", "2", "--popsize", "4", "--budget", "400",

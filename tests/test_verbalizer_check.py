@@ -90,9 +90,9 @@ def server_checks(names):
     return out
 
 
-def test_only_one_hot_verbalizers_pass_the_check():
+def test_only_one_hot_verbalizers_pass_the_check(mpc_cluster):
     cases = _cases()
-    results = launcher.run_local(
+    results = mpc_cluster.run(
         owner=launcher.PartyJob(owner_checks, (cases,)),
         server=launcher.PartyJob(server_checks, (list(cases),)),
     )
@@ -111,10 +111,10 @@ def test_only_one_hot_verbalizers_pass_the_check():
         assert "refusing to continue" in server[name], name  # the protected side stops too
 
 
-def test_one_hot_session_matches_oracle_and_costs_one_check():
+def test_one_hot_session_matches_oracle_and_costs_one_check(mpc_cluster):
     opts, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=2)
     plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
-    got, comm, results = secure_scores(prep, opts.cfg)
+    got, comm, results = secure_scores(prep, opts.cfg, launch=mpc_cluster.run)
     assert float((got - plain).abs().max() / plain.abs().max()) <= 1e-2
     labels, vocab = prep.verbalizer.shape
     for role in ("owner", "server"):
@@ -147,27 +147,27 @@ def server_session(model_dir, max_labels):
         return f"{type(exc).__name__}: {exc}"
 
 
-def _refusals(prep, verbalizer, labels, max_labels=secure.MAX_LABEL_WORDS):
+def _refusals(launch, prep, verbalizer, labels, max_labels=secure.MAX_LABEL_WORDS):
     request = secure.OwnerRequest(labels=labels, expected_vocab=prep.arch.vocab_size)
-    results = launcher.run_local(
+    results = launch(
         owner=launcher.PartyJob(owner_session, (request, verbalizer, prep.batches[:1])),
         server=launcher.PartyJob(server_session, (str(prep.model_dir), max_labels)),
     )
     return results["owner"].value, results["server"].value
 
 
-def test_sessions_refuse_a_non_one_hot_verbalizer_and_too_many_label_words():
+def test_sessions_refuse_a_non_one_hot_verbalizer_and_too_many_label_words(mpc_cluster):
     _, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=2)
     bad = prep.verbalizer.clone()
     bad[0, 7] = 1.0  # a second label word folded into the first row
-    owner, server = _refusals(prep, bad, labels=3)
+    owner, server = _refusals(mpc_cluster.run, prep, bad, labels=3)
     assert owner.startswith("VerbalizerError: the server refused the verbalizer") and "row 0" in owner
     assert server.startswith("VerbalizerError: refusing to continue") and "one-hot" in server
     # the CLI never builds more rows than label words: 17 one-hot rows, the default cap is 16
     many = torch.zeros(17, prep.arch.vocab_size, dtype=torch.float64)
     many[torch.arange(17), torch.arange(17)] = 1.0
-    owner, server = _refusals(prep, many, labels=17)
+    owner, server = _refusals(mpc_cluster.run, prep, many, labels=17)
     for side in (owner, server):
         assert side.startswith("HandshakeError") and "asks for 17 label words" in side and "at most 16" in side
-    owner, server = _refusals(prep, prep.verbalizer, labels=3, max_labels=2)  # a server's own lower cap
+    owner, server = _refusals(mpc_cluster.run, prep, prep.verbalizer, labels=3, max_labels=2)  # a server's own lower cap
     assert "at most 2" in owner and "at most 2" in server
