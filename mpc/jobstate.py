@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from mpc import accounting, dealer, fixed_weights, opened, prg, reveal, ring, transport
+
 _RESETS: list[Callable[[], None]] = []
 _BASELINE: dict = {}
 
@@ -45,7 +47,6 @@ def reset() -> None:
     import crypten
     from crypten.mpc.provider import ttp_provider
 
-    from mpc import accounting, dealer, fixed_weights, opened, prg, reveal, ring, transport
 
     if crypten.is_initialized():
         crypten.uninit()
@@ -75,7 +76,6 @@ def leftovers() -> dict:
     import crypten
     from crypten.mpc.provider import ttp_provider
 
-    from mpc import accounting, dealer, fixed_weights, opened, reveal, transport
 
     log = accounting.log()
     installed = transport.installed()

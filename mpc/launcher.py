@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mpc import session
-from mpc.errors import PartyFailedError
-from mpc.session import ROLES
+from mpc import accounting, jobstate, reveal, session, tls, transport
+from mpc.errors import PartyFailedError, PeerLostError, PeerTimeoutError, StartupError, TransportError
+from mpc.net import Address, Network, check_listen
+from mpc.roles import ROLES
 
 
 @dataclass
@@ -79,8 +80,6 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 def _is_local_symptom(exc: BaseException) -> bool:
     """In a local run a lost or silent peer is a symptom: the launcher names the party that died."""
-    from mpc.net import PeerLostError, PeerTimeoutError, StartupError
-
     return isinstance(exc, (PeerLostError, PeerTimeoutError, StartupError))
 
 
@@ -124,14 +123,10 @@ def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn,
                listener: socket.socket | None = None) -> bool:
     """Run this party's part of one job and report it on ``conn``; False if it failed
     (the failure is reported; this process's session is then unusable)."""
-    from mpc import accounting, reveal
-
     started = time.perf_counter()
     finished, reason = False, None
     try:
         if network is not None:
-            from mpc import transport
-
             transport.install(network, listener)
         if role == "dealer":
             session.run_dealer(spec)
@@ -160,16 +155,12 @@ def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn,
     except BaseException as exc:  # reported to the launcher, which stops the others
         _report_error(conn, role, exc, local=listener is not None)
         if network is not None:
-            from mpc.net import TransportError
-
             # a network problem is passed on so the peers can name the cause; a job's
             # error is not (its text may describe this party's private inputs)
             reason = str(exc) if isinstance(exc, TransportError) else None
         return False
     finally:
         if network is not None:
-            from mpc import transport
-
             transport.shutdown(graceful=finished, reason=reason)  # no goodbye after a failure: peers stop at once
     return True
 
@@ -212,9 +203,6 @@ def run_local(
     The launcher binds the three listening sockets itself (port 0) and hands each
     party its socket, so no other process can take a port between choosing and binding.
     """
-    from mpc import tls
-    from mpc.net import Address, TransportError
-
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="secptune-run-") as run_dir:
         os.chmod(run_dir, 0o700)  # the keys of this run: readable by this user only
@@ -256,8 +244,6 @@ def run_local(
 
 def _local_network(peers: tuple, role: str, key_dir, peer_timeout_s: float):
     """``role``'s :class:`mpc.net.Network` and session spec of a run on this machine (TLS, pinned keys)."""
-    from mpc.net import Network
-
     network = Network(peers, role, tls_dir=str(key_dir), connect_timeout_s=peer_timeout_s,
                       peer_timeout_s=peer_timeout_s)
     return network, session.SessionSpec(rendezvous=network.describe(), timeout_s=peer_timeout_s)
@@ -297,9 +283,6 @@ class LocalCluster:
 
     def start(self) -> None:
         """Spawn the three parties with new TLS keys (they import CrypTen while the caller goes on)."""
-        from mpc import tls
-        from mpc.net import TransportError
-
         if self._procs:
             return
         if self._stopped_because:
@@ -325,8 +308,6 @@ class LocalCluster:
 
     def run(self, owner: PartyJob, server: PartyJob, timeout_s: float = 3600.0) -> dict[str, PartyResult]:
         """Run one job as :func:`run_local` does (same results and errors) on the running parties."""
-        from mpc.net import Address
-
         self.start()
         try:
             try:
@@ -396,8 +377,6 @@ class LocalCluster:
 def _cluster_party_main(role: str, conn, parent_pid: int) -> None:
     """One persistent party of a :class:`LocalCluster`: bind, run a job, clear its traces, repeat."""
     _die_with_parent(parent_pid)
-    from mpc import jobstate
-
     jobstate.remember_baseline()
     listener = None
     try:
@@ -537,8 +516,6 @@ def run_party(role: str, network, job: PartyJob | None = None, timeout_s: float 
     one-line reason (a peer lost or silent, a start-up problem, a failed job), or
     when the run exceeds ``timeout_s``.
     """
-    from mpc.net import check_listen
-
     check_listen(network.validate())
     proc, conn = start_party(role, network, job)
     grace_s = 0.0

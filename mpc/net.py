@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass, replace
 
 from mpc import tls
-from mpc.errors import NetworkConfigError, PeerLostError, PeerTimeoutError, StartupError, TransportError  # noqa: F401  (raised here; re-exported for callers)
+from mpc.errors import NetworkConfigError
 from mpc.roles import ROLES
 
 

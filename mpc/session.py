@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mpc import crypten_seam, dealer
 from mpc.errors import InsecureProviderError
-from mpc.roles import COMPUTING, RANK, ROLES
+from mpc.roles import COMPUTING, RANK
 
 COMPUTING_PARTIES = 2  # CrypTen's world size; the dealer is rank WORLD_SIZE
 PROVIDER = "TTP"

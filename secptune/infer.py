@@ -31,6 +31,9 @@ from secptune.inputs import (
     verbalizer_onehot,
 )
 from secptune.batch import Batch
+from secptune.plain import PlainSession
+from secptune.secure import score_batches
+from secptune import secure
 
 
 @dataclass
@@ -122,9 +125,6 @@ def plain_scores(
     prep: Prepared, exact: bool, cfg: approx.ApproxConfig, attention: AttentionConfig = SOFTMAX, model=None
 ) -> tuple[torch.Tensor, dict]:
     """Scores from the plaintext model (exact, or with the secure run's approximations)."""
-    from secptune.plain import PlainSession
-    from secptune.secure import score_batches
-
     session = PlainSession(prep.model_dir, prep.verbalizer, exact, cfg, attention, model)
     return score_batches(session, prep.batches), session.range_warnings
 
@@ -146,7 +146,6 @@ def secure_scores(
     "stop": raise :class:`secptune.secure.RangeCheckError`)."""
     from dataclasses import asdict
 
-    from secptune import secure
 
     request = secure.OwnerRequest(
         labels=len(prep.label_ids), cfg=asdict(cfg), attention=attention.as_dict(), expected_vocab=prep.arch.vocab_size
@@ -183,8 +182,6 @@ def run_infer(opts: InferOptions) -> dict:
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
         forward_s = 0.0
     else:
-        from secptune import secure
-
         attention = attention_config(opts.attention)
         scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
         forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])

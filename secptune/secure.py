@@ -25,17 +25,19 @@ from typing import Any, Callable
 
 import torch
 
-import mpc  # noqa: F401  (CrypTen shim)
 from mpc import accounting, approx, fixed_weights, launcher
+from mpc.opened import Opened
 from mpc.reveal import reveal_all_to, reveal_to
-from mpc.session import RANK
-from secptune import __version__
-from secptune.arch import Arch
-from secptune.errors import SecptuneError
+from mpc.roles import RANK
+from mpc.tensorops import PRECISION_BITS, open_shares
 from rfa.config import SOFTMAX, AttentionConfig
+from secptune import __version__, baseline
+from secptune.arch import Arch
 from secptune.batch import Batch, population_inputs
-from secptune.server.prepare import prepare_server_model
+from secptune.checkpoints import load_hf_model
+from secptune.errors import SecptuneError
 from secptune.nonlinear import NativeNonlinear, Nonlinear
+from secptune.server.prepare import prepare_server_model
 from secptune.transformer import Transformer
 
 OWNER, SERVER = RANK["owner"], RANK["server"]
@@ -221,8 +223,6 @@ class SecureSession:
         session.  ``step=False`` stops after the gradients (benchmarks: the Adam step's cost depends
         only on the trained tensors' sizes).  Returns per-phase traffic and time, and (owner) the
         revealed loss."""
-        from secptune import baseline
-
         if self.is_owner:
             cmd = self._command(
                 {"op": "train", "texts": text_id, "P": prompt.shape[1], "method": method, "lr": lr, "step": step}
@@ -245,8 +245,6 @@ class SecureSession:
     def baseline_gradients(self, cmd: dict, prompt=None, labels=None, phase=None):
         """Both parties: the owner's prompt and labels shared, then the loss, trained tensors and
         gradients of ``cmd["method"]`` on text set ``cmd["texts"]`` (secptune.baseline), all shared."""
-        from secptune import baseline
-
         if not self.model.nl.trainable:
             raise SecureComputationError("training baselines need a session opened with native=True")
         text = self.texts[cmd["texts"]]
@@ -445,9 +443,6 @@ def _checked_verbalizer(verbalizer, labels: int, vocab: int):
     from crypten.mpc import MPCTensor
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
-    from mpc.opened import Opened
-    from mpc.tensorops import PRECISION_BITS, open_shares
-
     shape = (labels, vocab)
     owner = _rank() == OWNER
     if owner and tuple(verbalizer.shape) != shape:
@@ -542,8 +537,6 @@ def server_description(model, max_labels: int = MAX_LABEL_WORDS):
 
 def server_party(model_dir: str, canaries=None, max_labels: int = MAX_LABEL_WORDS) -> dict:
     """The model server's process: loads and shares the weights, learns nothing."""
-    from secptune.checkpoints import load_hf_model
-
     accounting.set_canaries(canaries)
     describe, weights = server_description(load_hf_model(model_dir), max_labels)
     session = SecureSession(None, server_info=describe, weights=weights)

@@ -12,7 +12,7 @@ import torch
 
 import parties
 from mpc import launcher
-from mpc.session import ROLES
+from mpc.roles import ROLES
 
 PROBE_ENV = "SECPTUNE_CLUSTER_PROBE"
 

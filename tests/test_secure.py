@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mpc import launcher
-from mpc.session import InsecureProviderError, assert_secure_provider
+from mpc.errors import InsecureProviderError
+from mpc.session import assert_secure_provider
 from secptune.infer import plain_scores, secure_scores
 
 from conftest import TINY_MODELS, prepared_inputs

@@ -53,7 +53,6 @@ from pathlib import Path
 
 import torch
 
-import mpc  # noqa: F401  (CrypTen import shim)
 from mpc import accounting, approx, costmodel
 from secptune.bench.common import RING_MATMUL_ENV, BenchError, provenance
 from secptune.bench.options import ROBERTA_LARGE
@@ -61,11 +60,9 @@ from secptune.batch import Batch, population_inputs
 from secptune.server.prepare import prepare_server_model
 from secptune.nonlinear import Nonlinear
 from secptune.transformer import Transformer
-from secptune.checkpoints import load_config, resolve_model
-from secptune.checkpoints import load_hf_model, resolve_model
 from rfa.config import AttentionConfig
-from secptune.secure import SecureSession
-from secptune.secure import server_description
+from secptune.checkpoints import load_config, load_hf_model, resolve_model
+from secptune.secure import SecureSession, server_description
 from mpc import launcher
 from mpc.roles import COMPUTING, ROLES
 from secptune import secure

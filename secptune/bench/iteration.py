@@ -32,7 +32,6 @@ import torch
 from secptune.bench import forward as bf
 from secptune.bench.common import BenchError, provenance
 from secptune.bench.options import METHODS
-from secptune.secure import SecureSession
 from secptune.secure import SecureSession, server_description
 from mpc import approx, launcher
 from mpc.roles import COMPUTING
