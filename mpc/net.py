@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass, replace
 
 from mpc import tls
-from mpc.errors import NetworkConfigError
+from mpc.errors import NetworkConfigError, StartupError
 from mpc.roles import ROLES
 
 
