@@ -261,8 +261,8 @@ class LocalCluster:
     are those of fresh processes.  The TLS keys are made per :meth:`start` (mode
     0700 directory, deleted on :meth:`close`).  A job that fails or times out
     stops all three parties (a failed session cannot be trusted to be clean); the
-    next job starts new ones.  Each job gets the caller's environment and
-    ``sys.path`` as they are when it is submitted, as a fresh spawn would.
+    next job starts new ones.  Each job gets the caller's environment as it is when the
+    job is submitted; ``sys.path`` is the one the parties were spawned with.
     """
 
     def __init__(self, peer_timeout_s: float = 120.0, start_timeout_s: float = 300.0, log=None):
@@ -318,7 +318,7 @@ class LocalCluster:
                 self.start()
                 ports = self._bind()
             peers = tuple(Address("127.0.0.1", ports[role]) for role in ROLES)
-            context = (list(sys.path), dict(os.environ))
+            context = (dict(os.environ),)
             for role, job in {"owner": owner, "server": server, "dealer": None}.items():
                 network, spec = _local_network(peers, role, self.key_dir / role, self.peer_timeout_s)
                 _send(self._pipes[role], ("run", spec, network, pickle.dumps(job), *context))
@@ -391,10 +391,9 @@ def _cluster_party_main(role: str, conn, parent_pid: int) -> None:
                 listener = _loopback_listener()
                 _send(conn, ("port", listener.getsockname()[1], jobstate.leftovers()))
             elif message[0] == "run":
-                _, spec, network, payload, sys_path, env = message
+                _, spec, network, payload, env = message
                 os.environ.clear()
                 os.environ.update(env)
-                sys.path[:] = sys_path
                 try:
                     job = pickle.loads(payload)
                 except BaseException as exc:

@@ -62,7 +62,7 @@ def probe_fresh_state(tag: str):
         "torch_draw": torch.rand(3),
         "env": os.environ.get("SECPTUNE_CLUSTER_PROBE"),
     }
-    crypten.cfg.functions.exp_iterations = 3
+    crypten.cfg.temp_override({"functions.exp_iterations": 3}).__enter__()  # left set: the reset must undo it
     torch.manual_seed(12345)
     accounting.set_canaries(torch.arange(5))
     os.environ["SECPTUNE_CLUSTER_PROBE"] = "left by " + tag
