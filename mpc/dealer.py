@@ -34,7 +34,9 @@ import hashlib
 import importlib
 import json
 import math
+import pkgutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,7 +49,6 @@ from mpc.errors import DealerRefusedError
 
 MAX_ELEMENTS = 1 << 31  # one reply or operand: 16 GiB of int64 at most (the server agrees to sizes anyway)
 REFUSED = "refused"
-_EXTENSIONS = ("mpc.trig", "mpc.fixed_weights", "mpc.opened", "mpc.truncation")  # modules that register functions
 
 _FUNCTIONS: dict[str, Callable] = {}
 _SHAPE_ARGS: dict[str, tuple[int, ...]] = {}  # request name -> which arguments are shapes (or lists of shapes)
@@ -74,9 +75,11 @@ def dealer_function(name: str, shape_args: tuple[int, ...] = ()):
 
 
 def registered() -> tuple[str, ...]:
-    """The allow-list: every request name the dealer serves."""
-    for module in _EXTENSIONS:
-        importlib.import_module(module)
+    """The allow-list: every request name the dealer serves.  Every module of this package
+    is imported first, so a protocol file that registers its dealer half (``@dealer_function``)
+    is found without a list to keep."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
     return tuple(sorted(_FUNCTIONS))
 
 

@@ -30,7 +30,6 @@ from research import command
 from secptune.bench import iteration as bi
 from secptune.bench.common import provenance
 
-ROLES = COMPUTING  # the computing parties
 PHASES = ("forward", "backward")
 
 
@@ -38,7 +37,7 @@ def counts(report: dict) -> dict:
     """Per phase and party, bytes and rounds of the full-depth (extrapolated) iteration."""
     total = bi.full_depth(report)
     return {
-        p: {r: {k: total["phases"][p][r][k] for k in ("bytes", "rounds")} for r in ROLES} for p in PHASES
+        p: {r: {k: total["phases"][p][r][k] for k in ("bytes", "rounds")} for r in COMPUTING} for p in PHASES
     } | {"forward_s": total["forward_s"], "backward_s": total["backward_s"] - total.get("step_s", 0.0)}
 
 
@@ -114,7 +113,7 @@ def analyse(args, measured: dict[int, dict]) -> dict:
                  "phases": {}, "checks": []}
     for p in PHASES:
         out["phases"][p] = {}
-        for r in ROLES:
+        for r in COMPUTING:
             entry = {}
             for kind in ("bytes", "rounds"):
                 values = [measured[n][p][r][kind] for n in fit_n]
@@ -137,14 +136,14 @@ def step_counts(path: str | None) -> dict | None:
         return None
     total = bi.full_depth(json.loads(Path(path).read_text()))
     step = total["phases"]["step"]
-    return {"from": path, "bytes": max(step[r]["bytes"] for r in ROLES), "rounds": max(step[r]["rounds"] for r in ROLES),
+    return {"from": path, "bytes": max(step[r]["bytes"] for r in COMPUTING), "rounds": max(step[r]["rounds"] for r in COMPUTING),
             "step_s": total["step_s"]}
 
 
 def table_row(fit: dict, step: dict | None) -> dict:
     """The iteration at the target length: forward + backward (+ the Adam step), max over parties."""
     def at(p, kind):
-        return max(int(Fraction(fit["phases"][p][r][kind]["at_target"])) for r in ROLES)
+        return max(int(Fraction(fit["phases"][p][r][kind]["at_target"])) for r in COMPUTING)
 
     row = {p: {k: at(p, k) for k in ("bytes", "rounds")} for p in PHASES}
     row["bytes"] = sum(row[p]["bytes"] for p in PHASES) + (step["bytes"] if step else 0)

@@ -40,7 +40,7 @@ from secptune.nonlinear import NativeNonlinear, Nonlinear
 from secptune.server.prepare import prepare_server_model
 from secptune.transformer import Transformer
 
-OWNER, SERVER = RANK["owner"], RANK["server"]
+OWNER_RANK, SERVER_RANK = RANK["owner"], RANK["server"]  # CrypTen process ranks (mpc.roles)
 WILD_SCORE = 1e4  # revealed scores beyond this mean a fixed-point wrap, not a result
 MAX_ATTEMPTS = 3  # the owner requests a wild forward again; three in a row is an error
 # what the owner does when a forward's range bit is 1 (its own choice, never sent):
@@ -109,10 +109,10 @@ def _broadcast(obj, src: int):
 
 
 def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[OwnerRequest, dict]:
-    request = OwnerRequest(**_broadcast(asdict(request) if request else None, OWNER))
+    request = OwnerRequest(**_broadcast(asdict(request) if request else None, OWNER_RANK))
     if callable(server_info):  # the server prepares its weights for the requested attention
         server_info = server_info(request)
-    info = _broadcast(server_info, SERVER)
+    info = _broadcast(server_info, SERVER_RANK)
     problem = None
     if request.version != info["version"]:
         problem = f"version mismatch: data owner runs secptune {request.version}, server {info['version']}"
@@ -129,7 +129,7 @@ def _handshake(request: OwnerRequest | None, server_info: dict | None) -> tuple[
             f"the data owner asks for {request.labels} label words per query; this server scores "
             f"between 1 and {cap} (its max_labels setting): use at most {cap} label words"
         )
-    verdict = _broadcast(problem or "ok", OWNER)
+    verdict = _broadcast(problem or "ok", OWNER_RANK)
     if verdict != "ok":
         raise HandshakeError(verdict)
     if problem:  # the server enforces its own limits whatever verdict the owner sends
@@ -156,7 +156,7 @@ class SecureSession:
     """A live secure model; the owner calls its methods, the server mirrors them in :meth:`serve`."""
 
     def __init__(self, request: OwnerRequest | None, verbalizer=None, server_info=None, weights=None):
-        self.is_owner = _rank() == OWNER
+        self.is_owner = _rank() == OWNER_RANK
         request, info = _handshake(request, server_info)
         self.arch = Arch.from_dict(info["arch"])
         # before the server shares anything: the verbalizer is checked one-hot under MPC
@@ -169,7 +169,7 @@ class SecureSession:
         # the attention as the server runs it (fitted RFA: with its choice of layers)
         self.attention = AttentionConfig.from_dict(info.get("attention", request.attention))
         weights = weights() if callable(weights) else weights
-        shared = {n: _share(weights[n] if weights else None, s, SERVER) for n, s in sorted(info["shapes"].items())}
+        shared = {n: _share(weights[n] if weights else None, s, SERVER_RANK) for n, s in sorted(info["shapes"].items())}
         if request.fixed_weights and not request.native:  # once per session; then each linear opens only its input
             shared = fixed_weights.prepare(shared, fuse=FUSED_LINEARS)
         cfg = approx.ApproxConfig.from_dict(request.cfg)
@@ -192,7 +192,7 @@ class SecureSession:
 
     # -- commands --------------------------------------------------------------
     def _command(self, cmd: dict | None) -> dict:
-        return _broadcast(cmd, OWNER)
+        return _broadcast(cmd, OWNER_RANK)
 
     def load_texts(self, batch: Batch | None = None, cmd: dict | None = None) -> int:
         """Share a set of texts and embed them once; returns its id for :meth:`scores`."""
@@ -203,13 +203,13 @@ class SecureSession:
             )
         a, (B, n) = self.arch, (cmd["B"], cmd["n"])
         get = (lambda name: getattr(batch, name)) if batch is not None else (lambda name: None)  # noqa: E731
-        token = _share(get("token_onehot"), (B, n, a.vocab_size), OWNER)
-        types = _share(get("type_onehot"), (B, n, a.type_vocab), OWNER) if cmd["types"] else None
+        token = _share(get("token_onehot"), (B, n, a.vocab_size), OWNER_RANK)
+        types = _share(get("type_onehot"), (B, n, a.type_vocab), OWNER_RANK) if cmd["types"] else None
         shared = Batch(
             token_onehot=None,
             prompt=None,
-            pred_onehot=_share(get("pred_onehot"), (B, n), OWNER),
-            key_penalty=_share(get("key_penalty"), (B, n), OWNER) if a.family == "encoder" else None,
+            pred_onehot=_share(get("pred_onehot"), (B, n), OWNER_RANK),
+            key_penalty=_share(get("key_penalty"), (B, n), OWNER_RANK) if a.family == "encoder" else None,
             prompt_start=cmd["start"],
         )
         self.texts.append(_TextSet(self.model.embed_tokens(token, types), shared, token))
@@ -238,7 +238,7 @@ class SecureSession:
                 updated = self.optimizer.step(params, grads)
             if cmd["method"] == "sft":
                 self.model.w.update(updated)
-        entry = {"method": cmd["method"], "phases": phases, "loss": reveal_to(loss, OWNER)}
+        entry = {"method": cmd["method"], "phases": phases, "loss": reveal_to(loss, OWNER_RANK)}
         self.train_log.append(entry)
         return entry
 
@@ -249,8 +249,8 @@ class SecureSession:
             raise SecureComputationError("training baselines need a session opened with native=True")
         text = self.texts[cmd["texts"]]
         B, L = text.batch.pred_onehot.size(0), self.verbalizer.size(0)
-        shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER)
-        shared_labels = _share(labels, (B, L), OWNER)
+        shared_prompt = _share(prompt, (1, cmd["P"], self.arch.hidden), OWNER_RANK)
+        shared_labels = _share(labels, (B, L), OWNER_RANK)
         return baseline.loss_and_grads(
             self.model, (text.token, text.batch, text.embeds), shared_prompt, self.verbalizer, shared_labels,
             cmd["method"], phase=phase,
@@ -304,7 +304,7 @@ class SecureSession:
         started = time.perf_counter()
         before = accounting.log().as_dict()
         text = self.texts[cmd["texts"]]
-        prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER)
+        prompt = _share(prompts, (cmd["R"], cmd["P"], self.arch.hidden), OWNER_RANK)
         embeds, batch = population_inputs(text.embeds, text.batch, prompt)
         monitor = self.model.nl.monitor
         monitor.pending.clear()
@@ -314,7 +314,7 @@ class SecureSession:
             checked[name] = checked.get(name, 0) + 1
         bit = monitor.secure_verdict()
         # one opening to the owner for the scores and the range bit (two reveals on record)
-        revealed = reveal_all_to([out] if bit is None else [out, bit], OWNER)
+        revealed = reveal_all_to([out] if bit is None else [out, bit], OWNER_RANK)
         after = accounting.log().as_dict()
         self.forward_log.append(
             {
@@ -341,14 +341,14 @@ class SecureSession:
             self._command({"op": "stop"})
             # the server's own byte and round counts (public): on another host they are
             # the owner's only view of the server's side of the traffic
-            self.server_traffic = _broadcast(None, SERVER)
+            self.server_traffic = _broadcast(None, SERVER_RANK)
 
     def serve(self) -> None:
         """Server side: execute the owner's commands until it says stop."""
         while True:
             cmd = self._command(None)
             if cmd["op"] == "stop":
-                _broadcast(accounting.log().as_dict(), SERVER)
+                _broadcast(accounting.log().as_dict(), SERVER_RANK)
                 return
             if cmd["op"] == "texts":
                 self.load_texts(cmd=cmd)
@@ -444,15 +444,15 @@ def _checked_verbalizer(verbalizer, labels: int, vocab: int):
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
     shape = (labels, vocab)
-    owner = _rank() == OWNER
+    owner = _rank() == OWNER_RANK
     if owner and tuple(verbalizer.shape) != shape:
         raise VerbalizerError(f"the verbalizer has shape {tuple(verbalizer.shape)}; the request says {shape}")
     ints = _verbalizer_integers(verbalizer) if owner else torch.zeros(shape, dtype=torch.long)
-    bits = ArithmeticSharedTensor(ints, precision=0, src=OWNER).share
+    bits = ArithmeticSharedTensor(ints, precision=0, src=OWNER_RANK).share
     # Opened needs the 16-bit label; it works on the ring shares, and only the exact
     # (untruncated) square shares are used
     opened = Opened(MPCTensor.from_shares(bits, precision=PRECISION_BITS))
-    seed = _broadcast(secrets.token_bytes(32) if not owner else None, SERVER)
+    seed = _broadcast(secrets.token_bytes(32) if not owner else None, SERVER_RANK)
     count = VERBALIZER_CHALLENGES * (labels * vocab + labels)
     coins = np.frombuffer(hashlib.shake_256(seed).digest(8 * count), dtype=np.int64).copy()
     coins = torch.from_numpy(coins).to(bits.device).view(VERBALIZER_CHALLENGES, -1)

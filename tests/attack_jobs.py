@@ -18,7 +18,7 @@ def server_collects_owner_masks(model_dir: str):
 
     def recording_share(value, shape, src):
         tensor = share(value, shape, src)
-        if value is not None and src == secure.SERVER:
+        if value is not None and src == secure.SERVER_RANK:
             encoded[id(tensor)] = tensor.encoder.encode(value.double())
         return tensor
 

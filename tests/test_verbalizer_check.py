@@ -58,13 +58,13 @@ def owner_checks(cases):
 
     out = {}
     request = secure.OwnerRequest(labels=17)
-    comm.get().broadcast_obj(asdict(request), secure.OWNER)
-    comm.get().broadcast_obj(None, secure.SERVER)  # the server's public info
-    comm.get().broadcast_obj("ok", secure.OWNER)  # a lying verdict: the server must refuse anyway
+    comm.get().broadcast_obj(asdict(request), secure.OWNER_RANK)
+    comm.get().broadcast_obj(None, secure.SERVER_RANK)  # the server's public info
+    comm.get().broadcast_obj("ok", secure.OWNER_RANK)  # a lying verdict: the server must refuse anyway
     for name, verbalizer in cases.items():
         try:
             used = secure._checked_verbalizer(verbalizer, LABELS, VOCAB)
-            out[name] = ("accepted", reveal_to(used, secure.OWNER))
+            out[name] = ("accepted", reveal_to(used, secure.OWNER_RANK))
         except secure.VerbalizerError as exc:
             out[name] = ("refused", str(exc))
     return out
@@ -83,7 +83,7 @@ def server_checks(names):
     for name in names:
         try:
             used = secure._checked_verbalizer(None, LABELS, VOCAB)
-            reveal_to(used, secure.OWNER)
+            reveal_to(used, secure.OWNER_RANK)
             out[name] = "accepted"
         except secure.VerbalizerError as exc:
             out[name] = str(exc)
