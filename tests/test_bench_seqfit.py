@@ -14,7 +14,7 @@ def synthetic(n: int, cubic: int = 0) -> dict:
     rows = n  # one softmax row per position
     bytes_ = 7_000 + 96 * n * n + rows * (40 * (n - m) + 13 * m * (m - 1)) + 5 * n + cubic * n**3
     rounds = 300 + 9 * int(math.log(n)) + 2 * int(math.log2(m - 1) + 1)
-    return {p: {r: {"bytes": bytes_, "rounds": rounds} for r in sf.ROLES} for p in sf.PHASES} | {
+    return {p: {r: {"bytes": bytes_, "rounds": rounds} for r in sf.COMPUTING} for p in sf.PHASES} | {
         "forward_s": n / 10, "backward_s": n / 5}
 
 

@@ -5,14 +5,14 @@ from mpc.reveal import reveal_to
 
 
 def _grad_session_class():
-    from secptune.secure import OWNER, SecureSession
+    from secptune.secure import OWNER_RANK, SecureSession
 
     class GradSession(SecureSession):
         def grads(self, text_id=None, prompt=None, labels=None, method="", cmd=None):
             if self.is_owner:
                 cmd = self._command({"op": "grads", "texts": text_id, "P": prompt.shape[1], "method": method})
             loss, _, grads = self.baseline_gradients(cmd, prompt, labels)
-            return reveal_to(loss, OWNER), {n: reveal_to(g, OWNER) for n, g in grads.items()}
+            return reveal_to(loss, OWNER_RANK), {n: reveal_to(g, OWNER_RANK) for n, g in grads.items()}
 
         def _command(self, cmd):
             while True:
