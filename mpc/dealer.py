@@ -41,11 +41,10 @@ from typing import Callable
 
 import torch
 
-from mpc.prg import place
-from mpc import accounting
-from mpc.ring import ring_matmul
-from mpc import prg
+from mpc import accounting, prg
 from mpc.errors import DealerRefusedError
+from mpc.prg import place
+from mpc.ring import ring_matmul
 
 MAX_ELEMENTS = 1 << 31  # one reply or operand: 16 GiB of int64 at most (the server agrees to sizes anyway)
 REFUSED = "refused"

@@ -27,8 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mpc.tensorops import is_secure
-from mpc.tensorops import cat
+from mpc.tensorops import cat, is_secure
 from mpc.trig import combine, masked_angle
 
 PERIOD_BITS = 8  # x is rescaled so one period spans 2^8 units: 24-bit circle, 2^-24-period resolution

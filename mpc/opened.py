@@ -23,9 +23,8 @@ import torch
 
 from mpc.dealer import dealer_function, party_draw, release_hook, release_later, request
 from mpc.ring import ring_matmul
-from mpc.tensorops import PRECISION_BITS, from_product_shares, open_shares, party_rank
+from mpc.tensorops import PRECISION_BITS, from_product_shares, is_secure, open_shares, party_rank
 from mpc.truncation import BOUND_BITS, truncate_shares
-from mpc.tensorops import is_secure
 
 _DEALER_MASKS: dict[int, torch.Tensor] = {}  # dealer process: handle -> A
 _HANDLES = itertools.count()

@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpc import approx
-from rfa.random_features import feature_matrix
-from rfa.random_features import rfa_attention
+from rfa.random_features import feature_matrix, rfa_attention
 from rfa.softmax_attention import attention
 
 

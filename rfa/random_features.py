@@ -37,8 +37,8 @@ import torch
 from mpc import approx
 from mpc.opened import open_once
 from mpc.tensorops import cat, is_secure
-from rfa.config import AttentionConfig
 from mpc.trig import sincos_turns, sincos_turns_plain
+from rfa.config import AttentionConfig
 
 STABILISER = 0.0  # the constant c above (c > 0 would push small features below fixed-point resolution)
 

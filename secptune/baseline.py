@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpc.tensorops import is_secure
-from mpc.tensorops import cat
+from mpc.tensorops import cat, is_secure
 
 METHODS = ("sft", "prompt-grad")
 # Adam's ε: 1e-8 is below 16-bit fixed point's resolution; √v̂ of tiny gradients rounds to 0,

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from secptune.errors import CheckpointError
-from secptune.tiny_corpus import corpus
-from secptune.tiny_corpus import VERBALIZER_WORDS
 from secptune.arch import family_of
+from secptune.errors import CheckpointError
+from secptune.tiny_corpus import VERBALIZER_WORDS, corpus
 
 BUILTIN = ("tiny-roberta", "tiny-bert", "tiny-llama", "smollm2")
 # Bump a version whenever what gets built changes, so old caches are not reused.

@@ -12,25 +12,22 @@ import os
 import sys
 from pathlib import Path
 
-from secptune.bench.options import add_bench
-from secptune.errors import SecptuneError
+from mpc import prg
 from mpc.errors import NetworkConfigError, PartyFailedError, TransportError
-from secptune.party import make_network
-from secptune.checkpoints import load_config, resolve_model
+from mpc.roles import ROLES
+from secptune import benchmarks_doc
 from secptune.arch import arch_from_config
-from secptune.infer import InferOptions
-from secptune.tasks import get_task, task_file
-from secptune.infer import run_infer
-from secptune.tune_defaults import plan_runs
-from secptune.tune_job import run_tune
-from secptune.report import compare
-from secptune.party import serve
-from secptune.party import keygen
 from secptune.bench import forward, iteration, net
 from secptune.bench.common import command_line
-from secptune import benchmarks_doc
-from mpc import prg
-from mpc.roles import ROLES
+from secptune.bench.options import add_bench
+from secptune.checkpoints import load_config, resolve_model
+from secptune.errors import SecptuneError
+from secptune.infer import InferOptions, run_infer
+from secptune.party import keygen, make_network, serve
+from secptune.report import compare
+from secptune.tasks import get_task, task_file
+from secptune.tune_defaults import plan_runs
+from secptune.tune_job import run_tune
 
 
 def _add_infer(sub) -> None:

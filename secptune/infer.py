@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from mpc import approx
-from rfa.config import SOFTMAX, AttentionConfig, attention_config
+from rfa.config import AttentionConfig, SOFTMAX, attention_config
+from secptune import secure
 from secptune.arch import Arch, arch_from_config
+from secptune.batch import Batch
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.errors import InputError
 from secptune.inputs import (
@@ -30,10 +32,8 @@ from secptune.inputs import (
     verbalizer_ids,
     verbalizer_onehot,
 )
-from secptune.batch import Batch
 from secptune.plain import PlainSession
 from secptune.secure import score_batches
-from secptune import secure
 
 
 @dataclass

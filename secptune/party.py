@@ -17,15 +17,12 @@ import signal
 import sys
 import time
 
-from mpc import launcher
+from mpc import launcher, tls
 from mpc.errors import NetworkConfigError
-from mpc.net import Address, Network, parse_peers
-from secptune import __version__
-from mpc.net import check_listen
-from secptune import secure
-from secptune.checkpoints import resolve_model
-from mpc import tls
+from mpc.net import Address, Network, check_listen, parse_peers
 from mpc.roles import ROLES
+from secptune import __version__, secure
+from secptune.checkpoints import resolve_model
 
 
 def make_network(role: str, peers: str, tls_dir: str | None, no_tls: bool, listen: str | None,

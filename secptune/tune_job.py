@@ -9,20 +9,28 @@ import torch
 
 from mpc import approx
 from rfa.config import attention_config
-from secptune import report
+from secptune import report, secure
 from secptune.arch import arch_from_config
+from secptune.batch import Batch
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.devices import resolve_device
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
-from secptune.infer import check_mode, pad_token
-from secptune.inputs import Example, Template, build_batch, check_lengths, encode, load_jsonl, verbalizer_ids, verbalizer_onehot
-from secptune.tasks import get_task, task_file
-from secptune.batch import Batch
-from secptune.tune import TextSets, TuneConfig, tune_program
 from secptune.hf_session import HFSession
+from secptune.infer import check_mode, pad_token
+from secptune.inputs import (
+    Example,
+    Template,
+    build_batch,
+    check_lengths,
+    encode,
+    load_jsonl,
+    verbalizer_ids,
+    verbalizer_onehot,
+)
 from secptune.plain import PlainSession
-from secptune import secure
+from secptune.tasks import get_task, task_file
+from secptune.tune import TextSets, TuneConfig, tune_program
 
 
 def task_examples(cfg: TuneConfig) -> tuple[list[Example], list[Example], list[Example]]:

@@ -53,20 +53,19 @@ from pathlib import Path
 
 import torch
 
-from mpc import accounting, approx, costmodel
-from secptune.bench.common import RING_MATMUL_ENV, BenchError, provenance
-from secptune.bench.options import ROBERTA_LARGE
-from secptune.batch import Batch, population_inputs
-from secptune.server.prepare import prepare_server_model
-from secptune.nonlinear import Nonlinear
-from secptune.transformer import Transformer
-from rfa.config import AttentionConfig
-from secptune.checkpoints import load_config, load_hf_model, resolve_model
-from secptune.secure import SecureSession, server_description
-from mpc import launcher
+from mpc import accounting, approx, costmodel, launcher
 from mpc.roles import COMPUTING, ROLES
+from rfa.config import AttentionConfig
 from secptune import secure
 from secptune.arch import arch_from_config
+from secptune.batch import Batch, population_inputs
+from secptune.bench.common import BenchError, RING_MATMUL_ENV, provenance
+from secptune.bench.options import ROBERTA_LARGE
+from secptune.checkpoints import load_config, load_hf_model, resolve_model
+from secptune.nonlinear import Nonlinear
+from secptune.secure import SecureSession, server_description
+from secptune.server.prepare import prepare_server_model
+from secptune.transformer import Transformer
 
 ROBERTA_LARGE_SHAPE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,

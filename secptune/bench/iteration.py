@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from secptune.bench import forward as bf
-from secptune.bench.common import BenchError, provenance
-from secptune.bench.options import METHODS
-from secptune.secure import SecureSession, server_description
 from mpc import approx, launcher
 from mpc.roles import COMPUTING
 from secptune import secure
 from secptune.arch import arch_from_config
+from secptune.bench import forward as bf
+from secptune.bench.common import BenchError, provenance
+from secptune.bench.options import METHODS
+from secptune.secure import SecureSession, server_description
 
 PHASES = ("forward", "backward", "step")
 
