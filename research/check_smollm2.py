@@ -23,7 +23,7 @@ from secptune.checkpoints import load_hf_model
 from secptune.hf_session import HFSession
 from secptune.infer import InferOptions, plain_scores, prepare, secure_scores
 from secptune.inputs import load_jsonl
-from secptune.secure import score_batches
+from secptune.scoring import score_batches
 from secptune.tasks import task_file
 
 

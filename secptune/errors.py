@@ -24,3 +24,19 @@ class TemplateError(SecptuneError):
 
 class InputError(SecptuneError):
     """Input data is malformed or does not fit the model (e.g. too long)."""
+
+
+class HandshakeError(SecptuneError):
+    """Owner and server cannot work together (version or model mismatch)."""
+
+
+class SecureComputationError(SecptuneError):
+    """The secure computation produced values that cannot be right."""
+
+
+class VerbalizerError(SecureComputationError):
+    """The owner's verbalizer failed the one-hot check: the server scores nothing with it."""
+
+
+class RangeCheckError(SecureComputationError):
+    """A secure forward's sampled range check found an input outside an approximation's range."""

@@ -17,7 +17,7 @@ import torch
 
 from mpc import approx
 from rfa.config import AttentionConfig, SOFTMAX, attention_config
-from secptune import secure
+from secptune import owner, secure
 from secptune.arch import Arch, arch_from_config
 from secptune.batch import Batch
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
@@ -33,7 +33,7 @@ from secptune.inputs import (
     verbalizer_onehot,
 )
 from secptune.plain import PlainSession
-from secptune.secure import score_batches
+from secptune.scoring import score_batches
 
 
 @dataclass
@@ -140,10 +140,10 @@ def secure_scores(
 ):
     """Scores from a secure run, with each party's traffic: three local processes, or
     (``network``) this host as the data owner and the server and dealer elsewhere
-    (``launch``: how the local run starts its parties, see :func:`secptune.secure.run_local`).
+    (``launch``: how the local run starts its parties, see :func:`secptune.owner.run_local`).
     ``range_policy``: what the owner does when a forward's sampled range check fails
-    ("report": mark it in the forward log, see :func:`secptune.secure.range_events`;
-    "stop": raise :class:`secptune.secure.RangeCheckError`)."""
+    ("report": mark it in the forward log, see :func:`secptune.owner.range_events`;
+    "stop": raise :class:`secptune.errors.RangeCheckError`)."""
     from dataclasses import asdict
 
 
@@ -153,9 +153,9 @@ def secure_scores(
     # a forward whose sampled range check fails is reported (range_events), not fatal
     args = (prep.batches, range_policy)
     if network is not None:
-        results = secure.run_remote(secure.score_batches, args, request, prep.verbalizer, network)
+        results = owner.run_remote(score_batches, args, request, prep.verbalizer, network)
     else:
-        results = secure.run_local(str(prep.model_dir), secure.score_batches, args, request, prep.verbalizer, canaries,
+        results = owner.run_local(str(prep.model_dir), score_batches, args, request, prep.verbalizer, canaries,
                                    launch=launch)
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
@@ -176,7 +176,7 @@ def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
 def run_infer(opts: InferOptions) -> dict:
     started = time.perf_counter()
     prep = prepare(opts)
-    events = None  # secure mode: secptune.secure.range_events of the owner's forwards
+    events = None  # secure mode: secptune.owner.range_events of the owner's forwards
     if opts.mode == "plain":
         scores, warnings = plain_scores(prep, opts.exact, opts.cfg, attention_config(opts.attention))
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
@@ -186,7 +186,7 @@ def run_infer(opts: InferOptions) -> dict:
         scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
         forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])
         warnings = {}
-        events = secure.range_events(results["owner"].value["forwards"])
+        events = owner.range_events(results["owner"].value["forwards"])
         if events["out_of_range"]:
             print(
                 f"secptune: warning: the secure range check found inputs outside an approximation's range in "

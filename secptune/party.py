@@ -21,8 +21,9 @@ from mpc import launcher, tls
 from mpc.errors import NetworkConfigError
 from mpc.net import Address, Network, check_listen, parse_peers
 from mpc.roles import ROLES
-from secptune import __version__, secure
+from secptune import __version__
 from secptune.checkpoints import resolve_model
+from secptune.server.party import server_party
 
 
 def make_network(role: str, peers: str, tls_dir: str | None, no_tls: bool, listen: str | None,
@@ -62,7 +63,7 @@ def serve(role: str, network: Network, model: str | None = None, runs: int | Non
     """Serve runs as ``server`` or ``dealer`` until stopped (or ``runs`` runs); exit status of the last run."""
     job = None
     if role == "server":
-        job = launcher.PartyJob(secure.server_party, (str(resolve_model(model)),))
+        job = launcher.PartyJob(server_party, (str(resolve_model(model)),))
     check_listen(network)
     signal.signal(signal.SIGTERM, _interrupt)
     protection = "TLS" if network.tls_dir else "no TLS, loopback only"

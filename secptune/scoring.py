@@ -31,3 +31,16 @@ class ScoringSession(Protocol):
 
     def close(self) -> None:
         """End the session (secure: tell the server and dealer)."""
+
+
+def score_batches(session: ScoringSession, batches: list[Batch], range_policy: str | None = None):
+    """Owner program for `infer`: each batch's texts scored with its own prompt, on any session
+    (``range_policy``: the secure session's, see :meth:`secptune.secure.SecureSession.scores`;
+    None keeps its default)."""
+    if range_policy is not None and hasattr(session, "range_policy"):
+        session.range_policy = range_policy
+    out = []
+    for batch in batches:
+        text_id = session.load_texts(batch)
+        out.append(session.scores(text_id, batch.prompt[:1]))
+    return torch.cat(out) if out else None

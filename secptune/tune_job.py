@@ -9,7 +9,7 @@ import torch
 
 from mpc import approx
 from rfa.config import attention_config
-from secptune import report, secure
+from secptune import owner, report, secure
 from secptune.arch import arch_from_config
 from secptune.batch import Batch
 from secptune.checkpoints import load_config, load_tokenizer, resolve_model
@@ -116,9 +116,9 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
             expected_vocab=texts.verbalizer.shape[1],
         )
         if network is not None:
-            results = secure.run_remote(tune_program, args, request, texts.verbalizer, network)
+            results = owner.run_remote(tune_program, args, request, texts.verbalizer, network)
         else:
-            results = secure.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
+            results = owner.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
         result = results["owner"].value["result"]
         totals = {role: r.traffic for role, r in results.items()}
     wall = time.perf_counter() - started + result["earlier_wall_s"]

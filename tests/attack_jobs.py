@@ -12,9 +12,10 @@ def server_collects_owner_masks(model_dir: str):
     """
     from mpc import fixed_weights
     from secptune import secure
+    from secptune.server.party import server_party
 
     encoded, captured = {}, {}
-    share, prepare = secure._share, fixed_weights.prepare
+    share, prepare = secure.share_input, fixed_weights.prepare
 
     def recording_share(value, shape, src):
         tensor = share(value, shape, src)
@@ -29,11 +30,11 @@ def server_collects_owner_masks(model_dir: str):
         captured["owner_masks"] = (w - group.public - group.local).flatten()  # B0 = W − F − B1
         return out
 
-    secure._share, fixed_weights.prepare = recording_share, capturing_prepare
+    secure.share_input, fixed_weights.prepare = recording_share, capturing_prepare
     try:
-        result = secure.server_party(model_dir)
+        result = server_party(model_dir)
     finally:  # a persistent party runs other jobs after this one
-        secure._share, fixed_weights.prepare = share, prepare
+        secure.share_input, fixed_weights.prepare = share, prepare
     return {"result": result, "owner_masks": captured["owner_masks"]}
 
 

@@ -159,14 +159,14 @@ def test_secure_model_with_fixed_masks_opens_activations_only(model, mpc_cluster
     from dataclasses import asdict
 
     from conftest import prepared_inputs
-    from secptune import secure
+    from secptune import owner, secure
     from secptune.infer import plain_scores
 
     opts, prep = prepared_inputs(model, prompt_len=4, batch_size=2)
     plain, _ = plain_scores(prep, exact=False, cfg=opts.cfg)
     request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=asdict(opts.cfg), expected_vocab=prep.arch.vocab_size)
     assert request.fixed_weights  # the default
-    results = secure.run_local(str(prep.model_dir), forward_program, (prep.batches,), request, prep.verbalizer,
+    results = owner.run_local(str(prep.model_dir), forward_program, (prep.batches,), request, prep.verbalizer,
                                launch=mpc_cluster.run)
     scores, ops = results["owner"].value["result"]
     assert float((scores - plain).abs().max() / plain.abs().max()) <= 1e-2

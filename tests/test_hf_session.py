@@ -34,7 +34,7 @@ def test_a_float64_model_keeps_the_prompt_in_float64():
     must not pass through float32 on the way (that alone moves the scores by ~1e-7)."""
     from reference import hf_scores
     from secptune.checkpoints import load_hf_model
-    from secptune.secure import score_batches
+    from secptune.scoring import score_batches
 
     _, prep = prepared_inputs("tiny-llama", prompt_len=4)
     hf = HFSession(prep.model_dir, prep.verbalizer, model=load_hf_model(prep.model_dir).double())

@@ -13,7 +13,8 @@ import attack_jobs
 import mt19937
 from conftest import prepared_inputs
 from mpc import launcher, prg
-from secptune import secure
+from secptune import owner, secure
+from secptune.scoring import score_batches
 
 OBSERVED, PREDICTED = 312, 1000  # 312 int64 draws = 624 MT words: the whole state
 
@@ -28,7 +29,7 @@ def _owner_masks_seen_by_server(monkeypatch, rng: str | None, launch) -> torch.T
         labels=len(prep.label_ids), cfg=asdict(opts.cfg), expected_vocab=prep.arch.vocab_size
     )
     results = launch(
-        owner=launcher.PartyJob(secure.owner_party, (secure.score_batches, (prep.batches,), request, prep.verbalizer)),
+        owner=launcher.PartyJob(owner.owner_party, (score_batches, (prep.batches,), request, prep.verbalizer)),
         server=launcher.PartyJob(attack_jobs.server_collects_owner_masks, (str(prep.model_dir),)),
     )
     assert results["owner"].value["result"].shape == (4, len(prep.label_ids))  # the forward really ran

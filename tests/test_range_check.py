@@ -10,7 +10,8 @@ import dataclasses
 
 import torch
 
-from secptune import secure
+from secptune import owner, secure
+from secptune.errors import RangeCheckError
 from secptune.infer import plain_scores, secure_scores
 
 from conftest import prepared_inputs
@@ -25,7 +26,7 @@ def test_in_range_forward_reveals_bit_zero_and_matches_the_oracle(mpc_cluster):
     got, _, results = secure_scores(prep, opts.cfg, launch=mpc_cluster.run)
     assert float((got - plain).abs().max() / plain.abs().max()) <= TOLERANCE
     forwards = results["owner"].value["forwards"]
-    events = secure.range_events(forwards)
+    events = owner.range_events(forwards)
     assert events == {"forwards": 2, "out_of_range": 0, "calls": [], "wild_retries": 0}
     for entry in forwards:  # the check ran on every ranged call: norms, softmax logits, activations
         assert {"rms_norm_mean_square", "attention_logit", "activation_input"} <= set(entry["range_checked"])
@@ -45,7 +46,7 @@ def owner_out_of_range(session, batches):
     session.range_policy = "stop"
     try:
         session.scores(text_id, batches[0].prompt[:1])
-    except secure.RangeCheckError as error:
+    except RangeCheckError as error:
         return {"scores": scores, "reported": reported, "error": str(error)}
     return {"scores": scores, "reported": reported, "error": None}
 
@@ -67,7 +68,7 @@ def test_out_of_range_inputs_are_reported_or_stop_the_run(mpc_cluster):
     assert set(warnings) == {"attention_logit"}
 
     request = secure.OwnerRequest(labels=len(prep.label_ids), cfg=dataclasses.asdict(cfg))
-    results = secure.run_local(
+    results = owner.run_local(
         str(prep.model_dir), owner_out_of_range, (prep.batches[:1],), request, prep.verbalizer, launch=mpc_cluster.run
     )
     value = results["owner"].value["result"]
@@ -79,7 +80,7 @@ def test_out_of_range_inputs_are_reported_or_stop_the_run(mpc_cluster):
     # the server saw two ordinary forward commands and no verdict; it cannot tell the bit
     assert len(results["server"].value["forwards"]) == 2
     assert all("range_event" not in entry for entry in results["server"].value["forwards"])
-    assert secure.range_events(results["owner"].value["forwards"])["out_of_range"] == 2
+    assert owner.range_events(results["owner"].value["forwards"])["out_of_range"] == 2
 
 
 class _FakeSession:

@@ -1,5 +1,5 @@
 """The server bounds what one query reveals: at most ``max_labels`` label words, and a
-verbalizer checked one-hot under MPC before it is used (secptune.secure._checked_verbalizer).
+verbalizer checked one-hot under MPC before it is used (secptune.verbalizer_check.checked_verbalizer).
 
 Each launch spawns owner, server and dealer; the check's cases share one launch.
 """
@@ -7,7 +7,9 @@ Each launch spawns owner, server and dealer; the check's cases share one launch.
 import torch
 
 from mpc import launcher
-from secptune import __version__, secure
+from secptune import __version__, errors, owner, secure, verbalizer_check
+from secptune.scoring import score_batches
+from secptune.server.party import server_party
 from secptune.infer import plain_scores, secure_scores
 
 from conftest import prepared_inputs
@@ -63,9 +65,9 @@ def owner_checks(cases):
     comm.get().broadcast_obj("ok", secure.OWNER_RANK)  # a lying verdict: the server must refuse anyway
     for name, verbalizer in cases.items():
         try:
-            used = secure._checked_verbalizer(verbalizer, LABELS, VOCAB)
+            used = verbalizer_check.checked_verbalizer(verbalizer, LABELS, VOCAB)
             out[name] = ("accepted", reveal_to(used, secure.OWNER_RANK))
-        except secure.VerbalizerError as exc:
+        except errors.VerbalizerError as exc:
             out[name] = ("refused", str(exc))
     return out
 
@@ -78,14 +80,14 @@ def server_checks(names):
     try:
         secure._handshake(None, info)
         out["handshake"] = "accepted"
-    except secure.HandshakeError as exc:
+    except errors.HandshakeError as exc:
         out["handshake"] = str(exc)
     for name in names:
         try:
-            used = secure._checked_verbalizer(None, LABELS, VOCAB)
+            used = verbalizer_check.checked_verbalizer(None, LABELS, VOCAB)
             reveal_to(used, secure.OWNER_RANK)
             out[name] = "accepted"
-        except secure.VerbalizerError as exc:
+        except errors.VerbalizerError as exc:
             out[name] = str(exc)
     return out
 
@@ -130,20 +132,20 @@ def test_one_hot_session_matches_oracle_and_costs_one_check(mpc_cluster):
 
 
 def owner_session(request, verbalizer, batches):
-    """Owner: a real session (secure.owner_party); a refusal is returned, not raised (when both
+    """Owner: a real session (secptune.owner.owner_party); a refusal is returned, not raised (when both
     sides fail the launcher names whichever report it reads first, maybe the dealer's)."""
     try:
-        secure.owner_party(secure.score_batches, (batches,), request, verbalizer)
+        owner.owner_party(score_batches, (batches,), request, verbalizer)
         return "accepted"
-    except (secure.HandshakeError, secure.VerbalizerError) as exc:
+    except (errors.HandshakeError, errors.VerbalizerError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
 def server_session(model_dir, max_labels):
     try:
-        secure.server_party(model_dir, None, max_labels)
+        server_party(model_dir, None, max_labels)
         return "accepted"
-    except (secure.HandshakeError, secure.VerbalizerError) as exc:
+    except (errors.HandshakeError, errors.VerbalizerError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
 

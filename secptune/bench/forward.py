@@ -45,6 +45,8 @@ CrypTen's Beaver products that open a weight-sized matrix per product: the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import time
@@ -56,14 +58,15 @@ import torch
 from mpc import accounting, approx, costmodel, launcher
 from mpc.roles import COMPUTING, ROLES
 from rfa.config import AttentionConfig
-from secptune import secure
 from secptune.arch import arch_from_config
 from secptune.batch import Batch, population_inputs
+from secptune.commands import Command, command
 from secptune.bench.common import BenchError, RING_MATMUL_ENV, provenance
 from secptune.bench.options import ROBERTA_LARGE
 from secptune.checkpoints import load_config, load_hf_model, resolve_model
 from secptune.nonlinear import Nonlinear
-from secptune.secure import SecureSession, server_description
+from secptune.secure import Forward, OwnerRequest, SecureSession
+from secptune.server.party import server_description
 from secptune.server.prepare import prepare_server_model
 from secptune.transformer import Transformer
 
@@ -224,52 +227,51 @@ def _diff(before: dict, after: dict, attempts: int) -> dict:
     }
 
 
-def _session_class():
-    class BenchSession(SecureSession):
-        """SecureSession that records each forward's traffic and can drop to k layers."""
+@command("layers")
+class UseLayers(Command):
+    """Both parties run only the first ``layers`` layers from now on (public; the zero-layer
+    forward separates the per-layer cost from the embedding and head)."""
 
-        def scores(self, *args, **kwargs):
-            before = _snapshot()
-            out = super().scores(*args, **kwargs)
-            attempts = self.forward_log[-1]["attempts"]
-            self.bench_log = getattr(self, "bench_log", []) + [_diff(before, _snapshot(), attempts)]
-            return out
+    layers: int
 
-        def _use_layers(self, k: int) -> None:
-            net = self.model
-            self.model = Transformer(replace(self.arch, layers=k), net.w, net.nl)
+    def run(self, session: SecureSession) -> None:
+        net = session.model
+        session.model = Transformer(replace(session.arch, layers=self.layers), net.w, net.nl)
 
-        def use_layers(self, k: int) -> None:
-            """Owner: both parties run only the first ``k`` layers from now on (public)."""
-            self._use_layers(super()._command({"op": "layers", "layers": k})["layers"])
 
-        def _command(self, cmd):
-            # the server applies "layers" commands here, so SecureSession.serve stays as it is
-            while True:
-                got = super()._command(cmd)
-                if self.is_owner or got["op"] != "layers":
-                    return got
-                self._use_layers(got["layers"])
-
-    return BenchSession
+@contextlib.contextmanager
+def _measured(log: list, cmd: Command):
+    """Around a forward command: this party's traffic per op (for the server's side of the table)."""
+    before = _snapshot()
+    yield
+    if isinstance(cmd, Forward):
+        log.append(_diff(before, _snapshot(), 1))
 
 
 def owner_job(request, inputs, verbalizer, zero_layers: bool):
     start = _snapshot()
-    session = _session_class()(request, verbalizer=verbalizer)
+    session = SecureSession(request, verbalizer=verbalizer)
     session.range_policy = "report"  # a benchmark reports a range event (range_event) instead of stopping
     text_id = session.load_texts(replace(inputs, prompt=None))
     setup = _diff(start, _snapshot(), 1)
+    forwards = []
+
+    def measured_scores():
+        before = _snapshot()
+        out = session.scores(text_id, inputs.prompt[:1])
+        forwards.append(_diff(before, _snapshot(), session.forward_log[-1]["attempts"]))
+        return out
+
     try:
-        scores = session.scores(text_id, inputs.prompt[:1])
+        scores = measured_scores()
         if zero_layers:
-            session.use_layers(0)
-            session.scores(text_id, inputs.prompt[:1])
+            session.run(UseLayers(layers=0))
+            measured_scores()
     finally:
         session.close()
     return {
         "scores": scores,
-        "forwards": session.bench_log,
+        "forwards": forwards,
         "range_events": [{"range_event": f.get("range_event", False)} for f in session.forward_log],
         "setup": setup,
         "dealer_total": accounting.log().from_dealer.bytes,
@@ -278,16 +280,18 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
 
 def server_job(spec: ModelSpec):
     describe, weights = server_description(build_model(spec))
-    session = _session_class()(None, server_info=describe, weights=weights)
+    session = SecureSession(None, server_info=describe, weights=weights, commands=(UseLayers,))
+    forwards: list = []
+    session.instruments.append(functools.partial(_measured, forwards))
     session.serve()
-    return {"forwards": session.bench_log}
+    return {"forwards": forwards}
 
 
 def secure_forward(
     spec: ModelSpec, arch, inputs, verbalizer, attention, fixed: bool, zero_layers: bool, timeout_s, range_samples=256
 ):
     cfg = approx.ApproxConfig(range_check=range_samples > 0, range_samples=max(range_samples, 1))
-    request = secure.OwnerRequest(
+    request = OwnerRequest(
         labels=verbalizer.shape[0], cfg=asdict(cfg), attention=attention.as_dict(),
         expected_vocab=arch.vocab_size, fixed_weights=fixed,
     )

@@ -31,12 +31,14 @@ import torch
 
 from mpc import approx, launcher
 from mpc.roles import COMPUTING
-from secptune import secure
+from secptune import baseline_session
 from secptune.arch import arch_from_config
 from secptune.bench import forward as bf
 from secptune.bench.common import BenchError, provenance
+from secptune.baseline_session import Train, train_log
 from secptune.bench.options import METHODS
-from secptune.secure import SecureSession, server_description
+from secptune.secure import OwnerRequest, SecureSession
+from secptune.server.party import server_description
 
 PHASES = ("forward", "backward", "step")
 
@@ -45,7 +47,7 @@ def owner_job(request, inputs, verbalizer, labels, method, step=True):
     session = SecureSession(request, verbalizer=verbalizer)
     try:
         text_id = session.load_texts(replace(inputs, prompt=None))
-        out = session.train(text_id, inputs.prompt[:1], labels, method, lr=1e-3, step=step)
+        out = baseline_session.train_step(session, text_id, inputs.prompt[:1], labels, method, lr=1e-3, step=step)
     finally:
         session.close()
     return out
@@ -53,15 +55,15 @@ def owner_job(request, inputs, verbalizer, labels, method, step=True):
 
 def server_job(spec):
     describe, weights = server_description(bf.build_model(spec))
-    session = SecureSession(None, server_info=describe, weights=weights)
+    session = SecureSession(None, server_info=describe, weights=weights, commands=(Train,))
     session.serve()
-    return session.train_log[0]
+    return train_log(session)[0]
 
 
 def train_step(spec, arch, inputs, verbalizer, method: str, timeout_s: float, step: bool = True) -> dict:
     """One secure training step: per party, per phase bytes/rounds/time."""
     labels = torch.nn.functional.one_hot(torch.arange(inputs.pred_onehot.size(0)) % verbalizer.size(0), verbalizer.size(0))
-    request = secure.OwnerRequest(
+    request = OwnerRequest(
         labels=verbalizer.shape[0], cfg=asdict(approx.ApproxConfig()), expected_vocab=arch.vocab_size, native=True
     )
     results = launcher.run_local(
