@@ -23,8 +23,9 @@ arrived (or when it ends), and the per-party state (:data:`_MPC_STATE` and CrypT
 that raises stops the run; when no party can run (each waits for a message nobody will
 send: a party failed, ended early or asks for more than its peer sends) the waiting
 parties raise at once, so a broken protocol fails loudly and deterministically, and a
-wall-clock ``timeout_s`` catches a party that loops.  :class:`SimFailed` names the party
-that failed first.
+wall-clock ``timeout_s`` catches a party that loops (its thread is abandoned: a party that gets
+the baton afterwards raises without touching the process's state, but code the looping party
+runs once it stops looping is beyond reach).  :class:`SimFailed` names the party that failed first.
 
 After a run the process is as before it: CrypTen's patch points, its config, the
 per-party state, the environment variables a session sets and torch's
@@ -125,6 +126,7 @@ class _Simulation:
         self.running: _Party | None = None
         self.stopped: str | None = None  # why the run stops (set once)
         self.first_failure: _Party | None = None
+        self.abandoned = False  # timed out: a party thread that gets the baton later must not swap state in
         self.mail: dict[tuple, bytearray] = {}  # (src, dst, group, seq) -> payload
         self.sent = collections.Counter()  # (src, dst, group) -> messages sent
         self.timeout_s = timeout_s
@@ -166,6 +168,8 @@ class _Simulation:
                 self._hand_over(party)
                 self._await_turn(party)
                 party.ready = None
+            if self.abandoned:  # run() has returned and put the caller's state back: touch nothing
+                raise PeerLostError(f"the simulation abandoned the {party.role}: {self.stopped}")
             _set_state(party.state)
 
     def post(self, src: int, dst: int, group: int, payload: bytearray) -> None:
@@ -177,6 +181,8 @@ class _Simulation:
     def _main(self, party: _Party) -> None:
         with self.cond:
             self._await_turn(party)
+        if self.abandoned:
+            return
         _LOCAL.party = party
         _set_state(party.state)
         try:
@@ -205,6 +211,7 @@ class _Simulation:
         if late:
             with self.cond:
                 self.stopped = self.stopped or f"the run took longer than {self.timeout_s:g} s"
+                self.abandoned = True
                 self.cond.notify_all()
             raise SimFailed(f"simulated run did not end within {self.timeout_s:g} s (still running: {', '.join(late)})")
         failed = self.first_failure or next((p for p in self.parties if p.error is not None), None)

@@ -17,9 +17,14 @@ correction for one request kind (the owner gets the share of 0 instead of A·B, 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import math
 import os
+import sys
+import threading
+import types
 
 import crypten.communicator as comm
 import numpy as np
@@ -44,7 +49,7 @@ import crypten  # noqa: E402  (after mpc: its import stub first)
 U = 2.0**-16
 PRODUCT_TOL = 2 * U
 VALUE_BOUND = 8.0
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -440,6 +445,30 @@ def test_a_protocol_out_of_step_fails_instead_of_hanging():
         sim.run(job, job, timeout_s=30)
 
 
+LOOPING = threading.Event()
+
+
+def looping_job():
+    """The server never answers: it loops (without waiting for a message) until the test ends."""
+    if comm.get().get_rank() == 1:
+        while not LOOPING.wait(0.01):
+            pass
+        raise RuntimeError("released by the test")
+    open_shares([torch.zeros(2, dtype=torch.int64)])
+
+
+def test_a_party_that_loops_fails_the_run_after_its_timeout():
+    LOOPING.clear()
+    before = (crypten.is_initialized(), crypten_seam.applied())
+    job = PartyJob(looping_job)
+    try:
+        with pytest.raises(sim.SimFailed, match=r"did not end within 2 s \(still running: owner, server, dealer\)"):
+            sim.run(job, job, timeout_s=2)
+    finally:
+        LOOPING.set()
+    assert (crypten.is_initialized(), crypten_seam.applied()) == before
+
+
 def test_a_run_leaves_crypten_and_the_process_as_it_found_them():
     before = (crypten_seam.applied(), crypten_seam.party_state(), os.environ.get("RANK"),
               crypten.cfg.mpc.provider, torch.distributed.init_process_group, dealer._CLIENT_CHAIN.count)
@@ -447,7 +476,7 @@ def test_a_run_leaves_crypten_and_the_process_as_it_found_them():
     assert check_square(x, secure("square", [x]))
     after = (crypten_seam.applied(), crypten_seam.party_state(), os.environ.get("RANK"),
              crypten.cfg.mpc.provider, torch.distributed.init_process_group, dealer._CLIENT_CHAIN.count)
-    assert after == before and not crypten.is_initialized()
+    assert after == before
 
 
 def test_the_simulated_cost_is_the_protocols():
@@ -456,3 +485,46 @@ def test_the_simulated_cost_is_the_protocols():
     x = torch.rand(50, dtype=torch.float64)
     _, cost = run_op(sim.run, "exact_truncate", x)
     assert cost == {"bytes": 8 * 2 * x.numel(), "rounds": 1}
+
+
+# Module-level objects of mpc that every party of a process may share (the simulation keeps the
+# others per party: sim.per_party_names()), and why.
+SHARED = {
+    "mpc.accounting.COMMUNICATOR_ACCOUNTS": "constant table",
+    "mpc.approx.FOURIER_KINDS": "constant table",
+    "mpc.approx.NO_MONITOR": "the no-op monitor (samples=0): keeps nothing under MPC",
+    "mpc.costmodel.LAN": "constant", "mpc.costmodel.WAN": "constant", "mpc.costmodel.WAN_FAST": "constant",
+    "mpc.crypten_seam._APPLIED": "the process's patches of its one CrypTen (the same for every party)",
+    "mpc.dealer._FUNCTIONS": "registry filled at import", "mpc.dealer._SHAPE_ARGS": "registry filled at import",
+    "mpc.dealer._RELEASE_HOOKS": "registry filled at import",
+    "mpc.fourier.ACTIVATIONS": "constant table", "mpc.fourier.REFERENCES": "constant table",
+    "mpc.jobstate._RESETS": "registry filled at import", "mpc.jobstate._BASELINE": "the persistent cluster's, unused here",
+    "mpc.netns._COUNTER": "deployment tests' network namespaces", "mpc.netns._CACHE": "deployment tests' network namespaces",
+    "mpc.roles.RANK": "constant table", "mpc.session.RANK": "constant table", "mpc.transport._OPS": "constant table",
+}
+
+
+def module_state() -> set[str]:
+    """``module.name`` of every module-level container, counter or mpc-defined object in mpc."""
+    dealer.registered()  # imports every mpc module
+    found = set()
+    for name, module in list(sys.modules.items()):
+        if name != "mpc" and not name.startswith("mpc."):
+            continue
+        for attr, value in vars(module).items():
+            if attr.startswith("__") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                continue
+            mutable = isinstance(value, (dict, list, set, collections.Counter, collections.deque, itertools.count))
+            if mutable or type(value).__module__.startswith("mpc."):
+                found.add(f"{name}.{attr}")
+    return found
+
+
+def test_every_module_level_state_of_mpc_is_per_party_in_the_simulation_or_declared_shared(monkeypatch):
+    """A party process has its own copy of each; the simulation must swap any that a party changes."""
+    found = module_state()
+    assert sim.per_party_names() <= found  # the simulation's names still exist
+    assert found - sim.per_party_names() - set(SHARED) == set()
+    # positive control: new module-level state in a protocol file is reported
+    monkeypatch.setattr(fixed_weights, "_NEW_CACHE", {}, raising=False)
+    assert module_state() - sim.per_party_names() - set(SHARED) == {"mpc.fixed_weights._NEW_CACHE"}
