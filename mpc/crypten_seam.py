@@ -13,6 +13,11 @@ checks that every patched attribute still exists and that no other file writes
 into CrypTen.  ``scripts/crypten_tests.sh`` runs CrypTen's own tests with the
 seam installed.
 
+:data:`PARTY_STATE` names CrypTen's per-process state of a party (communicator, dealer client,
+streams): the in-process simulation of the tests (``tests/sim.py``) keeps it per party and
+swaps it with :func:`set_party_state`; :func:`snapshot` / :func:`restore` let it leave CrypTen
+as it found it.
+
 Every party process calls :func:`install` (parties are spawned fresh);
 ``import mpc`` registers the import stub (:func:`install_import_stub`) before
 anything imports CrypTen.
