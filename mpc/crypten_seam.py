@@ -13,6 +13,11 @@ checks that every patched attribute still exists and that no other file writes
 into CrypTen.  ``scripts/crypten_tests.sh`` runs CrypTen's own tests with the
 seam installed.
 
+:data:`PARTY_STATE` names CrypTen's per-process state of a party (communicator, dealer client,
+streams): the in-process simulation of the tests (``tests/sim.py``) keeps it per party and
+swaps it with :func:`set_party_state`; :func:`snapshot` / :func:`restore` let it leave CrypTen
+as it found it.
+
 Every party process calls :func:`install` (parties are spawned fresh);
 ``import mpc`` registers the import stub (:func:`install_import_stub`) before
 anything imports CrypTen.
@@ -102,6 +107,15 @@ TRANSPORT_PATCHES: tuple[Patch, ...] = tuple(
     for module in (_COMMUNICATOR, _TTP)
 )
 
+# CrypTen's per-process state of a party: what the in-process simulation (tests/sim.py), which
+# plays owner, server and dealer in one process, keeps for each party and swaps in when that
+# party runs (:func:`party_state`, :func:`set_party_state`).  Nothing else changes these.
+PARTY_STATE: tuple[Patch, ...] = (
+    Patch(f"{_COMMUNICATOR}:DistributedCommunicator", "instance", None, "the party's communicator (rank, groups)"),
+    Patch(f"{_TTP}:TTPClient", "_TTPClient__instance", None, "the party's dealer client and dealer stream"),
+    Patch("crypten", "generators", None, "the party's pairwise, local and global streams"),
+)
+
 IMPORT_STUB = "crypten.nn.onnx_converter"
 
 _APPLIED: dict[str, tuple[Any, Any]] = {}  # patch name -> (CrypTen's original, the replacement)
@@ -160,7 +174,7 @@ def resolve(owner: str):
     return target
 
 
-def missing_points(patches=PATCHES + TRANSPORT_PATCHES) -> list[str]:
+def missing_points(patches=PATCHES + TRANSPORT_PATCHES + PARTY_STATE) -> list[str]:
     """The patch points the installed CrypTen lacks (empty for the pinned release)."""
     missing = []
     for patch in patches:
@@ -259,3 +273,48 @@ def peer_timeout(timeout_s: float):
         yield
     finally:
         torch.distributed.init_process_group = original
+
+
+# ---- one process, three parties (tests/sim.py) -------------------------------------------
+
+def fresh_party_state() -> dict[str, Any]:
+    """:data:`PARTY_STATE` as in a freshly spawned process (no communicator, client or streams)."""
+    communicator, client, generators = PARTY_STATE
+    return {communicator.name: None, client.name: None,
+            generators.name: {"prev": {}, "next": {}, "local": {}, "global": {}}}
+
+
+def party_state() -> dict[str, Any]:
+    """The values of :data:`PARTY_STATE` in CrypTen now (the running party's)."""
+    return {patch.name: getattr(resolve(patch.owner), patch.attribute) for patch in PARTY_STATE}
+
+
+def set_party_state(state: dict[str, Any]) -> None:
+    """Put a party's :data:`PARTY_STATE` (from :func:`party_state` or :func:`fresh_party_state`) in place."""
+    for patch in PARTY_STATE:
+        setattr(resolve(patch.owner), patch.attribute, state[patch.name])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every point this module writes, as it was (:func:`snapshot`)."""
+
+    applied: dict[str, tuple[Any, Any]]
+    values: dict[str, Any]
+
+
+_ALL_POINTS = PATCHES + TRANSPORT_PATCHES + PARTY_STATE
+
+
+def snapshot() -> Snapshot:
+    """What this process's CrypTen holds at every patch point and :data:`PARTY_STATE` point
+    now, so a test that installs the seam in its own process can leave CrypTen as it found it."""
+    return Snapshot(dict(_APPLIED), {p.name: getattr(resolve(p.owner), p.attribute) for p in _ALL_POINTS})
+
+
+def restore(saved: Snapshot) -> None:
+    """Put every point back as :func:`snapshot` found it (and forget later installs)."""
+    for patch in _ALL_POINTS:
+        setattr(resolve(patch.owner), patch.attribute, saved.values[patch.name])
+    _APPLIED.clear()
+    _APPLIED.update(saved.applied)
