@@ -1,6 +1,10 @@
-"""Shared fixtures: small prepared inputs for the tiny built-in models."""
+"""Shared fixtures: small prepared inputs for the tiny built-in models; every test session
+gets its own model cache."""
 
 import dataclasses
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -65,6 +69,35 @@ def mpc_cluster():
 
     with LocalCluster() as cluster:
         yield cluster
+
+
+TEST_CACHE_ENV = "SECPTUNE_TEST_CACHE"
+_TEMP_CACHE, _USER_CACHE = pytest.StashKey[str](), pytest.StashKey[str | None]()
+
+
+def pytest_configure(config):
+    """A model cache for this test session only (never the user's ``~/.cache/secptune``): built
+    models, public text and RFA fits come from the code under test, and tests cannot depend on
+    what an earlier session left behind.  ``SECPTUNE_TEST_CACHE=DIR`` keeps DIR across sessions
+    instead (e.g. for the slow SmolLM2 checks, whose server preparation takes minutes).  Set in
+    the environment, so every party process the tests start uses it too."""
+    root = os.environ.get(TEST_CACHE_ENV)
+    if not root:
+        root = tempfile.mkdtemp(prefix="secptune-test-cache-")
+        config.stash[_TEMP_CACHE] = root
+    config.stash[_USER_CACHE] = os.environ.get("SECPTUNE_CACHE")
+    os.environ["SECPTUNE_CACHE"] = root
+
+
+def pytest_unconfigure(config):
+    temp = config.stash.get(_TEMP_CACHE, None)
+    if temp:
+        shutil.rmtree(temp, ignore_errors=True)
+    user = config.stash.get(_USER_CACHE, None)
+    if user is None:
+        os.environ.pop("SECPTUNE_CACHE", None)
+    else:
+        os.environ["SECPTUNE_CACHE"] = user
 
 
 DEPLOY_MODULES = ("test_deploy_", "test_local_auth")  # fresh processes, hosts, TLS and faults by design

@@ -84,17 +84,18 @@ def test_tree_max(n):
     torch.testing.assert_close(max_along(x, -1), x.max(-1, keepdim=True).values, rtol=0, atol=1e-12)
 
 
-def test_secure_power_of_two_scale_never_fails_truncation_on_many_rows(mpc_cluster):
+def test_secure_power_of_two_scale_never_fails_truncation_on_many_rows():
     """The range reduction's weights reach 2^20; multiplied as fixed point they made
     two-party truncation fail about once per 4,000 rows (wild norms, retried forwards)."""
     import op_jobs
+    import sim
 
     torch.manual_seed(3)
     v = torch.exp(torch.empty(20000, 1, dtype=torch.float64).uniform_(math.log(1e-3), math.log(60.0)))
     # clear of the thresholds 16^j, where the 2^-16 encoding of v may tip a comparison either way
     position = torch.log(v) / math.log(16)
     v = v[(position - position.round()).abs() > 0.01].unsqueeze(-1)
-    got, _ = op_jobs.run(mpc_cluster.run, "pow2_scale", v)
+    got, _ = op_jobs.run(sim.run, "pow2_scale", v)
     s, s_sq = approx.power_of_two_scale(v, 1e-5, 64.0)
     want = torch.cat([s, s_sq], dim=-1)
     assert ((got - want).abs() / want).max() < 1e-3

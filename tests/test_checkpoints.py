@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,3 +258,16 @@ def test_smollm2_converts_and_loads():
         logits = model(**tok(SENTENCE, return_tensors="pt")).logits
     assert logits.shape[-1] == config.vocab_size and torch.isfinite(logits).all()
     assert logits[0, -1].std() > 1
+
+
+def test_the_test_session_has_its_own_model_cache():
+    """conftest gives each test session a cache of its own (or SECPTUNE_TEST_CACHE), never the
+    user's: this fails when run without the conftest hook, e.g. against ~/.cache/secptune."""
+    from conftest import TEST_CACHE_ENV
+
+    root = checkpoints.cache_dir()
+    assert str(root) != os.path.join(os.path.expanduser("~"), ".cache", "secptune")
+    if os.environ.get(TEST_CACHE_ENV):
+        assert str(root) == os.environ[TEST_CACHE_ENV]
+    else:
+        assert root.name.startswith("secptune-test-cache-") and root.parent == Path(tempfile.gettempdir())

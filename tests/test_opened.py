@@ -5,16 +5,17 @@ import math
 import torch
 
 import op_jobs
+import sim
 from mpc import approx
 
 
-def test_secure_norm_matches_oracle_and_opens_each_tensor_once(mpc_cluster):
+def test_secure_norm_matches_oracle_and_opens_each_tensor_once():
     torch.manual_seed(0)
     rows, width = 24, 64
     mean_squares = torch.logspace(math.log10(2e-5), math.log10(1e6), rows, dtype=torch.float64)
     x = torch.randn(rows, width, dtype=torch.float64)
     x = x / x.square().mean(-1, keepdim=True).sqrt() * mean_squares.sqrt().unsqueeze(-1)
-    got, cost = op_jobs.run(mpc_cluster.run, "normalize", x)
+    got, cost = op_jobs.run(sim.run, "normalize", x)
     want = approx.normalize(x, 1e-5, approx.ApproxConfig())
     err = (got - want).abs().max()
     # outputs are O(1); the smallest rows (rms 4.5e-3) carry 2^-16 / 4.5e-3 ~ 3e-3 relative
@@ -29,7 +30,7 @@ def test_secure_norm_matches_oracle_and_opens_each_tensor_once(mpc_cluster):
     assert full <= cost["bytes"] < full + 8000 * rows
 
 
-def test_secure_norm_of_large_rows_never_wraps(mpc_cluster):
+def test_secure_norm_of_large_rows_never_wraps():
     """Rows near the norm's ceiling (SmolLM2's massive activations: mean squares ~1e6 over 576
     values) have exact row sums up to 2^58 in the ring.  Divided by the width with CrypTen's
     two-party truncation they wrapped about once per 100 rows (scores of -1e9 in a SmolLM2
@@ -40,6 +41,6 @@ def test_secure_norm_of_large_rows_never_wraps(mpc_cluster):
     mean_squares = torch.logspace(math.log10(ceiling / 16), math.log10(ceiling * 0.95), rows, dtype=torch.float64)
     x = torch.randn(rows, width, dtype=torch.float64)
     x = x / x.square().mean(-1, keepdim=True).sqrt() * mean_squares.sqrt().unsqueeze(-1)
-    got, _ = op_jobs.run(mpc_cluster.run, "normalize", x)
+    got, _ = op_jobs.run(sim.run, "normalize", x)
     want = approx.normalize(x, 1e-5, approx.ApproxConfig())
     assert (got - want).abs().max() < 5e-4

@@ -6,33 +6,34 @@ import pytest
 import torch
 
 import op_jobs
+import sim
 
 TOL = 4e-4  # 16-bit angle resolution (2pi/2^16 ~ 1e-4) plus one truncation of each product
 
 
-def test_sincos_turns_matches_plaintext_in_one_round(mpc_cluster):
+def test_sincos_turns_matches_plaintext_in_one_round():
     u = torch.cat([torch.linspace(-40, 40, 997, dtype=torch.float64), torch.tensor([0.0, 0.25, -0.5, 1e3])])
-    got, cost = op_jobs.run(mpc_cluster.run, "sincos", u)
+    got, cost = op_jobs.run(sim.run, "sincos", u)
     expect = torch.stack([torch.sin(2 * math.pi * u), torch.cos(2 * math.pi * u)])
     assert (got - expect).abs().max() < TOL
     assert cost["rounds"] == 1
     assert cost["bytes"] == 2 * u.numel()  # 16 bits per element, one opening
 
 
-def test_one_round_beats_crypten_cos_on_rounds_and_bytes(mpc_cluster):
+def test_one_round_beats_crypten_cos_on_rounds_and_bytes():
     x = torch.linspace(-3, 3, 500, dtype=torch.float64)
-    _, ours = op_jobs.run(mpc_cluster.run, "sincos", x / (2 * math.pi))
-    got, theirs = op_jobs.run(mpc_cluster.run, "crypten_sincos", x)
+    _, ours = op_jobs.run(sim.run, "sincos", x / (2 * math.pi))
+    got, theirs = op_jobs.run(sim.run, "crypten_sincos", x)
     assert ours["rounds"] * 5 <= theirs["rounds"]
     assert ours["bytes"] * 20 <= theirs["bytes"]
 
 
 @pytest.mark.parametrize("name,bound", [("silu", 16.0), ("gelu", 8.0)])
-def test_fourier_activation_in_one_round_matches_its_oracle(name, bound, mpc_cluster):
+def test_fourier_activation_in_one_round_matches_its_oracle(name, bound):
     from mpc.fourier import activation_series
 
     x = torch.cat([torch.linspace(-bound, bound, 1999, dtype=torch.float64), torch.tensor([0.0, 1e-3, -bound])])
-    got, cost = op_jobs.run(mpc_cluster.run, "fourier", x, extra={"name": name, "bound": bound})
+    got, cost = op_jobs.run(sim.run, "fourier", x, extra={"name": name, "bound": bound})
     series = activation_series(name, bound)
     # fixed point: x on a 2^-24-period grid, each coefficient and dealer share to 2^-17
     assert (got - series.series(x)).abs().max() < 2e-3
@@ -54,7 +55,7 @@ def test_oracle_is_the_series_outside_its_range_and_within_its_error_inside():
     assert (series.series(x[~inside]) - torch.nn.functional.silu(x[~inside])).abs().max() > 1
 
 
-def test_large_views_are_evaluated_in_chunks_that_agree_with_the_oracle(mpc_cluster):
+def test_large_views_are_evaluated_in_chunks_that_agree_with_the_oracle():
     """A non-contiguous view (the fused gate|up product's half) larger than one chunk of
     dealer harmonics: several openings, same values.  The test forces the smallest chunk
     (4,096 values), so 6,000 values take two (a model's activations: 2^26 / 2K values each)."""
@@ -62,18 +63,18 @@ def test_large_views_are_evaluated_in_chunks_that_agree_with_the_oracle(mpc_clus
 
     torch.manual_seed(4)
     x = (torch.rand(2, 3, 1000, dtype=torch.float64) * 2 - 1) * 16
-    got, cost = op_jobs.run(mpc_cluster.run, "fourier_view", x, extra={"bound": 16.0, "dealt_values": 1})
+    got, cost = op_jobs.run(sim.run, "fourier_view", x, extra={"bound": 16.0, "dealt_values": 1})
     assert (got - activation_series("silu", 16.0).series(x)).abs().max() < 2e-3
     assert cost["rounds"] == 2 and cost["bytes"] == 4 * x.numel()
 
 
-def test_fourier_exp_matches_its_series(mpc_cluster):
+def test_fourier_exp_matches_its_series():
     """The RFA features' exp(a/2) on the default range: a wide series (many harmonics) from one opening."""
     from mpc.approx import ApproxConfig
     from mpc.fourier import exp_series
 
     low, high = ApproxConfig().rfa_exp_low / 2, ApproxConfig().rfa_exp_high / 2
     x = torch.linspace(low, high, 4001, dtype=torch.float64)
-    got, cost = op_jobs.run(mpc_cluster.run, "fourier_exp", x, extra={"low": low, "high": high})
+    got, cost = op_jobs.run(sim.run, "fourier_exp", x, extra={"low": low, "high": high})
     assert (got - exp_series(low, high).series(x)).abs().max() < 2e-3  # values up to e^2
     assert cost["rounds"] == 1

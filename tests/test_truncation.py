@@ -4,14 +4,15 @@ import pytest
 import torch
 
 import op_jobs
+import sim
 
 
-def test_exact_truncation_of_values_near_the_bound(mpc_cluster):
+def test_exact_truncation_of_values_near_the_bound():
     torch.manual_seed(0)
     # x·2^16·2^25 spans ±2^61: CrypTen's local truncation would fail on ~1/16 of them
     x = (torch.rand(20000, dtype=torch.float64) * 2 - 1) * 2**20
     x[:4] = torch.tensor([2**20 - 2**-16, -(2**20), 0.0, -(2**-16)])
-    got, cost = op_jobs.run(mpc_cluster.run, "exact_truncate", x)
+    got, cost = op_jobs.run(sim.run, "exact_truncate", x)
     units = (x * 2**16).long().double()  # CrypTen encodes by truncation toward zero
     # slot 0: ⌊Z/2^25⌋ = x at scale 2^16, one unit high at most
     high_by = torch.round(got[0] * 2**16) - units
