@@ -27,9 +27,6 @@ DEFAULT_OUT = ROOT / "BENCHMARKS.md"
 NOT_RECORDED = "not recorded"
 OPS = ("linear", "attention", "norm", "activation", "other")
 LINKS = {link.name: link for link in costmodel.LINKS}
-# Owner-side rounds per dealer request (send request, receive size, receive data): how
-# netbench counts the dealer's synchronous round trips in its "+ dealer" model.
-DEALER_REQUEST_ROUNDS = 3
 
 
 class ReportError(SecptuneError):
@@ -651,7 +648,7 @@ def netbench_table(records: list[Report]) -> list[str]:
             for i, (job, label) in enumerate((("infer", "forward (infer)"), ("tune", "1 generation (tune)"))):
                 j = r[job]
                 nbytes, rounds = busier_online(j)
-                requests = j["comm"]["owner"]["dealer"]["rounds"] / DEALER_REQUEST_ROUNDS
+                requests = j["comm"]["owner"]["dealer"]["rounds"] / costmodel.REQUEST_ROUNDS
                 online = dealer = "—"
                 if link is not None and base is not None:
                     start = base[job]["wall_s"] + link.added_s(nbytes, rounds)
@@ -766,6 +763,71 @@ def section_iterations(reports: Reports) -> list[str]:
     return out + ["", "Sources:", ""] + sources(runs)
 
 
+def all_wires(comm: dict) -> float:
+    """Bytes on every wire: what owner and server sent (online and to the dealer) and the dealer."""
+    return sum(comm[p]["bytes"] for p in ROLES)
+
+
+def with_dealer(total: dict) -> dict[str, float]:
+    """A forward's link times with the dealer as a third host on the same link
+    (mpc.costmodel.link_times_with_dealer, from the report's online times and dealer traffic)."""
+    dealer = total["comm"]["dealer"]
+    requests = dealer["rounds"] / costmodel.REQUEST_ROUNDS
+    return {name: total["links_s"][name] + costmodel.dealer_added_s(dealer["bytes"], requests, link)
+            for name, link in LINKS.items()}
+
+
+# the paper's SecP-Tuning figures (RoBERTa-large, 512 tokens; ../shared/design): per iteration and end to end (SST-2)
+PAPER_ITERATION = {"s": 55.2, "bytes": 56.6e9}
+PAPER_END_TO_END = {"s": 8.81 * 3600, "bytes": 14.22e12}
+BBT_CALLS, SST2_TEXTS_PER_CALL = 8000, 32  # BBT's budget; k = 16 per class, two classes
+
+
+def section_projection(reports: Reports) -> list[str]:
+    """End-to-end secure SST-2 tuning at the paper's settings, projected from one measured forward."""
+    out = [
+        "## End-to-end projection at the paper's settings",
+        "",
+        "What would secure SST-2 tuning of RoBERTa-large at 512 tokens cost here? One measured forward of one "
+        "512-token sequence (RFA, 24 layers extrapolated from 1), times the number of forwards. The paper gives "
+        f"{PAPER_ITERATION['s']} s / {PAPER_ITERATION['bytes'] / 1e9:.1f} GB per iteration and "
+        f"{PAPER_END_TO_END['s'] / 3600:.2f} h / {PAPER_END_TO_END['bytes'] / 1e12:.2f} TB end to end, which "
+        f"imply {PAPER_END_TO_END['bytes'] / PAPER_ITERATION['bytes']:,.0f} iterations by bytes and "
+        f"{PAPER_END_TO_END['s'] / PAPER_ITERATION['s']:,.0f} by time (if an iteration is one 512-token forward, "
+        "the reading in ../shared/design); BBT's budget of "
+        f"{BBT_CALLS:,} calls on {SST2_TEXTS_PER_CALL} training texts each is "
+        f"{BBT_CALLS * SST2_TEXTS_PER_CALL:,} forwards. The paper's GB most likely come from CrypTen's log, which "
+        "counts an all-reduce twice: compare its figure with about twice our online bytes per party, and note it "
+        "leaves the dealer out. Network times: `mpc.costmodel` for the online traffic, and with the dealer as a "
+        "third host on the same link answering on demand; compute time: this CPU's measured forward.",
+        "",
+    ]
+    fwd = reports.get("bench_forward_roberta-large-shape_L1_rfa.json")
+    if fwd is None:
+        return out + absent("bench_forward_roberta-large-shape_L1_rfa.json")
+    rows = []
+    with reading(fwd):
+        total = fwd["extrapolation"]["total"]
+        comm, links, dealer_links = total["comm"], total["links_s"], with_dealer(total)
+        online = comm["server"]["bytes"]
+        counts = [
+            ("one forward", 1),
+            ("paper, by bytes", round(PAPER_END_TO_END["bytes"] / PAPER_ITERATION["bytes"])),
+            ("paper, by time", round(PAPER_END_TO_END["s"] / PAPER_ITERATION["s"])),
+            ("BBT budget × SST-2 texts", BBT_CALLS * SST2_TEXTS_PER_CALL),
+        ]
+        for what, n in counts:
+            rows.append([what, num(n), f"{n * online / 1e12:.3f}", f"{n * comm['dealer']['bytes'] / 1e12:.3f}",
+                         f"{n * all_wires(comm) / 1e12:.3f}", f"{n * links['LAN'] / 3600:.2f}",
+                         f"{n * dealer_links['LAN'] / 3600:.2f}", f"{n * dealer_links['WAN'] / 3600:.1f}",
+                         f"{n * total['wall_s'] / 3600:.1f}"])
+    out += table(["forwards", "n", "online TB / party", "dealer TB", "all wires TB", "+ LAN h (online)",
+                  "+ LAN h (with dealer)", "+ WAN h (with dealer)", "CPU compute h (measured)"], rows)
+    out += ["", f"Paper: {PAPER_END_TO_END['s'] / 3600:.2f} h and {PAPER_END_TO_END['bytes'] / 1e12:.2f} TB end to "
+            "end on 3×A100 and a LAN (compute included).", "", "Sources:", ""] + sources([fwd])
+    return out
+
+
 # ---------------------------------------------------------------- headline and document
 
 
@@ -786,6 +848,10 @@ def section_headline(reports: Reports) -> list[str]:
                  f"({gb(total['comm']['dealer']['bytes'])} GB)", where, machine_text(fwd)],
                 ["… time the paper's LAN / WAN add", f"{sec(total['links_s']['LAN'])} s / {sec(total['links_s']['WAN'])} s",
                  where, machine_text(fwd)],
+                ["… every byte on every wire (owner + server + dealer)", f"{num(all_wires(total['comm']))} B "
+                 f"({gb(all_wires(total['comm']))} GB)", where, machine_text(fwd)],
+                ["… LAN / WAN with the dealer as a third host on the same link",
+                 " / ".join(f"{sec(with_dealer(total)[name])} s" for name in ("LAN", "WAN")), where, machine_text(fwd)],
             ]
     check = reports.get("bench_forward_roberta-large-shape_L1_rfa_rangecheck.json")
     if check is not None:
@@ -826,7 +892,7 @@ def section_headline(reports: Reports) -> list[str]:
     return out + (table(["figure", "value", "report", "machine"], rows) + [""] if rows else absent("headline reports"))
 
 
-SECTIONS = (section_headline, section_forward, section_security, section_ringmatmul, section_tuning,
+SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul, section_tuning,
             section_baseline_accuracy, section_rfa, section_smollm2_check, section_deployment, section_baselines)
 
 

@@ -9,20 +9,40 @@ from pathlib import Path
 from secptune.errors import InputError
 
 
-def _per_call(train_forwards: list[dict], popsize: int) -> dict:
-    """Latency and traffic per API call (one candidate on the training texts)."""
+def _per_call(train_forwards: list[dict], popsize: int, server_forwards: list[dict] | None = None) -> dict:
+    """Latency and traffic per API call (one candidate on the training texts).
+
+    ``bytes``/``rounds``: what the owner sent (online + its requests to the dealer);
+    ``online_*``: owner <-> server only; ``dealer_bytes``: what the dealer sent for one call —
+    to the owner, plus to the server where its forwards are known (``server_forwards``, local
+    runs: the server's entries on the training texts), else None (``dealer_to_owner_bytes`` only).
+    """
     if not train_forwards:
         return {}
     calls = len(train_forwards) * popsize
-    return {
+    out = {
         "calls": calls,
         "latency_s": sum(f["wall_s"] for f in train_forwards) / calls,
         "bytes": sum(f["bytes"] for f in train_forwards) / calls,
         "rounds": sum(f["rounds"] for f in train_forwards) / calls,
     }
+    if all("online" in f for f in train_forwards):  # secure runs (plain ones send nothing)
+        out["online_bytes"] = sum(f["online"]["bytes"] for f in train_forwards) / calls
+        out["online_rounds"] = sum(f["online"]["rounds"] for f in train_forwards) / calls
+        to_owner = sum(f["from_dealer"]["bytes"] for f in train_forwards) / calls
+        out["dealer_to_owner_bytes"] = to_owner
+        out["dealer_bytes"] = None
+        texts = {f["texts"] for f in train_forwards}
+        served = [f for f in server_forwards or [] if f.get("texts") in texts and "from_dealer" in f]
+        if served:
+            to_server = sum(f["from_dealer"]["bytes"] for f in served) / sum(f["candidates"] for f in served)
+            out["dealer_to_server_bytes"] = to_server
+            out["dealer_bytes"] = to_owner + to_server
+    return out
 
 
-def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float) -> dict:
+def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float,
+                      server_forwards: list[dict] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     gens = result["history"]
     data = {
@@ -30,7 +50,7 @@ def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float)
         "generations": gens,
         "final": result["final"],
         "totals": {"wall_s": wall_s, "parties": totals, "api_calls": len(gens) * cfg.popsize},
-        "per_call": _per_call(result["train_forwards"], cfg.popsize),
+        "per_call": _per_call(result["train_forwards"], cfg.popsize, server_forwards),
     }
     (out / "report.json").write_text(json.dumps(data, indent=1))
     (out / "report.md").write_text(_markdown(data))
@@ -63,7 +83,14 @@ def _markdown(d: dict) -> str:
     lines += [f"| {p} | {v['bytes']:,} | {v['rounds']:,} |" for p, v in t["parties"].items()]
     if d.get("per_call"):
         pc = d["per_call"]
-        lines += ["", f"Per API call: {pc['latency_s'] * 1e3:.1f} ms, {pc['bytes'] / 1e6:.2f} MB, {pc['rounds']:.1f} rounds."]
+        line = f"Per API call: {pc['latency_s'] * 1e3:.1f} ms, {pc['bytes'] / 1e6:.2f} MB sent by the owner, {pc['rounds']:.1f} rounds"
+        if "online_bytes" in pc:
+            line += f" (online {pc['online_bytes'] / 1e6:.2f} MB in {pc['online_rounds']:.1f} rounds)"
+            if pc.get("dealer_bytes") is not None:
+                line += f"; the dealer sent {pc['dealer_bytes'] / 1e6:.2f} MB (both parties)"
+            else:
+                line += f"; the dealer sent the owner {pc['dealer_to_owner_bytes'] / 1e6:.2f} MB (the server's share unknown here)"
+        lines += ["", line + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -76,11 +103,12 @@ def _plot_curves(path: Path, runs: list[tuple[str, list[dict]]]) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, gens in runs:
         x = [g["gen"] for g in gens]
-        ax1.plot(x, [g["best_loss"] for g in gens], label=f"{name} best")
-        ax1.plot(x, [g["mean_loss"] for g in gens], "--", label=f"{name} mean")
+        # markers: a one-generation run is a point, not an invisible line
+        ax1.plot(x, [g["best_loss"] for g in gens], marker="o", label=f"{name} best")
+        ax1.plot(x, [g["mean_loss"] for g in gens], "--", marker="x", label=f"{name} mean")
         dev = [(g["gen"], g["dev_accuracy"]) for g in gens if "dev_accuracy" in g]
         if dev:
-            ax2.plot(*zip(*dev), label=name)
+            ax2.plot(*zip(*dev), marker="o", label=name)
     ax1.set(xlabel="generation", ylabel="training loss", title="CMA-ES loss")
     ax2.set(xlabel="generation", ylabel="dev metric", title="dev metric of best candidate")
     ax1.legend()
@@ -102,12 +130,16 @@ def _mode(config: dict) -> str:
     return config["mode"] + (" (exact)" if config.get("exact") else "")
 
 
+def _mb(value) -> str:
+    return "?" if value is None else f"{value / 1e6:.2f}"
+
+
 def compare(paths: list[str], plot: str | None = None) -> str:
     """A table of runs side by side (accuracy, wall time, traffic, time per call)."""
     runs = [(p, load_run(p)) for p in paths]
     header = ("| run | task | mode | API calls | test zero-shot | test tuned | wall s | owner MB | server MB | dealer MB "
-              "| ms/call | MB/call | rounds/call |")
-    lines = [header, "|" + "---|" * 13]
+              "| ms/call | MB/call | rounds/call | online MB/call | dealer MB/call |")
+    lines = [header, "|" + "---|" * 15]
     for path, d in runs:
         f, parties, pc = d["final"], d["totals"]["parties"], d.get("per_call", {})
         mb = lambda role: parties.get(role, {}).get("bytes", 0) / 1e6  # noqa: E731
@@ -115,7 +147,8 @@ def compare(paths: list[str], plot: str | None = None) -> str:
             f"| {Path(path).name} | {d['config']['task']} | {_mode(d['config'])} | {d['totals'].get('api_calls', '')} "
             f"| {f['test']['zero_shot']:.3f} | {f['test']['tuned']:.3f} | "
             f"{d['totals']['wall_s']:.1f} | {mb('owner'):.1f} | {mb('server'):.1f} | {mb('dealer'):.1f} | "
-            f"{pc.get('latency_s', 0) * 1e3:.1f} | {pc.get('bytes', 0) / 1e6:.2f} | {pc.get('rounds', 0):.0f} |"
+            f"{pc.get('latency_s', 0) * 1e3:.1f} | {pc.get('bytes', 0) / 1e6:.2f} | {pc.get('rounds', 0):.0f} | "
+            f"{_mb(pc.get('online_bytes', 0))} | {_mb(pc.get('dealer_bytes', 0))} |"
         )
     if plot:
         _plot_curves(Path(plot), [(Path(p).name + ":" + d["config"]["mode"], d["generations"]) for p, d in runs])

@@ -295,7 +295,7 @@ class SecureSession:
     def forward(self, cmd: Forward, prompts: torch.Tensor | None = None):
         """Both parties: one forward of ``cmd``; the owner gets (scores, range bit), the server None."""
         started = time.perf_counter()
-        before = accounting.log().as_dict()
+        before, dealt = accounting.log().as_dict(), accounting.log().from_dealer.as_dict()
         text = self.texts[cmd.texts]
         prompt = share_input(prompts, (cmd.R, cmd.P, self.arch.hidden), OWNER_RANK)
         embeds, batch = population_inputs(text.embeds, text.batch, prompt)
@@ -308,16 +308,27 @@ class SecureSession:
         bit = monitor.secure_verdict()
         # one opening to the owner for the scores and the range bit (two reveals on record)
         revealed = reveal_all_to([out] if bit is None else [out, bit], OWNER_RANK)
-        after = accounting.log().as_dict()
+        after, dealt_after = accounting.log().as_dict(), accounting.log().from_dealer.as_dict()
         self.forward_log.append(
             {
                 "texts": cmd.texts,
                 "sequences": out.size(0),
+                "candidates": cmd.R,
                 "attempts": 1,
                 "range_checked": checked,
                 "wall_s": time.perf_counter() - started,
+                # what this party sent (to the other party and its requests to the dealer) ...
                 "bytes": after["bytes"] - before["bytes"],
                 "rounds": after["rounds"] - before["rounds"],
+                # ... split by channel, and what the dealer sent this party for the forward
+                **{
+                    name: {key: now[key] - then[key] for key in ("bytes", "rounds")}
+                    for name, then, now in (
+                        ("online", before["online"], after["online"]),
+                        ("to_dealer", before["dealer"], after["dealer"]),
+                        ("from_dealer", dealt, dealt_after),
+                    )
+                },
             }
         )
         if revealed is None:

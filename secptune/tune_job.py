@@ -107,6 +107,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
             device=device,
         )
         result = tune_program(session, *args)
+        server_forwards = None
         totals = {"owner": {"bytes": 0, "rounds": 0}, "server": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": 0, "rounds": 0}}
     else:
         request = secure.OwnerRequest(
@@ -121,7 +122,8 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
             results = owner.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
         result = results["owner"].value["result"]
         totals = {role: r.traffic for role, r in results.items()}
+        server_forwards = (results["server"].value or {}).get("forwards") if network is None else None
     wall = time.perf_counter() - started + result["earlier_wall_s"]
-    out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall)
+    out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall, server_forwards)
     torch.save(result["prompt"], Path(out_dir) / "prompt.pt")
     return out

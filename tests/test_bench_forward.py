@@ -66,6 +66,10 @@ def test_secure_run_json_adds_up(capsys, tmp_path):
     assert sum(op["dealer_bytes"] for op in ops.values()) == comm["dealer"]["bytes"] > 0
     # the dealer's bytes as the owner counted them equal the dealer process's own count
     assert result["dealer_check"]["counted_by_owner"] == result["dealer_check"]["dealer_process"]
+    # every wire: both parties' sends and the dealer's; a dealer on the link only adds time
+    assert result["all_wires_bytes"] == sum(comm[p]["bytes"] for p in comm) > comm["dealer"]["bytes"]
+    for link, online_s in result["links_s"].items():
+        assert result["links_with_dealer_s"][link] > online_s
     # fixed weight masks: the linears open only their inputs o and down; q|k|v and gate|up read
     # norm outputs, which the norms open once for all their products (mpc.opened)
     a = result["arch"]

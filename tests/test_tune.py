@@ -58,10 +58,19 @@ def test_secure_and_plain_tuning_agree(model, data, tmp_path):
             assert abs(p[key] - s[key]) <= 1e-2 * max(1.0, abs(p[key])), (key, p, s)
     assert secure["totals"]["parties"]["owner"]["bytes"] > 0
     assert secure["per_call"]["bytes"] > 0 and plain["per_call"]["bytes"] == 0
+    pc = secure["per_call"]  # every wire counted: online, and what the dealer sent both parties per call
+    assert 0 < pc["online_bytes"] < pc["bytes"] and pc["online_rounds"] > 0
+    assert pc["dealer_bytes"] == pc["dealer_to_owner_bytes"] + pc["dealer_to_server_bytes"]
+    # the dealer answers the owner; the server expands its shares from its key with the dealer
+    assert pc["dealer_to_owner_bytes"] > 0 and pc["dealer_to_server_bytes"] == 0
+    # the dealer's whole traffic (set-up, test forwards too) covers its per-call share of the training calls
+    assert secure["totals"]["parties"]["dealer"]["bytes"] >= pc["dealer_bytes"] * pc["calls"]
+    assert "online_bytes" not in plain["per_call"]
     for name in ("report.json", "report.md", "curves.png", "prompt.pt"):
         assert (tmp_path / "secure" / name).is_file()
     table = compare([str(tmp_path / "secure"), str(tmp_path / "plain")]).splitlines()
     assert len(table) == 4 and table[2].startswith("| secure | sst2 | secure | 8 |") and "| plain | 8 |" in table[3]
+    assert table[2].endswith(f"| {pc['online_bytes'] / 1e6:.2f} | {pc['dealer_bytes'] / 1e6:.2f} |")
 
 
 def test_exact_plain_tuning_runs_the_unmodified_model(data, tmp_path):

@@ -33,6 +33,10 @@ up (weights shared and, by default, masked once; texts embedded):
   and rounds (the owner's; the server's are the same), dealer bytes/rounds, wall_s;
 * ``lan_s``/``wan_s``: time the paper's LAN (3 Gbps, 0.8 ms) / WAN (100 Mbps,
   80 ms) add for this traffic (mpc.costmodel: busier party's online bytes and rounds);
+  ``links_with_dealer_s``: the same with the dealer as a third host on the same link,
+  answering each request during the forward (mpc.costmodel.link_times_with_dealer);
+* ``all_wires_bytes``: every byte on every wire for the forward — both computing parties'
+  sends (online and their requests to the dealer) and the dealer's;
 * with ``--layers N`` (fewer than the model's), the same session also runs the
   forward with 0 layers; ``extrapolation`` gives per layer = (N-layer − 0-layer)/N
   and the full model = 0-layer + L × per layer, for comm, ops, wall_s, lan_s, wan_s.
@@ -353,6 +357,17 @@ def _links(comm: dict) -> dict:
     return {name: round(s, 4) for name, s in costmodel.link_times(online).items()}
 
 
+def _links_with_dealer(comm: dict) -> dict:
+    online = {p: comm[p]["online"] for p in COMPUTING}
+    both = costmodel.link_times_with_dealer({**online, "dealer": comm["dealer"]})
+    return {name: round(s, 4) for name, s in both.items()}
+
+
+def _all_wires(comm: dict) -> int:
+    """Bytes on every wire: what owner, server (online + dealer requests) and dealer sent."""
+    return sum(comm[p]["bytes"] for p in ROLES)
+
+
 def extrapolate_layers(full: dict, zero: dict, n: int, total_layers: int) -> dict:
     """Linear model in the layer count: per layer = (n-layer − 0-layer)/n."""
 
@@ -437,6 +452,8 @@ def run(args) -> dict:
         lan_s=links["LAN"],
         wan_s=links["WAN"],
         links_s=links,
+        links_with_dealer_s=_links_with_dealer(comm),
+        all_wires_bytes=_all_wires(comm),
         max_abs_err=float((secure_scores - plain_scores).abs().max()),
         rel_err=float((secure_scores - plain_scores).abs().max() / plain_scores.abs().max()),
         setup={
@@ -459,7 +476,8 @@ def run(args) -> dict:
         def measures(f, fs):
             c = _party_comm(f, fs)
             flat = {p: {"bytes": c[p]["bytes"], "rounds": c[p]["rounds"]} for p in c}
-            return {"comm": flat, "ops": _op_table(f), "links_s": _links(c), "wall_s": f["wall_s"]}
+            return {"comm": flat, "ops": _op_table(f), "links_s": _links(c), "links_with_dealer_s": _links_with_dealer(c),
+                    "all_wires_bytes": _all_wires(c), "wall_s": f["wall_s"]}
 
         ext = extrapolate_layers(measures(forward, server_forward), measures(zero, zero_server), layers, total_layers)
         ext.update(

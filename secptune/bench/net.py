@@ -38,7 +38,6 @@ from secptune.bench.common import BenchError, provenance
 
 # the links of options.SETTINGS, in its order (none: no emulation)
 SETTINGS = dict(zip(options.SETTINGS, (None, costmodel.LAN, costmodel.WAN, costmodel.WAN_FAST), strict=True))
-REQUEST_ROUNDS = 3  # owner-side rounds per dealer request: send request, receive size, receive data
 
 
 def owner_commands(args, workdir: Path) -> dict[str, list[str]]:
@@ -101,9 +100,8 @@ def added_seconds(job: dict, dealer_traffic: dict, link) -> tuple[float, float]:
     """(online, dealer) seconds the link adds to ``job`` by the cost model."""
     comm = {p: job["comm"][p]["online"] for p in COMPUTING if p in job["comm"]}
     online = costmodel.link_times(comm, [link])[link.name]
-    requests = job["comm"]["owner"]["dealer"]["rounds"] / REQUEST_ROUNDS
-    dealer = requests * 2 * link.latency_s + dealer_traffic["dealer"]["bytes"] * 8 / link.bandwidth_bps
-    return online, dealer
+    requests = job["comm"]["owner"]["dealer"]["rounds"] / costmodel.REQUEST_ROUNDS
+    return online, costmodel.dealer_added_s(dealer_traffic["dealer"]["bytes"], requests, link)
 
 
 def table(results: list[dict]) -> str:
@@ -120,7 +118,7 @@ def table(results: list[dict]) -> str:
             comm = {p: j["comm"][p]["online"] for p in COMPUTING}
             mb = max(c["bytes"] for c in comm.values()) / 1e6
             rounds = max(c["rounds"] for c in comm.values())
-            requests = j["comm"]["owner"]["dealer"]["rounds"] / REQUEST_ROUNDS
+            requests = j["comm"]["owner"]["dealer"]["rounds"] / costmodel.REQUEST_ROUNDS
             if link is None or base is None:
                 model1 = model2 = "—"
             else:
