@@ -3,7 +3,6 @@ its smallest setting and reads its own JSON lines back."""
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 

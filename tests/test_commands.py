@@ -5,7 +5,7 @@ import pytest
 
 from conftest import prepared_inputs
 from mpc import launcher
-from secptune import owner, secure
+from secptune import secure
 from secptune.bench.forward import UseLayers
 from secptune.commands import REGISTRY, CommandError, decode
 from secptune.lockstep import OWNER_RANK, broadcast_from

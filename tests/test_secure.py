@@ -6,7 +6,6 @@ Tolerance: max |secure - plain| <= 1e-2 * max |plain score| (16-bit fixed point)
 import time
 
 import pytest
-import torch
 
 from mpc import launcher
 from mpc.errors import InsecureProviderError

@@ -30,7 +30,6 @@ import crypten.communicator as comm
 import numpy as np
 import pytest
 import torch
-from crypten.mpc import MPCTensor
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
