@@ -15,7 +15,8 @@ stopped on divergence: every figure is recorded), then scores the tuned prompt o
 ``--test-examples`` test examples with both.  The zero-shot test pass is skipped (it
 would double the test cost and is not part of the question).  Wall time per training call of
 float32 and float64 comes from the same run.  Writes ``reports/f32_oracle.json`` after each task,
-so an interrupted run keeps what it measured.
+so an interrupted run keeps what it measured; a later run for other ``--tasks`` keeps the tasks
+already in the report (each records the command that measured it).
 
     python -m research.f32_oracle                                   # both tasks, 500 test examples
     python -m research.f32_oracle --tasks sst2 --test-examples 50   # a quick estimate
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -121,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": {},
     }
     out = Path(args.out)
+    if out.is_file():  # tasks an earlier run measured stay (each records its own command and revision)
+        report["tasks"] = {t: m for t, m in json.loads(out.read_text()).get("tasks", {}).items()
+                           if t not in args.tasks.split(",")}
     for task in args.tasks.split(","):
         cfg = TuneConfig(task=task, model=args.model, mode="plain", precision="float32", check_oracle=1, k=args.k,
                          seed=args.seed, popsize=args.popsize, budget=args.generations * args.popsize,
                          prompt_len=args.prompt_len, intrinsic_dim=args.intrinsic_dim, test_limit=args.test_examples,
                          eval_every=args.eval_every, data=args.data)
-        report["tasks"][task] = measure(cfg)
+        report["tasks"][task] = {**measure(cfg), "command": report["command"], "git_revision": report["git_revision"],
+                                 "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")  # after each task: a cut-off run keeps its figures
         t = report["tasks"][task]
