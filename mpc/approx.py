@@ -18,7 +18,7 @@ import torch
 from mpc import fourier
 from mpc.accounting import section
 from mpc.opened import open_once
-from mpc.tensorops import cat, gt_zero, is_secure, max_along
+from mpc.tensorops import cat, gt_zero, is_secure, max_along, public_like
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,14 @@ def power_of_two_scale(v, low: float, high: float, bits: int = 2, factors=((1, 1
     if not levels:
         return tuple(v * 0 + c * power(k_lo, p) for p, c in factors)
     above = gt_zero(cat([v - unit * level**j for j in levels], dim=-1))  # one comparison round
+    if not is_secure(above):
+        # plaintext: the combination telescopes from c·s^p at the low end (up to 2^20) to the
+        # result (down to 2^-40); its partial sums need ~60 bits, float64 holds them exactly,
+        # float32's 24 bits gave 0 for every s² below ~2^-4 (norms of mean square above ~10^3).
+        # Combined in float64, the exact power of two then returns to v's precision exactly.
+        above = above.double()
     return tuple(
-        bit_combination(above, [c * (power(j, p) - power(j - 1, p)) for j in levels]) + c * power(k_lo, p)
+        public_like(bit_combination(above, [c * (power(j, p) - power(j - 1, p)) for j in levels]) + c * power(k_lo, p), v)
         for p, c in factors
     )
 
@@ -278,7 +284,7 @@ def bit_combination(bits, weights: list[float]):
     2^20-sized weights a wide range reduction needs, about once per 4,000 rows.
     """
     whole = [w if float(w).is_integer() else 0.0 for w in weights]
-    frac = torch.tensor([0.0 if float(w).is_integer() else w for w in weights], dtype=torch.float64)
+    frac = public_like(torch.tensor([0.0 if float(w).is_integer() else w for w in weights], dtype=torch.float64), bits)
     out = (bits * frac).sum(-1, keepdim=True)
     if not any(whole):
         return out
@@ -286,7 +292,7 @@ def bit_combination(bits, weights: list[float]):
         scaled = bits.clone()
         scaled._tensor.mul_(torch.tensor(whole, dtype=torch.float64).long())  # integer product: no truncation
     else:
-        scaled = bits * torch.tensor(whole, dtype=torch.float64)
+        scaled = bits * public_like(torch.tensor(whole, dtype=torch.float64), bits)
     return out + scaled.sum(-1, keepdim=True)
 
 

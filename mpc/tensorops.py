@@ -23,6 +23,20 @@ def cat(tensors, dim: int = 0):
     return torch.cat(list(tensors), dim=dim)
 
 
+def public_like(t: torch.Tensor, x):
+    """A public constant tensor ``t`` (made in float64) in the working precision of ``x``.
+
+    Plaintext sessions run in float64 (the oracle) or float32 (the fast check of the same
+    approximations, secptune.plain): a float64 constant would promote a float32 computation
+    back to float64 (torch promotes across dimensioned tensors), doubling its cost and
+    hiding what float32 alone gives.  Secret x keeps t as is: CrypTen encodes public
+    operands in fixed point itself.
+    """
+    if is_secure(x) or not t.is_floating_point():
+        return t
+    return t.to(x.dtype)
+
+
 def pad(x, widths: tuple[int, ...]):
     """Zero padding with torch.nn.functional.pad's ``widths`` convention (last dim first)."""
     if is_secure(x):

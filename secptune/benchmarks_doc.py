@@ -629,6 +629,30 @@ def section_smollm2_check(reports: Reports) -> list[str]:
     return one_report(reports, "smollm2_check.json", intro, smollm2_body)
 
 
+def f32_oracle_body(r: Report) -> list[str]:
+    rows = []
+    for task, t in r["tasks"].items():
+        st, ps = t["settings"], t["per_sequence_s"]
+        rows.append([task, f"{t['test_agreement']:.2%} of {t['test_examples']} ({t['test_flips']} flips)",
+                     f"{t['max_rel_loss_diff']:.1e} ({t['candidates_scored_by_both']} candidates, {t['generations']} gens)",
+                     f"{t['test_max_rel_score_diff']:.1e}", f"{ps['float32'] * 1e3:.0f} / {ps['float64'] * 1e3:.0f}",
+                     ratio(t["speedup"]), "yes" if t["meets_bar"] else "**no**"])
+    bar = r["bar"]
+    return table(["task", "same prediction (test)", "max relative loss difference", "max relative score difference",
+                  "ms per sequence float32 / float64", "speed-up", "meets the bar"], rows) + [
+        "", f"Bar: the same prediction on ≥ {bar['test_agreement']:.0%} of the test examples and every candidate's "
+            f"loss within {bar['max_rel_loss_diff']:g} relative. Times: median per sequence over the training calls "
+            f"after the first (popsize × 2k sequences each), both precisions in the same run.", ""]
+
+
+def section_f32_oracle(reports: Reports) -> list[str]:
+    intro = ["### SmolLM2: float32 approximations vs the float64 oracle (`f32_oracle.json`)", "",
+             "`--precision float32` runs the secure run's approximations in float32; each call of a float32 tuning "
+             "run and of the tuned prompt's test pass is scored by the float64 oracle too "
+             "(`research/f32_oracle.py`, `secptune.oracle_check`).", ""]
+    return one_report(reports, "f32_oracle.json", intro, f32_oracle_body)
+
+
 # ---------------------------------------------------------------- deployment
 
 
@@ -892,8 +916,9 @@ def section_headline(reports: Reports) -> list[str]:
     return out + (table(["figure", "value", "report", "machine"], rows) + [""] if rows else absent("headline reports"))
 
 
-SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul, section_tuning,
-            section_baseline_accuracy, section_rfa, section_smollm2_check, section_deployment, section_baselines)
+SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
+            section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
+            section_deployment, section_baselines)
 
 
 def render(reports_dir: Path = DEFAULT_REPORTS) -> str:

@@ -40,6 +40,7 @@ def _add_infer(sub) -> None:
     p.add_argument("--mode", choices=["plain", "secure"], default="plain")
     p.add_argument("--attention", choices=["softmax", "rfa"], default="softmax")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
+    _add_precision(p)
     p.add_argument("--prompt-len", type=int, default=0, help="random prompt of N tokens (seeded)")
     p.add_argument("--prompt", dest="prompt_file", help="a tuned prompt saved as a [P, H] tensor (.pt)")
     p.add_argument("--prompt-seed", type=int, default=0)
@@ -51,6 +52,18 @@ def _add_infer(sub) -> None:
     _add_network(p, owner=True)
 
 
+
+
+def _add_precision(p) -> None:
+    p.add_argument("--precision", choices=["float64", "float32"],
+                   help="plain mode without --exact: compute the secure run's approximations in float64 (the default: "
+                        "the oracle the secure tests compare with) or float32 (the same approximations, ~4x faster on "
+                        "a CPU; check it with --check-oracle)")
+    p.add_argument("--check-oracle", type=int, nargs="?", const=1, metavar="K",
+                   help="with --precision float32: score every K-th call on each text set (1 if K is left out; a text "
+                        "set scored once, like a test batch, is always checked) with the float64 oracle too; the report records relative loss/score differences and prediction agreement, and the "
+                        "run stops if losses differ by more than 1e-3 or scores by more than 1e-3 of the largest "
+                        "(secptune.oracle_check)")
 
 
 def _add_network(p, owner: bool) -> None:
@@ -107,6 +120,8 @@ def _infer_options(args):
         mode=args.mode,
         attention=args.attention,
         exact=args.exact,
+        precision=args.precision,
+        check_oracle=args.check_oracle or 0,
         prompt_len=args.prompt_len,
         prompt_file=args.prompt_file,
         prompt_seed=args.prompt_seed,
@@ -119,13 +134,20 @@ def _infer_options(args):
 
 def _print_infer(result: dict) -> None:
     acc = result["accuracy"]
-    print(f"model {result['model']}  mode {result['mode']}{' (exact)' if result['exact'] else ''}  "
+    precision = f" ({result['precision']})" if result.get("precision") and not result["exact"] else ""
+    print(f"model {result['model']}  mode {result['mode']}{' (exact)' if result['exact'] else ''}{precision}  "
           f"examples {result['examples']}  accuracy {'n/a' if acc is None else f'{acc:.3f}'}  "
           f"wall {result['wall_s']:.1f} s")
     for role, t in result["comm"].items():
         print(f"  {role:<6} sent {t['bytes'] / 1e6:9.2f} MB in {t['rounds']} rounds")
     for name, count in result["range_warnings"].items():
         print(f"  warning: {count} values outside the {name} approximation's range")
+    check = result.get("oracle_check")
+    if check and check["checked"]:
+        loss = "" if check["max_rel_loss_diff"] is None else f", relative loss difference <= {check['max_rel_loss_diff']:.2g}"
+        print(f"  float64 oracle: {check['checked']} of {check['calls']} batches checked, predictions agree on "
+              f"{check['agreement']:.2%}, relative score difference <= {check['max_rel_score_diff']:.2g}{loss}; "
+              f"float32 {check['fast_wall_s']:.1f} s, float64 {check['oracle_wall_s']:.1f} s")
     events = result.get("range_events")
     if events and events["out_of_range"]:
         print(f"  warning: the secure range check fired in batches {events['calls']}: their scores may be wrong "
@@ -168,7 +190,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--attention", choices=["rfa", "softmax"], default="softmax")
     p.add_argument("--exact", action="store_true", default=None,
                    help="plain only: the unmodified transformers model in float32 (the non-private baseline; "
-                        "without it plain mode runs the secure run's approximations in float64)")
+                        "without it plain mode runs the secure run's approximations, see --precision)")
+    _add_precision(p)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--test-limit", type=int)
     p.add_argument("--pad-bucket", type=int, metavar="N",

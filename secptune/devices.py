@@ -30,12 +30,16 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def batch_to(batch, device: torch.device):
-    """A copy of a plaintext :class:`secptune.batch.Batch` with its tensors on ``device``."""
+def batch_to(batch, device: torch.device, dtype: torch.dtype | None = None):
+    """A copy of a plaintext :class:`secptune.batch.Batch` with its tensors on ``device`` and,
+    given a ``dtype``, its float tensors in that precision (a float32 session must not meet a
+    float64 mask or one-hot: torch would promote the whole forward back to float64)."""
     def move(x):
         if isinstance(x, OneHot):
             return OneHot(x.ids.to(device), x.size_)
-        return x.to(device) if isinstance(x, torch.Tensor) else x
+        if not isinstance(x, torch.Tensor):
+            return x
+        return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
 
     return replace(
         batch,

@@ -32,8 +32,9 @@ from secptune.inputs import (
     verbalizer_ids,
     verbalizer_onehot,
 )
-from secptune.plain import PlainSession
+from secptune.plain import PlainSession, plain_session
 from secptune.scoring import score_batches
+from secptune.tune import losses
 
 
 @dataclass
@@ -52,6 +53,8 @@ class InferOptions:
     limit: int | None = None
     batch_size: int = 8
     pad_bucket: int = 0  # pad each batch's length to a multiple of this (0: to its longest text)
+    precision: str | None = None  # plain approximations: float64 (None: the oracle) or float32
+    check_oracle: int = 0  # float32: score every k-th batch with the float64 oracle too (0: never)
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
     network: object = None  # mpc.net.Network: server and dealer on other hosts (secure mode)
 
@@ -101,9 +104,21 @@ def check_mode(mode: str, exact: bool) -> None:
         raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
 
 
+def check_precision(mode: str, exact: bool, precision: str | None, check_oracle: int | None) -> None:
+    """--precision and --check-oracle, as `infer` and `tune` both take them: they choose how the
+    plain run computes the secure run's approximations, so they need --mode plain without --exact."""
+    given = [flag for flag, v in (("--precision", precision), ("--check-oracle", check_oracle)) if v]
+    if given and mode == "secure":
+        raise InputError(f"{' and '.join(given)}: for --mode plain only (the secure run computes in fixed point)")
+    if given and exact:
+        raise InputError(f"{' and '.join(given)}: for the approximations only; --exact runs the original "
+                         "non-linearities (leave out --exact, or these flags)")
+
+
 def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepared:
     """Resolve the model, tokenize and lay out the owner's inputs (no weights loaded)."""
     check_mode(opts.mode, opts.exact)
+    check_precision(opts.mode, opts.exact, opts.precision, opts.check_oracle)
     attention_config(opts.attention)  # a clear error for an unknown kind, before any work
     model_dir = resolve_model(opts.model)
     arch = arch_from_config(load_config(model_dir))
@@ -160,6 +175,16 @@ def secure_scores(
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 
+def _labelled_losses(session, prep: Prepared, batch_size: int) -> None:
+    """Cross-entropy of each fully labelled batch, so the oracle check compares losses as well
+    as scores (text set i is batch i: :func:`secptune.scoring.score_batches` loads them in order)."""
+    for i in range(len(prep.batches)):
+        labels = [ex.label for ex in prep.examples[i * batch_size : (i + 1) * batch_size]]
+        if None not in labels:
+            target = torch.tensor(labels)
+            session.set_loss(i, lambda s, target=target: losses(s.view(1, len(target), -1), target, "ce"))
+
+
 def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
     pred = scores.argmax(-1).tolist()
     labels = [ex.label for ex in prep.examples]
@@ -177,7 +202,17 @@ def run_infer(opts: InferOptions) -> dict:
     started = time.perf_counter()
     prep = prepare(opts)
     events = None  # secure mode: secptune.owner.range_events of the owner's forwards
-    if opts.mode == "plain":
+    oracle = None  # --check-oracle: how the float32 run compared with the float64 oracle
+    if opts.mode == "plain" and not opts.exact:
+        session = plain_session(prep.model_dir, prep.verbalizer, opts.cfg, attention_config(opts.attention),
+                                precision=opts.precision or "float64", check_oracle=opts.check_oracle)
+        if opts.check_oracle:
+            _labelled_losses(session, prep, opts.batch_size)
+        scores, warnings = score_batches(session, prep.batches), session.range_warnings
+        oracle = session.summary() if opts.check_oracle else None
+        comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
+        forward_s = 0.0
+    elif opts.mode == "plain":
         scores, warnings = plain_scores(prep, opts.exact, opts.cfg, attention_config(opts.attention))
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
         forward_s = 0.0
@@ -198,6 +233,8 @@ def run_infer(opts: InferOptions) -> dict:
     out.update(
         mode=opts.mode,
         exact=opts.exact,
+        precision=(opts.precision or "float64") if opts.mode == "plain" else None,
+        oracle_check=oracle,
         attention=opts.attention,
         model=opts.model,
         examples=len(prep.examples),

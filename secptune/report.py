@@ -61,7 +61,7 @@ def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float,
 def _markdown(d: dict) -> str:
     c, f, t = d["config"], d["final"], d["totals"]
     lines = [
-        f"# secptune tune: {c['task']} on {c['model']} ({c['mode']}{', exact float32' if c.get('exact') else ''})",
+        f"# secptune tune: {c['task']} on {c['model']} ({c['mode']}{_precision(c)})",
         "",
         f"k={c['k']} seed={c['seed']} prompt_len={c['prompt_len']} d={c['intrinsic_dim']} "
         f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']} alpha={c.get('alpha', 1.0)} "
@@ -81,6 +81,14 @@ def _markdown(d: dict) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {p} | {v['bytes']:,} | {v['rounds']:,} |" for p, v in t["parties"].items()]
+    check = f.get("oracle_check")
+    if check and check.get("checked"):
+        loss = check["max_rel_loss_diff"]
+        lines += ["", f"Checked against the float64 oracle (every {check['every']} calls per text set): {check['checked']} of "
+                      f"{check['calls']} calls, predictions agree on {check['agreement']:.2%} of {check['sequences']}, "
+                      f"max relative score difference {check['max_rel_score_diff']:.2g}"
+                      + ("" if loss is None else f", max relative loss difference {loss:.2g}")
+                      + f"; float32 {check['fast_wall_s']:.1f} s vs float64 {check['oracle_wall_s']:.1f} s on those calls."]
     if d.get("per_call"):
         pc = d["per_call"]
         line = f"Per API call: {pc['latency_s'] * 1e3:.1f} ms, {pc['bytes'] / 1e6:.2f} MB sent by the owner, {pc['rounds']:.1f} rounds"
@@ -92,6 +100,15 @@ def _markdown(d: dict) -> str:
                 line += f"; the dealer sent the owner {pc['dealer_to_owner_bytes'] / 1e6:.2f} MB (the server's share unknown here)"
         lines += ["", line + "."]
     return "\n".join(lines) + "\n"
+
+
+def _precision(config: dict) -> str:
+    """How a run computed: exact float32 (transformers), or the approximations in a precision."""
+    if config.get("exact"):
+        return ", exact float32"
+    if config["mode"] == "plain":
+        return f", approximations in {config.get('precision') or 'float64'}"
+    return ""
 
 
 def _plot_curves(path: Path, runs: list[tuple[str, list[dict]]]) -> None:
@@ -127,7 +144,9 @@ def load_run(path: str) -> dict:
 
 
 def _mode(config: dict) -> str:
-    return config["mode"] + (" (exact)" if config.get("exact") else "")
+    if config.get("exact"):
+        return config["mode"] + " (exact)"
+    return config["mode"] + (" (float32)" if config.get("precision") == "float32" else "")
 
 
 def _mb(value) -> str:

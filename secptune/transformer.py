@@ -20,7 +20,7 @@ import math
 import torch
 
 from mpc.accounting import section
-from mpc.tensorops import cat, is_secure, matmul, pad
+from mpc.tensorops import cat, is_secure, matmul, pad, public_like
 from rfa.random_features import rfa_attention
 from secptune.arch import Arch
 from secptune.batch import Batch, OneHot
@@ -52,11 +52,11 @@ def _rotate_half(x):
 def _onehot_product(onehot, table):
     """onehot @ table; on plaintext a row lookup (same result, without a [n, V] x [V, H]
     product), under MPC the secure product that hides both the ids and the table."""
-    if is_secure(onehot):
-        return onehot @ table
-    if isinstance(onehot, OneHot):
+    if isinstance(onehot, OneHot):  # before is_secure: a OneHot is no torch tensor either
         present = (onehot.ids >= 0).unsqueeze(-1).to(table.dtype)
         return table[onehot.ids.clamp(min=0)] * present
+    if is_secure(onehot):
+        return onehot @ table
     present = onehot.sum(-1, keepdim=True)
     return table[onehot.argmax(-1)] * present
 
@@ -191,12 +191,13 @@ class Transformer:
         offset = w["l0.pk"].size(1) if "l0.pk" in w else 0
         if offset + n > a.max_positions:
             raise ValueError(f"sequence of {offset + n} tokens exceeds the model's {a.max_positions}")
-        cos, sin = rope_tables(a, offset + n)
-        cos, sin = cos[offset:], sin[offset:]
+        cos, sin = rope_tables(a, offset + n)  # angles in float64, then the session's precision
+        cos, sin = public_like(cos[offset:], h), public_like(sin[offset:], h)
         rep = a.heads // a.kv_heads
         penalty = causal_penalty(n, rep)
         if offset:
             penalty = torch.cat([torch.zeros(rep * n, offset, dtype=torch.float64), penalty], dim=1)
+        penalty = public_like(penalty, h)
         scale = 1.0 / math.sqrt(a.head_dim)
         for i in range(a.layers):
             p = f"l{i}."

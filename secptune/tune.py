@@ -33,7 +33,7 @@ from secptune.batch import Batch
 CHECKPOINT = "checkpoint.pt"
 # what --resume may change: how long the run goes on and how large the final test is.  Everything
 # else (seed, model, data, CMA-ES and prompt settings) defines the search and must stay the same.
-RESUME_MAY_CHANGE = ("budget", "patience", "test_limit", "time_limit", "device")
+RESUME_MAY_CHANGE = ("budget", "patience", "test_limit", "time_limit", "device", "check_oracle")
 # what CMA-ES is told for every candidate of a generation whose secure forward failed its range
 # check (one bit per forward: it does not say which candidate): all equal, so that generation
 # ranks nothing; the server is not told (docs/protocol.md, "Range checks under MPC")
@@ -61,6 +61,8 @@ class TuneConfig:
     loss: str | None = None  # default per task: ce, or hinge for mrpc/rte
     attention: str = "softmax"
     exact: bool = False  # plain mode: transformers' model in float32 instead of the approximations (oracle)
+    precision: str | None = None  # plain approximations: "float64" (None: the oracle) or "float32"
+    check_oracle: int = 0  # float32: score every k-th call with the float64 oracle too (secptune.oracle_check)
     device: str = "cpu"
     test_limit: int | None = None
     eval_every: int = 1
@@ -195,6 +197,8 @@ def tune_program(session: ScoringSession, cfg: TuneConfig, texts: TextSets, out_
     train_id = session.load_texts(texts.train)  # always text set 0
     dev_ids = [session.load_texts(b) for b in texts.dev]
     labels = torch.tensor(texts.train_labels)
+    if hasattr(session, "set_loss"):  # --check-oracle: compare the training losses, not only the scores
+        session.set_loss(train_id, lambda s: losses(s.view(-1, len(labels), s.shape[-1]), labels, loss_kind))
     state = _load_checkpoint(out, cfg) if resume else None
     if state is None:
         np.random.seed(cfg.seed)
@@ -314,6 +318,8 @@ def _finish(session: ScoringSession, cfg: TuneConfig, texts: TextSets, A: torch.
         "range_events": state.get("range_events", 0) + (events.new() if events is not None else 0),
         "invalid_generations": state.get("invalid_generations", 0),
     }
+    if hasattr(session, "summary"):  # --check-oracle: this process's calls against the float64 oracle
+        final["oracle_check"] = session.summary()
     if getattr(session, "attention", None) is not None:  # as it ran: with the server's choice of RFA layers
         final["attention"] = session.attention.as_dict()
     return {"history": state["history"], "final": final, "prompt": prompt, "train_forwards": state["train_forwards"]}

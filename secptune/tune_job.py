@@ -17,7 +17,7 @@ from secptune.devices import resolve_device
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
 from secptune.hf_session import HFSession
-from secptune.infer import check_mode, pad_token
+from secptune.infer import check_mode, check_precision, pad_token
 from secptune.inputs import (
     Example,
     Template,
@@ -28,7 +28,7 @@ from secptune.inputs import (
     verbalizer_ids,
     verbalizer_onehot,
 )
-from secptune.plain import PlainSession
+from secptune.plain import plain_session
 from secptune.tasks import get_task, task_file
 from secptune.tune import TextSets, TuneConfig, tune_program
 
@@ -90,6 +90,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     ``network`` (:class:`mpc.net.Network`): secure mode with the server and dealer on
     other hosts (``secptune party``); this process is the data owner."""
     check_mode(cfg.mode, cfg.exact)
+    check_precision(cfg.mode, cfg.exact, cfg.precision, cfg.check_oracle)
     attention = attention_config(cfg.attention)
     if cfg.mode == "secure" and cfg.device not in (None, "cpu"):
         raise InputError("--device cuda runs plain mode only: the secure run's ring arithmetic is CPU code in this "
@@ -102,9 +103,9 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     if cfg.exact and cfg.attention != "softmax":
         raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
     if cfg.mode == "plain":
-        session = HFSession(model_dir, texts.verbalizer, device=device) if cfg.exact else PlainSession(
-            model_dir, texts.verbalizer, exact=False, cfg=approx.ApproxConfig.from_dict(cfg.cfg), attention=attention,
-            device=device,
+        session = HFSession(model_dir, texts.verbalizer, device=device) if cfg.exact else plain_session(
+            model_dir, texts.verbalizer, approx.ApproxConfig.from_dict(cfg.cfg), attention, device=device,
+            precision=cfg.precision or "float64", check_oracle=cfg.check_oracle,
         )
         result = tune_program(session, *args)
         server_forwards = None
