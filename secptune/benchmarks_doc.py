@@ -632,7 +632,7 @@ def section_smollm2_check(reports: Reports) -> list[str]:
 def f32_oracle_body(r: Report) -> list[str]:
     rows = []
     for task, t in r["tasks"].items():
-        st, ps = t["settings"], t["per_sequence_s"]
+        ps = t["per_sequence_s"]
         rows.append([task, f"{t['test_agreement']:.2%} of {t['test_examples']} ({t['test_flips']} flips)",
                      f"{t['max_rel_loss_diff']:.1e} ({t['candidates_scored_by_both']} candidates, {t['generations']} gens)",
                      f"{t['test_max_rel_score_diff']:.1e}", f"{ps['float32'] * 1e3:.0f} / {ps['float64'] * 1e3:.0f}",
