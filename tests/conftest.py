@@ -1,5 +1,5 @@
-"""Shared fixtures: small prepared inputs for the tiny built-in models; every test session
-gets its own model cache."""
+"""Shared fixtures: small prepared inputs for the tiny built-in models; the tests' own model
+cache (never the user's)."""
 
 import dataclasses
 import os
@@ -72,17 +72,21 @@ def mpc_cluster():
 
 
 TEST_CACHE_ENV = "SECPTUNE_TEST_CACHE"
+FRESH = "fresh"
 _TEMP_CACHE, _USER_CACHE = pytest.StashKey[str](), pytest.StashKey[str | None]()
 
 
 def pytest_configure(config):
-    """A model cache for this test session only (never the user's ``~/.cache/secptune``): built
-    models, public text and RFA fits come from the code under test, and tests cannot depend on
-    what an earlier session left behind.  ``SECPTUNE_TEST_CACHE=DIR`` keeps DIR across sessions
-    instead (e.g. for the slow SmolLM2 checks, whose server preparation takes minutes).  Set in
-    the environment, so every party process the tests start uses it too."""
-    root = os.environ.get(TEST_CACHE_ENV)
-    if not root:
+    """The tests' own model cache, never the user's ``~/.cache/secptune``: by default
+    ``~/.cache/secptune-test``, shared by test sessions (its entries are keyed by content and
+    version: model names carry a build version, RFA fits and public text the weights'
+    fingerprint and the fit's settings, so a code change that alters them gets new entries);
+    ``SECPTUNE_TEST_CACHE=fresh`` gives this session an empty temporary cache of its own
+    (removed after: nothing can depend on an earlier session, at the price of ~5 min of RFA
+    fitting for tiny-llama on 2 cores); ``SECPTUNE_TEST_CACHE=DIR`` uses DIR.  Set in the
+    environment, so every party process the tests start uses it too."""
+    root = os.environ.get(TEST_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "secptune-test")
+    if root == FRESH:
         root = tempfile.mkdtemp(prefix="secptune-test-cache-")
         config.stash[_TEMP_CACHE] = root
     config.stash[_USER_CACHE] = os.environ.get("SECPTUNE_CACHE")

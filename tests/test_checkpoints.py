@@ -260,14 +260,15 @@ def test_smollm2_converts_and_loads():
     assert logits[0, -1].std() > 1
 
 
-def test_the_test_session_has_its_own_model_cache():
-    """conftest gives each test session a cache of its own (or SECPTUNE_TEST_CACHE), never the
-    user's: this fails when run without the conftest hook, e.g. against ~/.cache/secptune."""
-    from conftest import TEST_CACHE_ENV
+def test_the_tests_never_use_the_users_model_cache():
+    """conftest points SECPTUNE_CACHE at the tests' cache (or a fresh one per session): this
+    fails when run without the conftest hook, i.e. against ~/.cache/secptune."""
+    from conftest import FRESH, TEST_CACHE_ENV
 
     root = checkpoints.cache_dir()
     assert str(root) != os.path.join(os.path.expanduser("~"), ".cache", "secptune")
-    if os.environ.get(TEST_CACHE_ENV):
-        assert str(root) == os.environ[TEST_CACHE_ENV]
-    else:
+    chosen = os.environ.get(TEST_CACHE_ENV)
+    if chosen == FRESH:
         assert root.name.startswith("secptune-test-cache-") and root.parent == Path(tempfile.gettempdir())
+    else:
+        assert str(root) == (chosen or os.path.join(os.path.expanduser("~"), ".cache", "secptune-test"))
