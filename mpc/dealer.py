@@ -36,12 +36,13 @@ import json
 import math
 import pkgutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from mpc import accounting, prg
+from mpc import accounting, prg, profiling
 from mpc.errors import DealerRefusedError
 from mpc.prg import place
 from mpc.ring import ring_matmul
@@ -322,6 +323,8 @@ class Dealer:
         self.streams = [prg.stream(prg.key_from_tensor(k), f"party {r}") for r, k in enumerate(keys)]
         self.chain = _Chain()
         self.allowed = registered()
+        self.request_times = profiling.RequestTimes()
+        self._timed = profiling.enabled()
 
     @property
     def _dist(self):
@@ -351,10 +354,14 @@ class Dealer:
                 print(f"secptune dealer: refused a request: {problem}", file=sys.stderr, flush=True)
                 self.comm.send_obj({REFUSED: problem}, 0, self.ttp_group)
                 raise DealerRefusedError(f"refused a request of the data owner: {problem}")
+            started = time.perf_counter()
             result = self._answer(message)
+            answered = time.perf_counter()
             self.comm.send_obj(tuple(result.shape), 0, self.ttp_group)
             if result.numel():
                 self.comm.broadcast(result, self.comm.get_ttp_rank(), self.comm_group)
+            if self._timed:
+                self.request_times.add(message["f"], answered - started, time.perf_counter() - answered)
 
     def _problem(self, message) -> str | None:
         if not isinstance(message, dict) or not isinstance(message.get("f"), str):

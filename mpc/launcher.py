@@ -129,8 +129,7 @@ def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn,
         if network is not None:
             transport.install(network, listener)
         if role == "dealer":
-            session.run_dealer(spec)
-            value = None
+            value = session.run_dealer(spec)  # None, or its profile (mpc.profiling)
         else:
             session.start(spec, role)
             value = job.fn(*job.args)
