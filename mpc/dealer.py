@@ -180,10 +180,26 @@ _TRIPLE_OPS = ("mul", "matmul")
 
 
 def _op_shape(op: str, size0, size1) -> tuple:
+    """The shape of ``op(a, b)`` (torch's broadcasting rules) from the operands' shapes alone.
+
+    Computed by hand: the same on meta tensors goes through torch's Python decompositions,
+    whose first call imports torch._dynamo (~1 s in each process, in the first forward)."""
     if op not in _TRIPLE_OPS:
         raise ValueError(f"triples for {op!r} are not served (only {', '.join(_TRIPLE_OPS)})")
-    a, b = torch.empty(tuple(size0), device="meta"), torch.empty(tuple(size1), device="meta")
-    return tuple(getattr(torch, op)(a, b).shape)
+    s0, s1 = tuple(size0), tuple(size1)
+    if op == "mul":
+        return tuple(torch.broadcast_shapes(s0, s1))
+    if not s0 or not s1:
+        raise ValueError(f"matmul of a 0-d operand: {s0} @ {s1}")
+    a, b = (1, *s0) if len(s0) == 1 else s0, (*s1, 1) if len(s1) == 1 else s1
+    if a[-1] != b[-2]:
+        raise ValueError(f"matmul shapes {s0} @ {s1} do not match")
+    out = (*torch.broadcast_shapes(a[:-2], b[:-2]), a[-2], b[-1])
+    if len(s0) == 1:
+        out = out[:-2] + out[-1:]
+    if len(s1) == 1:
+        out = out[:-1]
+    return tuple(out)
 
 
 @dealer_function("additive", shape_args=(0, 1))
