@@ -106,3 +106,24 @@ def test_screened_fit_is_the_direct_fit(f, low, high, kwargs):
 
     direct, screened = fit(False), fit(True)
     assert screened == direct  # the dataclass compares K, every coefficient and max_error (not reference)
+
+
+def test_harmonics_by_rotation_match_the_direct_formula():
+    """The dealer's harmonics by rotation (mpc.trig.harmonic_table) against cos(nt), sin(nt):
+    within 1e-12 before scaling (both round n·t: ~n·2π·2^-53 ≈ 1e-13 at n = 128); after scaling by 2^16 and rounding, equal but for values the
+    direct formula puts within 1e-7 units of a rounding boundary (then one unit apart)."""
+    from mpc import trig
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 2**24, (4096,), generator=gen).double() * (2 * math.pi / 2**24)
+    count = 128
+    n = torch.arange(1, count + 1, dtype=torch.float64).view(-1, 1)
+    direct = torch.cat([(n * t).cos(), (n * t).sin()])
+    table = trig.harmonic_table(t, count)
+    assert table.shape == direct.shape
+    assert float((table - direct).abs().max()) < 1e-12
+    scaled_direct, scaled = direct * 2**16, table * 2**16
+    differ = scaled.round() != scaled_direct.round()
+    near_boundary = ((scaled_direct - scaled_direct.floor()) - 0.5).abs() < 1e-7
+    assert bool((~differ | near_boundary).all())
+    assert float((scaled.round() - scaled_direct.round()).abs().max()) <= 1
