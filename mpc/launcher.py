@@ -20,6 +20,7 @@ deadlocked the dealer here before, and every process needs the CrypTen shim.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import pickle
@@ -129,8 +130,7 @@ def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn,
         if network is not None:
             transport.install(network, listener)
         if role == "dealer":
-            session.run_dealer(spec)
-            value = None
+            value = session.run_dealer(spec)  # None, or its profile (mpc.profiling)
         else:
             session.start(spec, role)
             value = job.fn(*job.args)
@@ -163,6 +163,36 @@ def _serve_job(role: str, spec: session.SessionSpec, job: PartyJob | None, conn,
         if network is not None:
             transport.shutdown(graceful=finished, reason=reason)  # no goodbye after a failure: peers stop at once
     return True
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def local_party_threads() -> int:
+    """Threads per party process when owner, server and dealer share this machine: half its
+    cores.  The two computing parties run the same local work at the same time, so each with
+    every core oversubscribes the machine (torch and OpenBLAS workers then spin and wait on each
+    other; a SmolLM2 forward took 2x as long)."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+@contextlib.contextmanager
+def _local_threads():
+    """Parties spawned inside read their thread counts from here (torch and numpy read them at
+    import); a thread count the user set (OMP_NUM_THREADS) is kept."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in THREAD_VARS}
+    os.environ.update({name: str(local_party_threads()) for name in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _stop_all(procs: dict[str, mp.Process], grace_s: float = 0.0) -> None:
@@ -223,7 +253,8 @@ def run_local(
                     args=(role, spec, job, child_end, network, os.getpid(), listeners[role]),
                     name=f"secptune-{role}",
                 )
-                proc.start()
+                with _local_threads():
+                    proc.start()
                 child_end.close()
                 listeners.pop(role).close()  # the party holds its own copy now
                 pipes[role], procs[role] = parent_end, proc
@@ -301,7 +332,8 @@ class LocalCluster:
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=_cluster_party_main, args=(role, child_end, os.getpid()),
                                name=f"secptune-cluster-{role}")
-            proc.start()
+            with _local_threads():
+                proc.start()
             child_end.close()
             self._pipes[role], self._procs[role] = parent_end, proc
         self.starts += 1

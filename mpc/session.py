@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mpc import crypten_seam, dealer
+from mpc import crypten_seam, dealer, profiling
 from mpc.errors import InsecureProviderError
 from mpc.roles import COMPUTING, RANK
 
@@ -80,12 +80,18 @@ def start(spec: SessionSpec, role: str) -> None:
     assert_secure_provider()
 
 
-def run_dealer(spec: SessionSpec) -> None:
-    """Serve correlated randomness until the owner says the session is over."""
+def run_dealer(spec: SessionSpec) -> dict | None:
+    """Serve correlated randomness until the owner says the session is over.  Returns the
+    dealer's profile when profiling is on (:mod:`mpc.profiling`; benchmarks), else None."""
     _configure(spec, "dealer")
     with crypten_seam.peer_timeout(spec.timeout_s):
         server = dealer.Dealer()
-    server.serve()
+    out: dict = {}
+    with profiling.profiled(out):
+        server.serve()
+    if not out:
+        return None
+    return {**out["profile"], "requests": server.request_times.as_dict()}
 
 
 def stop() -> None:

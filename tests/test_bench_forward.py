@@ -46,7 +46,8 @@ def test_plain_mode(capsys):
 def test_secure_run_json_adds_up(capsys, tmp_path):
     target = tmp_path / "bench.json"
     code, out, _ = run(
-        capsys, "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--layers", "1", "--json", "--out", str(target)
+        capsys, "--model", "tiny-llama", "--seq", "8", "--batch", "2", "--layers", "1", "--json", "--out", str(target),
+        "--profile",
     )
     assert code == 0
     result = json.loads(out)
@@ -83,3 +84,11 @@ def test_secure_run_json_adds_up(capsys, tmp_path):
     for party in ("owner", "server", "dealer"):
         assert total["comm"][party]["bytes"] == pytest.approx(zero["comm"][party]["bytes"] + 2 * per["comm"][party]["bytes"])
     assert result["lan_s"] > 0 and result["wan_s"] > result["lan_s"]
+    # --profile: each party's time split (mpc.profiling); the dealer's per request kind
+    profile = result["profile"]
+    for party in ("owner", "server", "dealer"):
+        entries = profile[party]["by_own_time"]
+        assert entries and all({"function", "calls", "own_s", "cum_s"} <= set(e) for e in entries)
+        assert 0 <= profile[party]["waiting_s"] <= profile[party]["profiled_s"]
+    assert any("forward" in e["function"] for e in profile["owner"]["by_cumulative_time"])
+    assert "additive" in profile["dealer"]["requests"] and profile["dealer"]["requests"]["additive"]["requests"] > 0

@@ -1,6 +1,7 @@
 """The dealer serves only allow-listed, bounded requests that both parties asked for."""
 
 import pytest
+import torch
 
 import attack_jobs
 from mpc import dealer, launcher
@@ -38,3 +39,19 @@ def test_request_sizes_are_bounded_and_calls_checked():
         dealer._check_request_shapes({"f": "hold_mask", "size": [0], "args": [3, "x"]})
     with pytest.raises(ValueError, match="not served"):
         dealer._op_shape("conv2d", (1, 1), (1, 1))
+
+
+def test_triple_shapes_follow_torch_broadcasting():
+    """The dealer's hand-computed product shapes equal torch's (meta tensors) for mul and matmul."""
+    mul = [((4, 1, 3), (2, 3)), ((5,), (1,)), ((), (2, 2)), ((2, 1, 4), (1, 3, 1))]
+    matmul = [((3,), (3,)), ((3,), (2, 3, 4)), ((2, 3, 4), (4,)), ((5, 2, 3), (3, 7)), ((1, 4, 2, 3), (6, 1, 3, 5)),
+              ((2, 3), (3, 4))]
+    for op, cases in (("mul", mul), ("matmul", matmul)):
+        for s0, s1 in cases:
+            expected = tuple(getattr(torch, op)(torch.empty(s0, device="meta"), torch.empty(s1, device="meta")).shape)
+            assert dealer._op_shape(op, s0, s1) == expected, (op, s0, s1)
+    for s0, s1 in (((2, 3), (4, 5)), ((3,), (4,)), ((), (3,))):
+        with pytest.raises(ValueError):
+            dealer._op_shape("matmul", s0, s1)
+    with pytest.raises((ValueError, RuntimeError)):
+        dealer._op_shape("mul", (2, 3), (4, 3))

@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import op_jobs
 import sim
+from mpc import approx, fourier
 
 TOL = 4e-4  # 16-bit angle resolution (2pi/2^16 ~ 1e-4) plus one truncation of each product
 
@@ -78,3 +80,50 @@ def test_fourier_exp_matches_its_series():
     got, cost = op_jobs.run(sim.run, "fourier_exp", x, extra={"low": low, "high": high})
     assert (got - exp_series(low, high).series(x)).abs().max() < 2e-3  # values up to e^2
     assert cost["rounds"] == 1
+
+
+@pytest.mark.parametrize(
+    "f, low, high, kwargs",
+    [
+        *[(fourier.ACTIVATIONS[name], -b, b, dict(slope=0.5, even=True))
+          for name, bounds in (("silu", (4.0, 16.0, 40.0, 64.0)), ("gelu", (8.0, 64.0)), ("gelu_tanh", (24.0,)))
+          for b in bounds],
+        (fourier.ACTIVATIONS["silu"], -2.0, 2.0, dict(slope=0.5, even=True, max_harmonics=48)),  # no fit
+        (lambda r: r**-0.5, *approx.START_RANGE, dict(tol=1e-3)),
+        (lambda r: r**-1.0, *approx.START_RANGE, dict(tol=1e-3)),
+        (np.exp, -32.0, 2.0, dict(tol=3e-5 * math.exp(2.0), ridge=1e-10, ratio=1.5)),
+        (np.exp, -4.0, 1.0, dict(tol=3e-5 * math.exp(1.0), ridge=1e-10, ratio=1.5, max_harmonics=48)),  # no fit
+        (np.sin, -3.0, 3.0, dict(tol=1e-6, max_harmonics=40)),  # odd terms too, no fit
+    ],
+)
+def test_screened_fit_is_the_direct_fit(f, low, high, kwargs):
+    """The QR screen only skips K the direct search would pass over: same K, same coefficients."""
+    def fit(screen):
+        try:
+            return fourier.fit_series(f, low, high, screen=screen, **kwargs)
+        except ValueError as exc:
+            return str(exc)
+
+    direct, screened = fit(False), fit(True)
+    assert screened == direct  # the dataclass compares K, every coefficient and max_error (not reference)
+
+
+def test_harmonics_by_rotation_match_the_direct_formula():
+    """The dealer's harmonics by rotation (mpc.trig.harmonic_table) against cos(nt), sin(nt):
+    within 1e-12 before scaling (both round n·t: ~n·2π·2^-53 ≈ 1e-13 at n = 128); after scaling by 2^16 and rounding, equal but for values the
+    direct formula puts within 1e-7 units of a rounding boundary (then one unit apart)."""
+    from mpc import trig
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 2**24, (4096,), generator=gen).double() * (2 * math.pi / 2**24)
+    count = 128
+    n = torch.arange(1, count + 1, dtype=torch.float64).view(-1, 1)
+    direct = torch.cat([(n * t).cos(), (n * t).sin()])
+    table = trig.harmonic_table(t, count)
+    assert table.shape == direct.shape
+    assert float((table - direct).abs().max()) < 1e-12
+    scaled_direct, scaled = direct * 2**16, table * 2**16
+    differ = scaled.round() != scaled_direct.round()
+    near_boundary = ((scaled_direct - scaled_direct.floor()) - 0.5).abs() < 1e-7
+    assert bool((~differ | near_boundary).all())
+    assert float((scaled.round() - scaled_direct.round()).abs().max()) <= 1

@@ -41,6 +41,12 @@ up (weights shared and, by default, masked once; texts embedded):
   forward with 0 layers; ``extrapolation`` gives per layer = (N-layer − 0-layer)/N
   and the full model = 0-layer + L × per layer, for comm, ops, wall_s, lan_s, wan_s.
 
+``--profile`` adds ``profile``: a per-party time split (mpc.profiling) — cProfile's top
+entries by own and by cumulative time for the owner's and the server's first measured
+forward and for the dealer's whole session, the time each spent waiting (blocking reads,
+lock waits), and the dealer's seconds per request kind (generating, sending).  With
+``SECPTUNE_PROFILE=DIR`` in the environment the raw ``owner|server|dealer.pstats`` land in DIR.
+
 ``--no-fixed-weights`` turns off the fixed weight masks (mpc.fixed_weights), i.e.
 CrypTen's Beaver products that open a weight-sized matrix per product: the
 "before" figures.  The report also records its command, git revision and machine
@@ -59,7 +65,7 @@ from pathlib import Path
 
 import torch
 
-from mpc import accounting, approx, costmodel, launcher
+from mpc import accounting, approx, costmodel, launcher, profiling
 from mpc.roles import COMPUTING, ROLES
 from rfa.config import AttentionConfig
 from secptune.arch import arch_from_config
@@ -244,10 +250,12 @@ class UseLayers(Command):
 
 
 @contextlib.contextmanager
-def _measured(log: list, cmd: Command):
-    """Around a forward command: this party's traffic per op (for the server's side of the table)."""
+def _measured(log: list, profile: dict, cmd: Command):
+    """Around a forward command: this party's traffic per op (for the server's side of the table);
+    the first forward profiled when profiling is on (mpc.profiling)."""
     before = _snapshot()
-    yield
+    with profiling.profiled(profile) if isinstance(cmd, Forward) and not log else contextlib.nullcontext():
+        yield
     if isinstance(cmd, Forward):
         log.append(_diff(before, _snapshot(), 1))
 
@@ -259,10 +267,12 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
     text_id = session.load_texts(replace(inputs, prompt=None))
     setup = _diff(start, _snapshot(), 1)
     forwards = []
+    profile: dict = {}
 
     def measured_scores():
         before = _snapshot()
-        out = session.scores(text_id, inputs.prompt[:1])
+        with profiling.profiled(profile) if not forwards else contextlib.nullcontext():
+            out = session.scores(text_id, inputs.prompt[:1])
         forwards.append(_diff(before, _snapshot(), session.forward_log[-1]["attempts"]))
         return out
 
@@ -279,6 +289,7 @@ def owner_job(request, inputs, verbalizer, zero_layers: bool):
         "range_events": [{"range_event": f.get("range_event", False)} for f in session.forward_log],
         "setup": setup,
         "dealer_total": accounting.log().from_dealer.bytes,
+        "profile": profile.get("profile"),
     }
 
 
@@ -286,9 +297,10 @@ def server_job(spec: ModelSpec):
     describe, weights = server_description(build_model(spec))
     session = SecureSession(None, server_info=describe, weights=weights, commands=(UseLayers,))
     forwards: list = []
-    session.instruments.append(functools.partial(_measured, forwards))
+    profile: dict = {}
+    session.instruments.append(functools.partial(_measured, forwards, profile))
     session.serve()
-    return {"forwards": forwards}
+    return {"forwards": forwards, "profile": profile.get("profile")}
 
 
 def secure_forward(
@@ -382,6 +394,23 @@ def extrapolate_layers(full: dict, zero: dict, n: int, total_layers: int) -> dic
     return {"per_layer": rnd(per_layer), "outside_layers": rnd(zero), "total": rnd(total)}
 
 
+@contextlib.contextmanager
+def _profiling(on: bool):
+    """Every party spawned inside profiles its part (mpc.profiling reads the environment)."""
+    if not on:
+        yield
+        return
+    previous = os.environ.get(profiling.PROFILE_ENV)
+    os.environ[profiling.PROFILE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[profiling.PROFILE_ENV]
+        else:
+            os.environ[profiling.PROFILE_ENV] = previous
+
+
 def run(args) -> dict:
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -431,10 +460,11 @@ def run(args) -> dict:
         return out
 
     started = time.perf_counter()
-    results = secure_forward(
-        spec, arch, inputs, verbalizer, attention, not args.no_fixed_weights, layers is not None, args.timeout,
-        args.range_samples,
-    )
+    with _profiling(getattr(args, "profile", False)):
+        results = secure_forward(
+            spec, arch, inputs, verbalizer, attention, not args.no_fixed_weights, layers is not None, args.timeout,
+            args.range_samples,
+        )
     owner, server = results["owner"].value, results["server"].value
     secure_scores = owner["scores"]
     forward, server_forward = owner["forwards"][0], server["forwards"][0]
@@ -469,6 +499,14 @@ def run(args) -> dict:
         session_totals={role: r.traffic["online"] | {"dealer": r.traffic["dealer"]} for role, r in results.items()},
         run_wall_s=round(time.perf_counter() - started, 2),
     )
+    if getattr(args, "profile", False):
+        out["profile"] = {
+            "owner": owner["profile"],
+            "server": server["profile"],
+            "dealer": results["dealer"].value,
+            "note": "owner, server: the first measured forward; dealer: its whole session (set-up and every "
+            "forward), with seconds per request kind under 'requests' (mpc.profiling)",
+        }
     if layers is not None:
         zero = owner["forwards"][1]
         zero_server = server["forwards"][1]

@@ -130,7 +130,7 @@ def forward_method(args) -> dict:
         model=args.model, seq=args.seq, batch=args.batch, layers=args.layers, mode="secure", device="cpu",
         attention="rfa" if args.method == "fot-rfa" else "softmax", features="positive", num_features=64,
         vocab=args.vocab, seed=args.seed, prompt_len=args.prompt_len, no_fixed_weights=False, plain_repeat=1,
-        timeout=args.timeout, range_samples=256,  # the product's default range check
+        timeout=args.timeout, range_samples=256, profile=False,  # the product's default range check
     )
     f = bf.run(fargs)
 

@@ -27,6 +27,8 @@ def _forward(p: argparse.ArgumentParser) -> None:
     p.add_argument("--range-samples", type=int, default=256,
                    help="sampled range check: inputs tested per ranged call (0: no check; mpc.approx.ApproxConfig)")
     p.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds before the secure run is stopped")
+    p.add_argument("--profile", action="store_true",
+                   help="secure: per-party time split (cProfile top entries of owner, server, dealer) under 'profile'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="also write the JSON to this file")
 
