@@ -17,9 +17,9 @@ from pathlib import Path
 
 from secptune.tune import TuneConfig
 
-# the short CPU demonstration: one generation of two candidates on two examples (~10 min
-# on 2 cores, where one secure SmolLM2 call costs ~50 s and ~1 GB per party)
-CPU_SHORT = dict(k=1, popsize=2, budget=2, prompt_len=2, intrinsic_dim=20, test_limit=2, batch_size=4)
+# the short CPU demonstration: three generations of two candidates on two examples (under
+# 10 min on 2 cores, where one secure SmolLM2 call on them costs ~10-20 s; BENCHMARKS.md)
+CPU_SHORT = dict(k=1, popsize=2, budget=6, prompt_len=2, intrinsic_dim=20, test_limit=2, batch_size=4)
 
 
 def _explicit(args) -> dict:
