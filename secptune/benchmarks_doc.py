@@ -441,7 +441,24 @@ def section_tuning(reports: Reports) -> list[str]:
     out += text + ["### CPU runs (`reports/tune/`)", ""]
     text, cpu = tune_runs(reports, "tune")
     out += text + secure_vs_oracle(cpu)
-    return out + ["Sources (run directories: `report.json`, `report.md`, `curves.png`):", ""] + sources(gpu + cpu)
+    out += ["### The README's main job (`bash scripts/run.sh`, `reports/readme_job/`)", "",
+            "With no `--mode` on a CPU, `secptune tune` runs a short secure run and the plain run at the same "
+            "settings (SmolLM2, SST-2, k = 1, popsize 2, 3 generations) and prints them side by side "
+            "(`compare.png`: both runs' curves). Per API call, every wire: what the owner sent, its online part, "
+            "and what the dealer sent (to both parties).", ""]
+    text, job = tune_runs(reports, "readme_job")
+    out += text + secure_vs_oracle(job)
+    rows = []
+    for r in job:
+        with reading(r):
+            pc = r["per_call"]
+            rows.append([f"`{Path(r.name).parent.name}`", r["config"]["mode"], sec(pc["latency_s"]), mb(pc["bytes"]),
+                         mb(pc.get("online_bytes", 0)), mb(pc["dealer_bytes"]) if pc.get("dealer_bytes") is not None
+                         else "—", num(round(pc["rounds"]))])
+    if rows:
+        out += table(["run", "mode", "s / call", "owner MB / call", "online MB / call", "dealer MB / call",
+                      "owner rounds / call"], rows) + [""]
+    return out + ["Sources (run directories: `report.json`, `report.md`, `curves.png`):", ""] + sources(gpu + cpu + job)
 
 
 def one_report(reports: Reports, rel: str, intro: list[str], body) -> list[str]:
