@@ -15,6 +15,10 @@ and only that folder is used: the tests run against the installed CrypTen.
 Needs PyPI (or ``$PIP_INDEX_URL``), or ``--source``/``--sdist`` offline.
 Expect minutes: every test starts three interpreters.  Exit status: pytest's.
 
+Left out by design (``BY_DESIGN``, deselected unless ``-k`` is given): convolution tests —
+secptune's dealer serves products and matrix products only (the product has no convolution),
+so it refuses convolution triples and those tests fail by construction.
+
 Failures by design of the seam, not CrypTen's: ``TestTTP::test_from_shares`` calls
 CrypTen's original sampler (imported before the seam) with a generator that is now
 an AES stream, and ``TestTTP::test_tuple_cache`` asks for convolution triples with a
@@ -73,6 +77,10 @@ def extract_tests(sdist: Path, folder: Path) -> None:
         tar.extractall(folder, members=members, filter="data")
 
 
+# test-name fragments left out by design, with the reason (``-k`` on the command line overrides)
+BY_DESIGN = {"conv": "convolution triples: the dealer serves mul and matmul only (secptune uses no convolution)"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -94,6 +102,8 @@ def main(argv=None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]))
         extra = args.pytest_args or ["-q"]
+        if "-k" not in extra:
+            extra = [*extra, "-k", " and ".join(f"not {name}" for name in BY_DESIGN)]
         chosen = [] if any(a.startswith("test/") for a in extra) else list(TESTS)  # test/... given: only those
         command = [sys.executable, "-m", "pytest", "-p", "crypten_upstream", "-p", "no:cacheprovider", *chosen, *extra]
         return subprocess.call(command, cwd=work, env=env)
