@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mpc.approx import ChannelBounds
 from secptune.errors import UnsupportedModelError
 
 ENCODER_TYPES = ("roberta", "bert")
@@ -46,8 +47,13 @@ class Arch:
     # |input| bound of each layer's activation (+ the encoder head's, last), measured by
     # the server on public text (secptune.server.calibrate); MPC approximations are fitted to it
     act_bounds: tuple[float, ...] = ()
+    # the same per channel where the server measured it (one entry per layer, aligned with
+    # act_bounds; its largest bound is act_bounds'): a series per group of channels
+    act_channels: tuple[ChannelBounds, ...] = ()
 
-    def act_bound(self, index: int) -> float:
+    def act_bound(self, index: int) -> float | ChannelBounds:
+        if index < len(self.act_channels):
+            return self.act_channels[index]
         return self.act_bounds[index] if index < len(self.act_bounds) else DEFAULT_ACT_BOUND
 
     def to_dict(self) -> dict:
@@ -55,8 +61,17 @@ class Arch:
 
     @staticmethod
     def from_dict(d: dict) -> "Arch":
+        channels = tuple(
+            ChannelBounds(float(c["base"]), tuple((float(b), tuple(int(i) for i in idx)) for b, idx in c["wide"]))
+            for c in d.get("act_channels", ())
+        )
         return Arch(
-            **{**d, "prefix_tokens": tuple(d.get("prefix_tokens", ())), "act_bounds": tuple(d.get("act_bounds", ()))}
+            **{
+                **d,
+                "prefix_tokens": tuple(d.get("prefix_tokens", ())),
+                "act_bounds": tuple(d.get("act_bounds", ())),
+                "act_channels": channels,
+            }
         )
 
 

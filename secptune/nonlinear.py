@@ -41,11 +41,11 @@ class Nonlinear:
     attention: AttentionConfig = SOFTMAX
     trainable = False  # CrypTen's autograd can differentiate these forms (the baselines need it)
 
-    def act(self, x, name: str, bound: float):
+    def act(self, x, name: str, bound: float | approx.ChannelBounds):
         with section("activation"):
             return self._act(x, name, bound)
 
-    def _act(self, x, name: str, bound: float):
+    def _act(self, x, name: str, bound: float | approx.ChannelBounds):
         return approx.activation(x, name, bound, self.cfg, self.monitor)
 
     def normalize(self, x, eps: float, centre: bool):
@@ -77,7 +77,7 @@ class Nonlinear:
 class ExactNonlinear(Nonlinear):
     """The original functions, plaintext only."""
 
-    def _act(self, x, name: str, bound: float):
+    def _act(self, x, name: str, bound: float | approx.ChannelBounds):
         if name not in EXACT_ACTIVATIONS:
             raise ValueError(f"activation {name!r} is not supported")
         return EXACT_ACTIVATIONS[name](x)
@@ -95,7 +95,7 @@ class NativeNonlinear(Nonlinear):
 
     trainable = True
 
-    def _act(self, x, name: str, bound: float):
+    def _act(self, x, name: str, bound: float | approx.ChannelBounds):
         if name not in approx.FOURIER_KINDS:
             raise ValueError(f"activation {name!r} is not supported")
         return x * (x if name == "silu" else x * 1.702).sigmoid()

@@ -39,9 +39,11 @@ def run_op(op, shapes, inputs, extra=None):
         for i, shape in enumerate(shapes)
     ]
     before = accounting.log().as_dict()
+    dealt = accounting.log().from_dealer.bytes
     out = OPS[op](*shared, **(extra or {}))
     after = accounting.log().as_dict()
     cost = {k: after["online"][k] - before["online"][k] for k in ("bytes", "rounds")}
+    cost["from_dealer"] = accounting.log().from_dealer.bytes - dealt
     return reveal_to(out, 0), cost
 
 
@@ -78,6 +80,15 @@ def _fourier(x, name="silu", bound=16.0):
 
 
 OPS["fourier"] = _fourier
+
+
+def _channel_activation(x, name="silu", base=8.0, wide=()):
+    from mpc.approx import ApproxConfig, ChannelBounds, activation
+
+    return activation(x, name, ChannelBounds(base, tuple((b, tuple(c)) for b, c in wide)), ApproxConfig())
+
+
+OPS["channel_activation"] = _channel_activation
 
 
 def _normalize(x):

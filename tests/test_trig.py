@@ -45,6 +45,49 @@ def test_fourier_activation_in_one_round_matches_its_oracle(name, bound):
     assert cost["bytes"] == 4 * x.numel()  # 24-bit residues as int32, one opening
 
 
+def test_per_channel_bounds_give_each_channel_group_its_own_series_and_fewer_dealer_shares():
+    """An activation with one wide channel (bound 32) among narrow ones (bound 8): each group
+    is evaluated with its own series, in place, in one round per group; the dealer sends
+    shares for each group's harmonics only.  Control: the narrow series on the wide channel
+    is far off (that is what the per-channel bound must avoid)."""
+    from mpc.approx import ChannelBounds
+    from mpc.fourier import activation_series
+
+    torch.manual_seed(5)
+    x = (torch.rand(3, 4, 6, dtype=torch.float64) * 2 - 1) * 8
+    x[..., 2] *= 4  # channel 2 reaches ±32
+    wide = ((32.0, (2,)),)
+    got, cost = op_jobs.run(sim.run, "channel_activation", x, extra={"base": 8.0, "wide": wide})
+    narrow, broad = activation_series("silu", 8.0), activation_series("silu", 32.0)
+    expect = narrow.series(x)
+    expect[..., 2] = broad.series(x[..., 2])
+    assert (got - expect).abs().max() < 2e-3
+    assert (narrow.series(x[..., 2]) - torch.nn.functional.silu(x[..., 2])).abs().max() > 1  # control
+    assert cost["rounds"] == 2 and cost["bytes"] == 4 * x.numel()
+    bounds = ChannelBounds(8.0, wide)
+    assert bounds.largest == 32.0
+    # the dealer's shares: 2K values of 8 bytes per element, K per group (plus a small header)
+    per_group = 2 * 8 * (narrow.harmonics * 60 + broad.harmonics * 12)
+    one_bound = 2 * 8 * broad.harmonics * x.numel()
+    assert per_group <= cost["from_dealer"] < per_group * 1.05 < one_bound / 2
+
+
+def test_channel_bounds_compress_and_expand_one_bound_per_channel():
+    from mpc.approx import ChannelBounds
+
+    per_channel = [8.0, 16.0, 8.0, 64.0, 16.0]
+    bounds = ChannelBounds.of(per_channel)
+    assert bounds == ChannelBounds(8.0, ((16.0, (1, 4)), (64.0, (3,))))
+    assert bounds.per_channel(5) == per_channel
+    assert [(b, c.tolist()) for b, c in bounds.groups(5)] == [(8.0, [0, 2]), (16.0, [1, 4]), (64.0, [3])]
+    with pytest.raises(ValueError, match="listed once"):
+        ChannelBounds(8.0, ((16.0, (1,)), (32.0, (1,))))
+    with pytest.raises(ValueError, match="above the base"):
+        ChannelBounds(8.0, ((8.0, (1,)),))
+    with pytest.raises(ValueError, match="has 3 channels"):
+        bounds.groups(3)
+
+
 def test_oracle_is_the_series_outside_its_range_and_within_its_error_inside():
     from mpc.fourier import activation_series
 

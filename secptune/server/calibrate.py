@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import torch
 
+from mpc.approx import ChannelBounds
 from rfa.config import SOFTMAX
 from secptune.server.public_text import batches, public_sequences
 from secptune.nonlinear import ExactNonlinear
@@ -43,25 +44,32 @@ def _bound(largest: float) -> float:
 
 
 def with_activation_bounds(model, arch, weights, sequences=None, attention=None):
-    """``arch`` with ``act_bounds`` measured on public text (one entry per layer).
+    """``arch`` with ``act_bounds`` (one entry per layer) and ``act_channels`` (the same per
+    channel) measured on public text.
 
     Given ``sequences`` and an RFA ``attention`` (the server's fitted hybrid), the model
     runs with that attention and the bounds only grow: RFA's small errors shift the
     activations a little, and a bound is only right if it covers what the secure run sees.
     """
-    seen: list[float] = []
+    seen: list[torch.Tensor] = []
 
     class Recorder(ExactNonlinear):
         def _act(self, x, name, bound):
-            seen.append(float(x.abs().max()))
+            seen.append(x.detach().abs().reshape(-1, x.shape[-1]).amax(0).double())
             return super()._act(x, name, bound)
 
     sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
     run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX))
-    per_layer = [max(seen[i :: arch.layers]) for i in range(arch.layers)]
-    bounds = tuple(_bound(v) for v in per_layer)
+    channels = [
+        [_bound(float(v)) for v in torch.stack(seen[i :: arch.layers]).amax(0)] for i in range(arch.layers)
+    ]
+    if arch.act_channels:
+        channels = [
+            [max(a, b) for a, b in zip(mine, old.per_channel(len(mine)))] for mine, old in zip(channels, arch.act_channels)
+        ]
+    bounds = tuple(max(c) for c in channels)
     if arch.family == "encoder":
         bounds += (max(bounds),)  # the LM head's dense layer: not reached by the pass above
     if arch.act_bounds:
         bounds = tuple(max(a, b) for a, b in zip(bounds, arch.act_bounds))
-    return replace(arch, act_bounds=bounds)
+    return replace(arch, act_bounds=bounds, act_channels=tuple(ChannelBounds.of(c) for c in channels))

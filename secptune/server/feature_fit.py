@@ -25,6 +25,7 @@ from tqdm import tqdm
 from mpc import approx
 from rfa.config import AttentionConfig
 from rfa.fit import FitOptions, fit_layer
+from secptune.arch import Arch
 from secptune.checkpoints import cache_dir
 from secptune.server.calibrate import run_public_text, with_activation_bounds
 from secptune.server.layer_choice import choose_layers
@@ -76,13 +77,20 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
         attention, choice = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
     maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
     # a pass of the hybrid over all public text (SmolLM2: ~1 min on 2 cores), once per hybrid
-    stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), list(arch.act_bounds or ())]
-    bounds_path = _cache_path(fingerprint, stamp, "-bounds.json")
+    stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), _bounds_of(arch)]
+    bounds_path = _cache_path(fingerprint, stamp, "-channel-bounds.json")
     if bounds_path.is_file():
-        return replace(arch, act_bounds=tuple(json.loads(bounds_path.read_text()))), maps, attention, choice
+        saved = json.loads(bounds_path.read_text())
+        return Arch.from_dict({**arch.to_dict(), **saved}), maps, attention, choice
     arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
-    _save(bounds_path, lambda p: p.write_text(json.dumps(list(arch.act_bounds))))
+    _save(bounds_path, lambda p: p.write_text(json.dumps(_bounds_of(arch))))
     return arch, maps, attention, choice
+
+
+def _bounds_of(arch: Arch) -> dict:
+    """The calibrated part of ``arch`` as JSON-ready lists (a cache entry, and a cache key)."""
+    d = arch.to_dict()
+    return json.loads(json.dumps({"act_bounds": d["act_bounds"], "act_channels": d["act_channels"]}))
 
 
 def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: FitOptions) -> tuple[AttentionConfig, dict]:
