@@ -2,7 +2,7 @@
 
 secptune runs on one CrypTen release (:data:`CRYPTEN_VERSION`) and changes it at
 run time: an import stub, the randomness, the tuple provider, the int64 matrix
-products, the traffic accounting, the transport, two settings and the peer
+products, the settings' reads, the traffic accounting, the transport, two settings and the peer
 timeout.  The replacements live in the protocol modules that own them
 (:mod:`mpc.prg`, :mod:`mpc.dealer`, :mod:`mpc.ring`, :mod:`mpc.accounting`,
 :mod:`mpc.transport`); this module alone puts them into CrypTen, from the tables
@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from mpc import accounting, dealer, prg, ring
+from mpc import accounting, config_cache, dealer, prg, ring
 from mpc.errors import CrypTenVersionError
 
 CRYPTEN_VERSION = "0.4.1"
@@ -94,6 +94,9 @@ PATCHES: tuple[Patch, ...] = (
     *(Patch(module, "torch", ring.torch_proxy, _RING)
       for module in ("crypten.mpc.primitives.beaver", "crypten.mpc.primitives.arithmetic",
                      "crypten.mpc.provider.tfp_provider")),
+    # settings: CrypTen reads them inside every op, through omegaconf
+    Patch("crypten.config.config:CrypTenConfig", "__getattribute__", config_cache.cached_getattribute,
+          "settings read from plain-dict views, rebuilt when CrypTen replaces its config (mpc.config_cache)"),
     # traffic accounting and the receive-path audit
     *(Patch(f"{_COMMUNICATOR}:DistributedCommunicator", method,
             functools.partial(accounting.counted, account=account),

@@ -49,7 +49,7 @@ def _run(name: str, tree: Path, mode: list[str], out: Path, timeout_s: float) ->
     row["forward_s"] = result.get("forward_s")
     row["accuracy"] = result.get("accuracy")
     comm = result.get("comm") or {}
-    if comm:
+    if "online" in comm.get("server", {}):
         row["online_bytes_per_party"] = comm["server"]["online"]["bytes"]
         row["online_rounds"] = comm["owner"]["online"]["rounds"]
         row["dealer_bytes"] = comm["dealer"]["bytes"]

@@ -38,7 +38,7 @@ def current(patch: Patch):
 def test_the_installed_crypten_is_the_pinned_release_with_every_patch_point():
     assert crypten_seam.installed_version() == crypten_seam.CRYPTEN_VERSION
     assert crypten_seam.missing_points() == []
-    assert len({p.name for p in ALL_POINTS}) == len(ALL_POINTS) == 34  # none declared twice, none dropped
+    assert len({p.name for p in ALL_POINTS}) == len(ALL_POINTS) == 35  # none declared twice, none dropped
     # positive control: a point CrypTen does not have is reported by name
     ghosts = [Patch("crypten", "no_such_hook", None, "test"), Patch("crypten.no_such_module", "x", None, "test")]
     assert crypten_seam.missing_points(ghosts) == ["crypten.no_such_hook", "crypten.no_such_module.x"]
@@ -109,6 +109,42 @@ def test_import_mpc_registers_the_onnx_stub():
     assert converter is sys.modules[crypten_seam.IMPORT_STUB] and not converter.TF_AND_TF2ONNX
     with pytest.raises(NotImplementedError, match="ONNX converter is disabled"):
         converter.from_onnx(None)
+
+
+def test_settings_are_read_from_views_that_follow_every_change(installed):
+    """The cached reads (mpc.config_cache) give what omegaconf gives, after each way CrypTen
+    changes a setting: assignment through a section, temp_override, set_config, a new key
+    (on a config object of its own: crypten.cfg itself is left alone)."""
+    from crypten.config.config import CrypTenConfig
+    from omegaconf import OmegaConf
+
+    settings = CrypTenConfig()
+    original = settings.config
+
+    def agrees():
+        plain = OmegaConf.to_container(settings.config, resolve=True)
+        for section, values in plain.items():
+            for key, value in values.items():
+                if not isinstance(value, dict):
+                    assert getattr(getattr(settings, section), key) == value == settings[f"{section}.{key}"]
+
+    agrees()
+    settings.encoder.precision_bits = 12  # through the view: omegaconf's node changes too
+    assert settings.config.encoder.precision_bits == 12 and settings.encoder.precision_bits == 12
+    with settings.temp_override({"functions.max_method": "pairwise"}):
+        assert settings.functions.max_method == "pairwise"
+        agrees()
+    assert settings.functions.max_method == original.functions.max_method
+    settings.set_config(OmegaConf.merge(original, OmegaConf.from_dotlist(["mpc.provider=TFP"])))
+    assert settings.mpc.provider == "TFP"
+    agrees()
+    settings.new_section = 3  # CrypTen's __setattr__ merges a new key into a new config object
+    assert settings.new_section == 3
+    assert callable(settings.load_config)  # the class's own attributes come first, as before
+    # control: a read after omegaconf's object is mutated behind CrypTen's back is stale — the
+    # cache relies on CrypTen replacing the object on each change, which the checks above exercise
+    settings.config.mpc.provider = "TTP"
+    assert settings.mpc.provider == "TFP"
 
 
 def test_settings_and_peer_timeout(monkeypatch):
