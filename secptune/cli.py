@@ -25,6 +25,7 @@ from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
 from secptune.report import compare
+from secptune.server import prepare_job
 from secptune.tasks import get_task, task_file
 from secptune.tune_defaults import plan_runs
 from secptune.tune_job import run_tune
@@ -242,6 +243,8 @@ def _add_party(sub) -> None:
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--model", help="server only: the model it serves (the only thing the server is asked)")
     p.add_argument("--runs", type=int, help="serve this many runs, then exit (default: until stopped)")
+    p.add_argument("--prepare", action="store_true",
+                   help="server only: prepare the model for RFA first (as `secptune prepare`), then serve")
     p.add_argument("--json", action="store_true", help="print one JSON line per finished run")
     _add_network(p, owner=False)
     p.add_argument("job", nargs=argparse.REMAINDER, help="owner only: `infer ...` or `tune ...` with their options")
@@ -267,6 +270,10 @@ def cmd_party(args) -> int:
         raise SecptuneError("the dealer holds no model: drop --model")
     if args.runs is not None and args.runs < 1:
         raise SecptuneError("--runs must be at least 1")
+    if args.prepare:
+        if args.role != "server":
+            raise SecptuneError("only the server prepares a model: drop --prepare")
+        print(prepare_job.describe(prepare_job.prepare(args.model)), file=sys.stderr)
     network = _network(args, args.role, wait_for_owner=True)
     return serve(args.role, network, model=args.model, runs=args.runs, json_lines=args.json)
 
@@ -304,6 +311,21 @@ def cmd_benchmarks(args) -> int:
     return status
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="server: prepare a model ahead of any run (RFA fit, layer choice, bounds; cached)",
+                       description="Runs the model server's preparation now, so the first secure run does not wait for "
+                       "it; cached by the weights' content, resumable if killed. See secptune/server/prepare_job.py.")
+    p.add_argument("--model", required=True, help="built-in name or a local checkpoint directory")
+    p.add_argument("--attention", choices=["rfa", "softmax"], default="rfa")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_prepare(args) -> int:
+    result = prepare_job.prepare(args.model, args.attention)
+    print(json.dumps(result) if args.json else prepare_job.describe(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,11 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keygen(sub)
     add_bench(sub)
     _add_benchmarks(sub)
+    _add_prepare(sub)
     return parser
 
 
 COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen,
-            "bench": cmd_bench, "benchmarks": cmd_benchmarks}
+            "bench": cmd_bench, "benchmarks": cmd_benchmarks, "prepare": cmd_prepare}
 
 
 def _refuse_test_only_randomness(command: str) -> None:

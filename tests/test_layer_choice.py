@@ -131,3 +131,52 @@ def test_fitting_brings_rfa_closer_to_softmax():
     for data, gain in ((train, 0.75), (held_out, 0.95)):  # measured: 0.83 -> 0.56 and 0.87 -> 0.78
         before, after = attention_error(data, start, acfg, cfg), attention_error(data, fitted, acfg, cfg)
         assert after < gain * before, (before, after)
+
+
+def test_a_killed_fit_resumes_at_the_layer_it_was_fitting(llama, tmp_path, monkeypatch):
+    """Each layer's maps are saved as they are fitted: after a kill in layer 1 the next
+    fit fits layer 1 only, and the result is what one uninterrupted fit gives (a short fit
+    on the corpus: the resumption, not the fit, is under test)."""
+    from rfa.fit import FitOptions
+    from secptune.server.public_text import public_sequences
+
+    arch = arch_from_config(llama.config)
+    weights = extract_weights(llama, arch)
+    sequences = public_sequences(llama, arch.vocab_size, count=2)
+    attention, opts = AttentionConfig(kind="rfa", features="fitted", num_features=8), FitOptions(steps=2)
+    fitted = []
+    real = feature_fit.fit_layer
+
+    def fit_layer(samples, num_features, seed, acfg, options):
+        layer = seed % 1000
+        if layer == 1 and "killed" not in fitted:
+            fitted.append("killed")
+            raise KeyboardInterrupt  # the server is stopped while it fits layer 1
+        fitted.append(layer)
+        return real(samples, num_features, seed, acfg, options)
+
+    monkeypatch.setattr(feature_fit, "fit_layer", fit_layer)
+    partial = tmp_path / "fit.layers"
+    with pytest.raises(KeyboardInterrupt):
+        feature_fit._fit_all(arch, weights, sequences, attention, opts, partial)
+    assert fitted == [0, "killed"] and sorted(p.name for p in partial.iterdir()) == ["l0.pt"]
+    resumed = feature_fit._fit_all(arch, weights, sequences, attention, opts, partial)
+    assert fitted == [0, "killed", 1]  # layer 0 came from its saved file
+    straight = feature_fit._fit_all(arch, weights, sequences, attention, opts, tmp_path / "other.layers")
+    assert fitted[-2:] == [0, 1] and straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_prepare_command_reports_what_the_server_will_run(capsys):
+    import json
+
+    from secptune.cli import main
+
+    assert main(["prepare", "--model", "tiny-llama", "--attention", "softmax", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attention"]["kind"] == "softmax" and out["rfa_layers"] == [] and out["layers"] == 2
+    assert len(out["act_bounds"]) == 2 and [g["layer"] for g in out["act_channel_groups"]] == [0, 1]
+    assert out["stages_s"]["weights_and_bounds"] >= 0 and out["wall_s"] > 0
+    assert main(["party", "--role", "dealer", "--prepare", "--peers", "a:1,b:2,c:3", "--no-tls"]) == 2
+    assert "only the server prepares" in capsys.readouterr().err

@@ -13,9 +13,12 @@ fit made on one machine serves the same checkpoint on another.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import shutil
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -58,23 +61,31 @@ def _save(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None):
+def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: FitOptions | None = None,
+                     timings: dict | None = None):
     """``(arch, maps, attention, choice)`` for fitted RFA: ``maps`` holds ``l{i}.rfa.{q,k,bq,bk}``
     of the RFA layers, ``attention`` is resolved (the server's layer choice made; ``choice``
     says how, or is None without a budget), and ``arch``'s activation bounds also cover the
-    model *with* this attention on public text (all cached by the weights' content)."""
+    model *with* this attention on public text (all cached by the weights' content; the fit
+    layer by layer, so a killed preparation resumes where it stopped).  ``timings`` gets the
+    seconds of each stage (0 where the cache answered)."""
     opts = opts or FitOptions()
+    timings = {} if timings is None else timings
     fingerprint = weights_fingerprint(weights)
-    text = public_text(model, arch, fingerprint)
+    with _timed(timings, "public_text"):
+        text = public_text(model, arch, fingerprint)
     path = _cache_path(fingerprint, [attention.num_features, attention.seed, opts.steps], ".pt")
-    if path.is_file():
-        fits = torch.load(path, weights_only=True)
-    else:
-        fits = _fit_all(arch, weights, text.fit, attention, opts)
-        _save(path, lambda p: torch.save(fits, p))
+    with _timed(timings, "fit"):
+        if path.is_file():
+            fits = torch.load(path, weights_only=True)
+        else:
+            fits = _fit_all(arch, weights, text.fit, attention, opts, path.with_suffix(".layers"))
+            _save(path, lambda p: torch.save(fits, p))
+            shutil.rmtree(path.with_suffix(".layers"), ignore_errors=True)
     choice = None
     if attention.auto_kl is not None:
-        attention, choice = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
+        with _timed(timings, "layer_choice"):
+            attention, choice = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
     maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
     # a pass of the hybrid over all public text (SmolLM2: ~1 min on 2 cores), once per hybrid
     stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), _bounds_of(arch)]
@@ -82,7 +93,8 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
     if bounds_path.is_file():
         saved = json.loads(bounds_path.read_text())
         return Arch.from_dict({**arch.to_dict(), **saved}), maps, attention, choice
-    arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
+    with _timed(timings, "hybrid_bounds"):
+        arch = with_activation_bounds(model, arch, {**weights, **maps}, text.fit + text.check, attention)
     _save(bounds_path, lambda p: p.write_text(json.dumps(_bounds_of(arch))))
     return arch, maps, attention, choice
 
@@ -113,12 +125,34 @@ def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: 
     return resolved, choice
 
 
-def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions) -> dict:
-    captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
+def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions, partial: Path) -> dict:
+    """Every layer's maps; each layer is saved under ``partial`` as it is fitted (and reused
+    from there), so a preparation killed in the fit loses one layer's work at most."""
     acfg = approx.ApproxConfig()
     out = {}
+    done = 0
+    captured = None  # the layers' attention inputs on public text: one pass, only if a layer is left to fit
     for i in tqdm(range(arch.layers), desc="fitting RFA feature maps", unit="layer", disable=arch.layers < 4):
-        samples = [c for c in captured if c["layer"] == i]
-        for name, value in fit_layer(samples, attention.num_features, attention.seed * 1000 + i, acfg, opts).items():
-            out[f"l{i}.rfa.{name}"] = value
+        layer_path = partial / f"l{i}.pt"
+        if layer_path.is_file():
+            fitted = torch.load(layer_path, weights_only=True)
+            done += 1
+        else:
+            if captured is None:
+                captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
+            samples = [c for c in captured if c["layer"] == i]
+            fitted = fit_layer(samples, attention.num_features, attention.seed * 1000 + i, acfg, opts)
+            _save(layer_path, lambda p, fitted=fitted: torch.save(fitted, p))
+        out.update({f"l{i}.rfa.{name}": value for name, value in fitted.items()})
+    if done:
+        log.info("resumed the RFA fit: %d of %d layers were fitted before", done, arch.layers)
     return out
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, stage: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started

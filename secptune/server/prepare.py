@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,7 @@ class ServerModel:
     weights: dict
     attention: AttentionConfig
     choice: dict | None = None
+    timings: dict = field(default_factory=dict, compare=False)  # seconds per preparation stage
 
 
 def prepare_server_model(model, attention: AttentionConfig = SOFTMAX) -> ServerModel:
@@ -38,6 +40,8 @@ def prepare_server_model(model, attention: AttentionConfig = SOFTMAX) -> ServerM
     keeps the attention-sink token — whose hidden state reaches mean squares near
     1e6 in SmolLM2 — out of the fixed-point computation.
     """
+    timings: dict = {}
+    started = time.perf_counter()
     arch = arch_from_config(model.config)
     weights = extract_weights(model, arch)
     if arch.family == "causal" and arch.prefix_tokens:
@@ -47,10 +51,11 @@ def prepare_server_model(model, attention: AttentionConfig = SOFTMAX) -> ServerM
         Transformer(arch, weights, ExactNonlinear()).causal(embeds, capture)
         weights.update(capture)
     arch = with_activation_bounds(model, arch, weights)
+    timings["weights_and_bounds"] = time.perf_counter() - started
     choice = None
     if attention.kind == "rfa" and attention.features == "fitted":
-        arch, maps, attention, choice = fitted_attention(model, arch, weights, attention)
+        arch, maps, attention, choice = fitted_attention(model, arch, weights, attention, timings=timings)
         weights.update(maps)
     else:
         weights.update(server_feature_matrices(attention, arch.layers, arch.head_dim, arch.kv_heads))
-    return ServerModel(arch, weights, attention, choice)
+    return ServerModel(arch, weights, attention, choice, timings)
