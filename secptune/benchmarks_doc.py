@@ -872,6 +872,62 @@ def section_projection(reports: Reports) -> list[str]:
 # ---------------------------------------------------------------- headline and document
 
 
+def section_call_speed(reports: Reports) -> list[str]:
+    """Issue 23: what the activation's per-channel bounds changed in a full SmolLM2 forward, and
+    one BBT-size API call, old code vs new vs HF float32, in one run."""
+    out = ["## Speed and traffic of a secure call (SmolLM2, 2-core CPU)", "",
+           "A full-depth SmolLM2 forward of one 32-token sequence (`secptune bench forward --model smollm2 --seq 32 "
+           "--batch 1`) before and after the activation's bounds per channel (the server calibrates each MLP channel; "
+           "each group of channels gets the Fourier series of its own bound, so the dealer sends 2K shares per element "
+           "with K from that group's bound instead of the layer's largest), and after CrypTen's settings are read from "
+           "plain dicts. Bytes and rounds are exact; wall times were measured back to back while other jobs ran "
+           "(the load is recorded), so compare them within a row pair only.", ""]
+    runs = [reports.get(f"speed/channels/bench_forward_smollm2_seq32_{n}.json")
+            for n in ("before", "channels", "channels_cfgcache")]
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        out += absent("speed/channels/bench_forward_smollm2_seq32_*.json")
+    else:
+        rows = []
+        for r in runs:
+            with reading(r):
+                c = r["comm"]
+                rows.append([f"`{stem(r, 'speed/channels/bench_forward_')}`", r.get("commit", NOT_RECORDED),
+                             mb(c["server"]["online"]["bytes"]), num(c["server"]["online"]["rounds"]),
+                             mb(r["ops"]["activation"]["dealer_bytes"]), mb(c["dealer"]["bytes"]),
+                             mb(all_wires(c)), sec(r["wall_s"]), sec(r["ops"]["activation"]["wall_s"]),
+                             f"{r['rel_err']:.1e}", r["machine"].get("load_avg_1m", NOT_RECORDED)])
+        out += table(["report", "commit", "online MB / party", "online rounds", "activation: dealer MB", "dealer MB",
+                      "all wires MB", "secure wall s", "activation wall s (owner)", "rel. error vs oracle", "load"], rows)
+        out += ["", "Sources:", ""] + sources(runs)
+    call = reports.get("speed/call_acceptance/call_speed.json")
+    out += ["One API call at BBT size: SmolLM2, SST-2, 32 texts, a random 10-token prompt (`secptune infer --task sst2 "
+            "--model smollm2 --limit 32 --batch-size 32 --prompt-len 10`), run back to back as plain exact (HF float32), "
+            "secure at this tree, secure at the old commit, plain exact again (`python -m research.call_speed`). "
+            "Command wall time includes loading the model and, for secure runs, the session set-up.", ""]
+    if call is None:
+        return out + absent("speed/call_acceptance/call_speed.json")
+    rows = []
+    with reading(call):
+        for run in call["runs"]:
+            rows.append([run["run"], sec(run["wall_s"]) if "wall_s" in run else run.get("error", "—"),
+                         sec(run["forward_s"]) if run.get("forward_s") else "—",
+                         gb(run["online_bytes_per_party"]) if run.get("online_bytes_per_party") else "—",
+                         gb(run["dealer_bytes"]) if run.get("dealer_bytes") else "—", run["load_before"]])
+        plain = [r["wall_s"] for r in call["runs"] if r["run"].startswith("plain") and "error" not in r]
+        by = {r["run"]: r for r in call["runs"]}
+        notes = []
+        new, old = by.get("secure_new", {}), by.get("secure_old", {})
+        if plain and "error" not in new and "wall_s" in new:
+            notes.append(f"secure (new) / plain exact: {ratio(new['wall_s'] / max(plain))} – "
+                         f"{ratio(new['wall_s'] / min(plain))} (slowest – fastest plain run)")
+        if "error" not in old and "wall_s" in old and "wall_s" in new:
+            notes.append(f"old ({call['commit_old'][:7]}) / new ({call['commit_new'][:7]}) secure: "
+                         f"{ratio(old['wall_s'] / new['wall_s'])}")
+    out += table(["run", "command wall s", "secure forward s", "online GB / party", "dealer GB", "load before"], rows)
+    return out + [""] + [f"- {n}" for n in notes] + ["", "Sources:", ""] + sources([call]) + [""]
+
+
 def section_headline(reports: Reports) -> list[str]:
     """The few figures a reader asks first, each from the report that measured it."""
     rows = []
@@ -934,7 +990,7 @@ def section_headline(reports: Reports) -> list[str]:
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
-            section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
+            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
             section_deployment, section_baselines)
 
 
