@@ -25,6 +25,7 @@ from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
 from secptune.report import compare
+from secptune.split_job import SplitOptions
 from secptune.tasks import get_task, task_file
 from secptune.tune_defaults import plan_runs
 from secptune.tune_job import run_tune
@@ -37,10 +38,12 @@ def _add_infer(sub) -> None:
     p.add_argument("--data", help="a .jsonl file (text, [text_b], label), or with --task a data directory")
     p.add_argument("--template", help="e.g. '{text} It was {mask}.'")
     p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
-    p.add_argument("--mode", choices=["plain", "secure"], default="plain")
+    p.add_argument("--mode", choices=["plain", "secure", "privtune"], default="plain")
     p.add_argument("--attention", choices=["softmax", "rfa"], default="softmax")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
     _add_precision(p)
+    _add_split(p)
+    p.add_argument("--out", help="run directory: result.json, and the server's view with --record-view")
     p.add_argument("--prompt-len", type=int, default=0, help="random prompt of N tokens (seeded)")
     p.add_argument("--prompt", dest="prompt_file", help="a tuned prompt saved as a [P, H] tensor (.pt)")
     p.add_argument("--prompt-seed", type=int, default=0)
@@ -52,6 +55,24 @@ def _add_infer(sub) -> None:
     _add_network(p, owner=True)
 
 
+
+
+def _add_split(p) -> None:
+    g = p.add_argument_group("--mode privtune: split learning with noisy token representations (PrivTune)")
+    g.add_argument("--split-layer", type=int, default=0, metavar="K",
+                   help="the owner runs the embeddings and layers 0..K-1 and sends layer K's input (0)")
+    g.add_argument("--noise", choices=["dchi", "privtune"], default="dchi",
+                   help="isotropic dχ noise, or PrivTune's importance-aware crafted noise (dchi)")
+    g.add_argument("--eta", default="inf", help="dχ privacy parameter: noise norm ~ Gamma(H, 1/eta); inf = none (inf)")
+    g.add_argument("--release", choices=["once", "per-call"], default="once",
+                   help="send each text's noisy rows once per run, or with fresh noise on every call (once)")
+    g.add_argument("--record-view", type=int, default=0, metavar="N",
+                   help="write what the server received for the first N texts to OUT/view (and the truth apart)")
+
+
+def _split_options(args) -> SplitOptions:
+    return SplitOptions(split_layer=args.split_layer, noise=args.noise, eta=args.eta, release=args.release,
+                        record_view=args.record_view)
 
 
 def _add_precision(p) -> None:
@@ -129,6 +150,9 @@ def _infer_options(args):
         batch_size=args.batch_size,
         pad_bucket=args.pad_bucket,
         network=_network(args, "owner"),
+        split=_split_options(args),
+        task=args.task,
+        out=args.out,
     )
 
 
@@ -170,7 +194,8 @@ def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="prompt-tune with CMA-ES against the secure (or plain) forward pass")
     p.add_argument("--task", choices=["sst2", "yelp", "agnews", "mrpc", "rte"], default="sst2")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--mode", choices=["secure", "plain"])
+    p.add_argument("--mode", choices=["secure", "plain", "privtune"])
+    _add_split(p)
     p.add_argument("--data", help="data directory with <task>/train.jsonl, test.jsonl")
     p.add_argument("--train")
     p.add_argument("--test")

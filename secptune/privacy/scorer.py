@@ -1,0 +1,65 @@
+"""The only reader of a view's ground truth (``truth.pt``).
+
+Attacks hand in guesses and get back how many were right — per item, so the suite can
+put confidence intervals on them — never the truth itself.  ``shuffled=True`` scores the
+same guesses against another item's truth (a fixed derangement): the null baseline of
+an attack that learned nothing about *this* text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from secptune.errors import InputError
+from secptune.privacy.view import TRUTH, view_dir
+
+
+class Scorer:
+    def __init__(self, run_dir: str | Path):
+        path = view_dir(run_dir) / TRUTH
+        if not path.is_file():
+            raise InputError(f"{run_dir} has no ground truth for its view ({path})")
+        self._items = [it for it in torch.load(path, weights_only=False)["items"]]
+        if any(it is None for it in self._items):
+            raise InputError(f"{path}: the owner's side recorded no truth for some items")
+        n = len(self._items)
+        self._other = [(i + 1) % n for i in range(n)]  # derangement for the shuffled null
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _truth(self, i: int, shuffled: bool) -> dict:
+        return self._items[self._other[i] if shuffled else i]
+
+    def tokens(self, guesses: list[torch.Tensor], shuffled: bool = False) -> list[tuple[int, int]]:
+        """(right, total) per item over its text tokens (padding excluded), for guessed ids
+        per released row; a shorter truth (shuffled) is compared on the common prefix."""
+        out = []
+        for i, g in enumerate(guesses):
+            t = self._truth(i, shuffled)
+            n = min(t["length"], self._items[i]["length"], len(g))
+            out.append((int((g[:n].long() == t["ids"][:n]).sum()), self._items[i]["length"]))
+        return out
+
+    def labels(self, guesses: list[int], shuffled: bool = False) -> list[int]:
+        """1 per item whose label was guessed right (items without a label are skipped)."""
+        return [int(g == self._truth(i, shuffled)["label"]) for i, g in enumerate(guesses)
+                if self._items[i]["label"] is not None]
+
+    def majority_rate(self) -> float:
+        """The chance line of a label guess: the share of the most common label."""
+        labels = [it["label"] for it in self._items if it["label"] is not None]
+        return max(Counter(labels).values()) / len(labels) if labels else float("nan")
+
+    def lengths(self, guesses: list[int], shuffled: bool = False) -> list[int]:
+        """|guessed − true| text length per item."""
+        return [abs(int(g) - self._truth(i, shuffled)["length"]) for i, g in enumerate(guesses)]
+
+    def disjoint(self, examples: list) -> list:
+        """Harness hygiene, not an attack step: ``examples`` without the owner's recorded
+        texts, so no attack is trained on a text it is then scored on."""
+        owned = {it["text"] for it in self._items}
+        return [ex for ex in examples if ex.text not in owned]
