@@ -1,4 +1,4 @@
-"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks`.
+"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks | attack`.
 
 Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
 no traceback unless SECPTUNE_DEBUG=1.
@@ -24,6 +24,7 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
+from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
 from secptune.report import compare
 from secptune.split_job import SplitOptions
 from secptune.tasks import get_task, task_file
@@ -329,6 +330,28 @@ def cmd_benchmarks(args) -> int:
     return status
 
 
+def _add_attack(sub) -> None:
+    p = sub.add_parser("attack", help="run the attack suite on a run's recorded server view (--record-view)")
+    p.add_argument("run", help="run directory with view/ (written by infer|tune --record-view N --out RUN)")
+    p.add_argument("--train-texts", type=int, default=1000, help="public texts the adaptive attacks are fitted on (1000)")
+    p.add_argument("--game-pairs", type=int, default=300, help="pairs of texts in the distinguishing game (300)")
+    p.add_argument("--mlp-seconds", type=float, default=90.0, help="training time of the MLP inversion (90)")
+
+
+def cmd_attack(args) -> int:
+    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
+    result = run_suite(args.run, opts)
+    paths = write_reports(result, args.run)
+    for key, v in result["variants"].items():
+        best = v["tokens"]["best_adaptive"]
+        print(f"{key}: token recovery nearest {v['tokens']['nearest_token']['recovery']:.3f}, best adaptive "
+              f"{best['recovery']:.3f} ({best['attack']}); label AIA {v['label_aia']['accuracy']:.3f} "
+              f"(majority {v['label_aia']['chance_majority']:.3f}); game advantage {v['game']['advantage']:.3f}")
+    pc = result["positive_control"]["tokens"]["best_adaptive"]
+    print(f"positive control (eta inf): best adaptive recovery {pc['recovery']:.3f}; reports: {paths[0]}, {paths[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,11 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keygen(sub)
     add_bench(sub)
     _add_benchmarks(sub)
+    _add_attack(sub)
     return parser
 
 
 COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen,
-            "bench": cmd_bench, "benchmarks": cmd_benchmarks}
+            "bench": cmd_bench, "benchmarks": cmd_benchmarks, "attack": cmd_attack}
 
 
 def _refuse_test_only_randomness(command: str) -> None:

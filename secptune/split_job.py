@@ -3,7 +3,6 @@ mechanism, the server's top model, the public tables both can rebuild, and the v
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -55,9 +54,9 @@ def public_pool(task: str | None, data: str | None, limit: int = PUBLIC_POOL, se
     if task is None:
         raise InputError("--mode privtune needs --task: the public labelled pool (the task's train split) "
                          "sets its token-importance table and trains the attacks")
-    pool = [ex for ex in load_jsonl(task_file(task, "train", data)) if ex.text not in exclude and ex.label is not None]
-    random.Random(seed).shuffle(pool)
-    return pool[:limit]
+    pool = [ex for ex in load_jsonl(task_file(task, "train", data)) if ex.label is not None]
+    random.Random(seed).shuffle(pool)  # before excluding: the same order for everyone who rebuilds it
+    return [ex for ex in pool if ex.text not in exclude][:limit]
 
 
 def importance_table(tokenizer, template: Template, pool: list[Example], classes: int, prefix) -> Importance:
@@ -99,7 +98,3 @@ def make_recorder(run_dir, opts: SplitOptions, header: dict, batches_examples: d
         return None if exs is None else [(None if e.label is None else int(e.label), e.text) for e in exs]
 
     return ViewRecorder(run_dir, opts.record_view, header, describe)
-
-
-def eta_label(eta: float) -> str:
-    return "inf" if math.isinf(eta) else f"{eta:g}"

@@ -68,6 +68,8 @@ def dchi_noise(source: NoiseSource, count: int, hidden: int, eta: float) -> torc
 def distinguish_bound(eta: float, distance: float) -> float:
     """dχ's bound on a distinguisher's success between two inputs at ``distance``:
     e^{ηd}/(1 + e^{ηd}) (the game's theoretical line)."""
+    if distance == 0:
+        return 0.5
     x = eta * distance
     return 1.0 if x > 700 else math.exp(x) / (1.0 + math.exp(x))
 

@@ -18,13 +18,17 @@ from secptune.privacy.view import TRUTH, view_dir
 
 
 class Scorer:
-    def __init__(self, run_dir: str | Path):
-        path = view_dir(run_dir) / TRUTH
-        if not path.is_file():
-            raise InputError(f"{run_dir} has no ground truth for its view ({path})")
-        self._items = [it for it in torch.load(path, weights_only=False)["items"]]
-        if any(it is None for it in self._items):
-            raise InputError(f"{path}: the owner's side recorded no truth for some items")
+    def __init__(self, run_dir: str | Path | None = None, items: list[dict] | None = None):
+        """The truth of ``run_dir``'s view, or ``items`` of public text (the suite's positive
+        control, whose truth is no secret): dicts with ids, length, label, text."""
+        if items is None:
+            path = view_dir(run_dir) / TRUTH
+            if not path.is_file():
+                raise InputError(f"{run_dir} has no ground truth for its view ({path})")
+            items = torch.load(path, weights_only=False)["items"]
+            if any(it is None for it in items):
+                raise InputError(f"{path}: the owner's side recorded no truth for some items")
+        self._items = list(items)
         n = len(self._items)
         self._other = [(i + 1) % n for i in range(n)]  # derangement for the shuffled null
 
