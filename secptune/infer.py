@@ -197,7 +197,7 @@ def privtune_scores(opts: InferOptions, prep: Prepared):
         importance = importance_table(tokenizer, template, pool, len(prep.label_ids), prep.arch.prefix_tokens)
     header = public_header(opts.model, opts.task, None, opts.template, opts.verbalizer, split, prep.batches[0].prompt.shape[-2])
     rows = {id(b): prep.examples[i * opts.batch_size : (i + 1) * opts.batch_size] for i, b in enumerate(prep.batches)}
-    recorder = make_recorder(opts.out, split, header, rows)
+    recorder = make_recorder(opts.out, split, header, rows, tokenizer)
     session = build_split(prep.model_dir, prep.verbalizer, split, importance, opts.precision, recorder)
     scores = score_batches(session, prep.batches)
     if recorder is not None:

@@ -85,7 +85,12 @@ def build_split(model_dir, verbalizer: torch.Tensor, opts: SplitOptions, importa
     return SplitSession(owner, server, opts.release, recorder)
 
 
-def make_recorder(run_dir, opts: SplitOptions, header: dict, batches_examples: dict) -> ViewRecorder | None:
+def text_token_counter(tokenizer):
+    """Tokens of a text on its own: the private span of its row (see :func:`truth_item`)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def make_recorder(run_dir, opts: SplitOptions, header: dict, batches_examples: dict, tokenizer) -> ViewRecorder | None:
     """A recorder for the first ``--record-view`` texts; ``batches_examples``: id(batch) ->
     the examples of its rows (the owner's truth)."""
     if not opts.record_view:
@@ -97,4 +102,4 @@ def make_recorder(run_dir, opts: SplitOptions, header: dict, batches_examples: d
         exs = batches_examples.get(id(batch))
         return None if exs is None else [(None if e.label is None else int(e.label), e.text) for e in exs]
 
-    return ViewRecorder(run_dir, opts.record_view, header, describe)
+    return ViewRecorder(run_dir, opts.record_view, header, describe, text_token_counter(tokenizer))

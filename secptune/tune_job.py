@@ -110,7 +110,7 @@ def privtune_session(cfg: TuneConfig, model_dir: Path, texts: TextSets, out_dir:
     for batches, examples in ((texts.dev, dev), (texts.dev_zero, dev), (texts.test, test), (texts.test_zero, test)):
         for i, b in enumerate(batches):
             rows[id(b)] = examples[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-    recorder = make_recorder(out_dir, opts, header, rows)
+    recorder = make_recorder(out_dir, opts, header, rows, tokenizer)
     precision = cfg.precision if cfg.precision else "float32"
     return build_split(model_dir, texts.verbalizer, opts, importance, precision, recorder), recorder
 

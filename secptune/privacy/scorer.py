@@ -39,13 +39,16 @@ class Scorer:
         return self._items[self._other[i] if shuffled else i]
 
     def tokens(self, guesses: list[torch.Tensor], shuffled: bool = False) -> list[tuple[int, int]]:
-        """(right, total) per item over its text tokens (padding excluded), for guessed ids
-        per released row; a shorter truth (shuffled) is compared on the common prefix."""
+        """(right, total) per item over the text's own tokens (its private span: template
+        and padding rows excluded), for guessed ids per released row; shuffled: scored
+        against another item's text at the same offsets (common part only)."""
         out = []
         for i, g in enumerate(guesses):
-            t = self._truth(i, shuffled)
-            n = min(t["length"], self._items[i]["length"], len(g))
-            out.append((int((g[:n].long() == t["ids"][:n]).sum()), self._items[i]["length"]))
+            mine, t = self._items[i], self._truth(i, shuffled)
+            lo, hi = mine["start"], mine["start"] + mine["private"]
+            hi_common = min(hi, t["start"] + t["private"], len(g))
+            right = int((g[lo:hi_common].long() == t["ids"][lo:hi_common]).sum()) if hi_common > lo else 0
+            out.append((right, mine["private"]))
         return out
 
     def labels(self, guesses: list[int], shuffled: bool = False) -> list[int]:

@@ -41,11 +41,11 @@ from secptune.privacy.mechanisms import MechanismParams, crafted_mean, distingui
 from secptune.privacy.neighbours import NeighbourGraph
 from secptune.privacy.sampling import NoiseSource
 from secptune.privacy.scorer import Scorer
-from secptune.privacy.view import load_view
+from secptune.privacy.view import load_view, truth_item
 from secptune.arch import arch_from_config
 from secptune.server.prepare import prepare_server_model
 from secptune.split import BottomModel, SplitOwner, layout
-from secptune.split_job import importance_table, public_pool
+from secptune.split_job import importance_table, public_pool, text_token_counter
 
 BATCH = 8  # public texts per padded batch (the owner's `infer` default)
 
@@ -87,6 +87,7 @@ class Attacker:
         self.server = prepare_server_model(model)
         self.table = self.server.weights["emb.word"].float()
         self.pad_id = pad_token(self.tokenizer, self.arch)
+        self.count = text_token_counter(self.tokenizer)
         self.params = params or MechanismParams.from_dict(header["mechanism"])
         importance = None
         if self.params.noise == "privtune":
@@ -114,17 +115,18 @@ class Attacker:
             batch = build_batch(enc, rows, prompt, self.arch, self.pad_id)
             ids, positions, _ = layout(batch)
             lengths = [int((positions <= p).sum()) for p in batch.pred_onehot.argmax(-1)]
-            out.append((self.owner.clean(ids, positions), [(examples[r], n) for r, n in zip(rows, lengths)]))
+            out.append((self.owner.clean(ids, positions), [(examples[r], n) for r, n in zip(rows, lengths)],
+                        batch.prompt_start))
         return out
 
     def released(self, states, releases: int) -> tuple[list[torch.Tensor], list[dict]]:
         """Per text: the average of ``releases`` mechanism outputs [m, H], and its truth."""
         rows, truth = [], []
-        for state, meta in states:
+        for state, meta, start in states:
             total = sum(self.owner.release(state, 0).hidden.double() for _ in range(releases))
             for b, (ex, n) in enumerate(meta):
                 rows.append((total[b] / releases).float())
-                truth.append({"ids": state["ids"][b], "length": n, "label": ex.label, "text": ex.text})
+                truth.append(truth_item(state["ids"][b], n, ex.label, ex.text, start, self.count(ex.text)))
         return rows, truth
 
 
@@ -212,11 +214,12 @@ def _game(attacker: Attacker, examples, releases: int, opts: SuiteOptions) -> di
     gen = torch.Generator().manual_seed(opts.seed)
     p = attacker.params
     wins, bounds = [], []
-    for state, meta in attacker.states(examples[: opts.game_pairs]):
-        for b, (_, n) in enumerate(meta):
+    for state, meta, start in attacker.states(examples[: opts.game_pairs]):
+        for b, (ex, n) in enumerate(meta):
             ids0 = state["ids"][b : b + 1]
             ids1 = ids0.clone()
-            pos = int(torch.randint(0, max(1, n - 1), (1,), generator=gen))  # a text token, not the scored one
+            private = max(1, min(attacker.count(ex.text), n - start))
+            pos = start + int(torch.randint(0, private, (1,), generator=gen))  # one of the text's own tokens
             ids1[0, pos] = int(torch.randint(0, attacker.arch.vocab_size, (1,), generator=gen))
             pair = [attacker.owner.clean(i, state["positions"]) for i in (ids0, ids1)]
             coin = int(torch.randint(0, 2, (1,), generator=gen))
@@ -267,7 +270,7 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
     max_releases = max(header["releases"])
     variants = [1] + ([max_releases] if max_releases > 1 else [])
     train_states = attacker.states(train_ex)
-    lengths = sorted(n for _, meta in train_states for _, n in meta)
+    lengths = sorted(n for _, meta, _ in train_states for _, n in meta)
     prior = lengths[len(lengths) // 2]  # the attacker's prior guess: the public median length
     result = {"run": str(run_dir), "header": header, "options": asdict(opts), "public_texts": len(train_ex),
               "variants": {}}

@@ -36,10 +36,13 @@ def view_dir(run_dir: str | Path) -> Path:
 class ViewRecorder:
     """Taps both ends of the split session's wire for the first ``limit`` texts.
 
-    ``describe(batch)``: the owner's (label, text) per row of a batch, for the truth file."""
+    ``describe(batch)``: the owner's (label, text) per row of a batch, for the truth file;
+    ``text_tokens(text)``: how many tokens the text itself has (the rest of a row is the
+    public template and padding, which no attack gets credit for)."""
 
-    def __init__(self, run_dir: str | Path, limit: int, public: dict, describe=None):
+    def __init__(self, run_dir: str | Path, limit: int, public: dict, describe=None, text_tokens=None):
         self.dir, self.limit, self.public, self.describe = view_dir(run_dir), limit, public, describe
+        self.text_tokens = text_tokens
         self.items: list[dict] = []  # server side: rows received
         self.truth: dict[int, dict] = {}  # owner side
         self._where: dict[int, list[tuple[int, int]]] = {}  # text set -> [(row, item)]
@@ -64,7 +67,8 @@ class ViewRecorder:
         for row, item in self._where.get(text_id, []):
             length = int((positions <= pred[row]).sum())  # released rows up to the scored token
             label, text = described[row] if described else (None, None)
-            self.truth[item] = {"ids": ids[row].clone(), "length": length, "label": label, "text": text}
+            private = self.text_tokens(text) if self.text_tokens and text is not None else length
+            self.truth[item] = truth_item(ids[row], length, label, text, batch.prompt_start, private)
 
     def write(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,14 @@ class ViewRecorder:
         (self.dir / HEADER).write_text(json.dumps(header, indent=1))
         torch.save({"items": [self.truth.get(i) for i in range(len(items))]}, self.dir / TRUTH)
         return self.dir
+
+
+def truth_item(ids: torch.Tensor, length: int, label, text, start: int, private: int) -> dict:
+    """One text's truth: the ids of its released rows, its length in rows (to the scored
+    token), label and text, and its private span: rows start .. start + private − 1 hold
+    the text's own tokens (the template's and padding rows are public)."""
+    return {"ids": ids.clone(), "length": length, "label": label, "text": text, "start": start,
+            "private": min(private, length - start)}
 
 
 def load_view(run_dir: str | Path) -> dict:
