@@ -8,6 +8,7 @@ import torch
 
 from conftest import prepared_inputs
 from secptune.checkpoints import load_hf_model
+from secptune.cli import main
 from secptune.plain import PlainSession
 from secptune.privacy.mechanisms import MechanismParams
 from secptune.privacy.neighbours import Importance, NeighbourGraph
@@ -127,3 +128,17 @@ def test_server_never_holds_owner_data(tiny, noise):
     clean = session(prep, server, 1, MechanismParams(noise="dchi", eta=math.inf))
     score_batches(clean, prep.batches)
     assert _holds(clean.server, clean.texts[0][0]["h"])
+
+
+def test_user_errors_speak_to_the_user(capsys):
+    base = ["infer", "--mode", "privtune", "--task", "sst2", "--limit", "2"]
+    cases = [
+        (["--model", "tiny-roberta"], "causal models"),
+        (["--model", "tiny-llama", "--split-layer", "5"], "--split-layer must be in 0..1"),
+        (["--model", "tiny-llama", "--eta", "-3"], "--eta must be positive"),
+        (["--model", "tiny-llama", "--record-view", "2"], "give --out DIR"),
+        (["--model", "tiny-llama", "--exact"], "--exact is for --mode plain only"),
+    ]
+    for flags, message in cases:
+        assert main(base + flags) == 2
+        assert message in capsys.readouterr().err
