@@ -46,7 +46,9 @@ def row(folder: Path) -> dict | None:
         "best_adaptive_attack": first["tokens"]["best_adaptive"]["attack"],
         "best_recovery": first["tokens"]["best"]["recovery"],
         "best_ci95": first["tokens"][first["tokens"]["best"]["attack"]]["ci95"],
-        "random_view_max": max(f.get("null_random_view", 0.0) for k, f in first["tokens"].items() if not k.startswith("best")),
+        "random_view_max": max(f["null_random_view"] for k, f in first["tokens"].items() if not k.startswith("best")),
+        "gaussian_view_max": max(f.get("null_gaussian_view", 0.0) for k, f in first["tokens"].items()
+                                 if not k.startswith("best")),
         "label_aia": first["label_aia"]["accuracy"], "label_aia_ci95": first["label_aia"]["ci95"],
         "label_chance": first["label_aia"]["chance_majority"],
         "length_exact": first["length"]["exact"], "length_prior_exact": first["length"]["null_prior_exact"],

@@ -2,7 +2,7 @@
 # The privacy figures of issue 24 (reports/privacy/): SmolLM2 split runs with a recorded
 # server view, then `secptune attack` on each.  Views stay in $RUNS (tens of MB each); the
 # reports (result/report.json, attacks.json, attacks.md) are copied into reports/privacy/NAME.
-# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune)
+# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | attack NAME...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/tmp/secptune-privacy-runs}
@@ -50,6 +50,9 @@ case ${1:?chain} in
       infer "agnews_split0_privtune_eta$eta" agnews 200 --split-layer 0 --noise privtune --eta "$eta"
       attack "agnews_split0_privtune_eta$eta"
     done
+    ;;
+  attack)  # re-run the suite on recorded views: bash scripts/privacy_runs.sh attack NAME...
+    for name in "${@:2}"; do attack "$name"; done
     ;;
   *) echo "unknown chain $1" >&2; exit 2 ;;
 esac

@@ -959,8 +959,8 @@ def section_privacy(reports: Reports) -> list[str]:
              "(`scripts/privacy_runs.sh`, assembled by `research/privacy_figures.py`). Token recovery over the "
              "texts' own tokens (template and padding excluded); adaptive attacks are fitted on public train-split "
              "text through the same mechanism; control: the same attacks on held-out public text through the "
-             "unprotected split; random view: the highest recovery any attack gets from Gaussian rows of the same "
-             "shape; averaged: the best attack on the mean of that many per-call releases.", ""]
+             "unprotected split; random view: the highest recovery any attack gets from the mechanism's output for "
+             "random tokens in the same layout; averaged: the best attack on the mean of that many per-call releases.", ""]
     return one_report(reports, "privacy/summary.json", intro, privacy_body)
 
 

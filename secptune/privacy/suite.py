@@ -15,7 +15,9 @@ without the owner's recorded texts).  It rebuilds the owner's mechanism from the
   with r releases averaged, ε grows r-fold (composition).
 
 Per figure: a 95 % bootstrap interval over items, the null baselines (the same attack
-scored against shuffled truth; the attacks on random views of the same shape), and a
+scored against shuffled truth; the attacks on a random-text view — the mechanism applied to
+uniformly random tokens in the same layout — and on Gaussian rows of the view's spread,
+which show an attack's prior guess), and a
 positive control (the same attacks on held-out public text through the *unprotected*
 split at the same layer, η = inf).  With releases per call, figures are given for the
 first release and for the average of all recorded releases of each text.
@@ -154,8 +156,9 @@ def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: floa
 
 
 def _token_figures(fitted: dict, rows: list[torch.Tensor], scorer: Scorer, opts: SuiteOptions,
-                   null_rows: list[torch.Tensor] | None) -> tuple[dict, dict]:
-    """Recovery per attack (with its CI and nulls) and each attack's guesses."""
+                   nulls: dict[str, list[torch.Tensor]] | None = None) -> tuple[dict, dict]:
+    """Recovery per attack (with its CI and nulls: ``nulls`` maps a name to a null view's rows)
+    and each attack's guesses."""
     figures, guesses = {}, {}
     flat, _ = _flat(rows)
     for name, attack in fitted.items():
@@ -169,9 +172,9 @@ def _token_figures(fitted: dict, rows: list[torch.Tensor], scorer: Scorer, opts:
             "null_shuffled_truth": sum(h for h, _ in shuffled) / max(1, sum(n for _, n in shuffled)),
             "tokens": sum(n for _, n in hits),
         }
-        if null_rows is not None:
+        for null, null_rows in (nulls or {}).items():
             nh = scorer.tokens(_split_back(attack(_flat(null_rows)[0]), null_rows))
-            fig["null_random_view"] = sum(h for h, _ in nh) / max(1, sum(n for _, n in nh))
+            fig[null] = sum(h for h, _ in nh) / max(1, sum(n for _, n in nh))
         figures[name] = fig
     every = {k: v["recovery"] for k, v in figures.items()}
     adaptive = {k: v for k, v in every.items() if k.startswith("adaptive")}
@@ -180,12 +183,26 @@ def _token_figures(fitted: dict, rows: list[torch.Tensor], scorer: Scorer, opts:
     return figures, guesses
 
 
-def _random_view(rows: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Null view: Gaussian rows with the recorded rows' per-dimension mean and spread."""
+def _gaussian_view(rows: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Null view: Gaussian rows with the recorded rows' per-dimension mean and spread (what an
+    attack guesses from nothing: its prior, e.g. a frequent token everywhere)."""
     flat = torch.cat(rows)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(flat.shape, generator=gen) * flat.std(0) + flat.mean(0)
     return _split_back(noise, rows)
+
+
+def _random_text_view(attacker: Attacker, view: dict, releases: int, seed: int) -> list[torch.Tensor]:
+    """Null view: the mechanism's output for uniformly random tokens in the recorded layout —
+    a view as informative as a real one, about a text that is not the owner's."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for it in view["items"]:
+        ids = torch.randint(0, attacker.arch.vocab_size, (1, it["rows"].size(1)), generator=gen)
+        state = attacker.owner.clean(ids, it["positions"])
+        total = sum(attacker.owner.release(state, 0).hidden.double() for _ in range(releases))
+        out.append((total[0] / releases).float())
+    return out
 
 
 def _aia(train_rows, train_truth, rows, scorer: Scorer, classes: int, opts: SuiteOptions) -> dict:
@@ -278,7 +295,9 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
         train_rows, train_truth = attacker.released(train_states, r)
         fitted = token_attacks(attacker, train_rows, train_truth, opts.mlp_seconds, opts.seed)
         rows = _view_rows(view, r)
-        tokens, guesses = _token_figures(fitted, rows, scorer, opts, _random_view(rows, opts.seed))
+        nulls = {"null_random_view": _random_text_view(attacker, view, r, opts.seed),
+                 "null_gaussian_view": _gaussian_view(rows, opts.seed)}
+        tokens, guesses = _token_figures(fitted, rows, scorer, opts, nulls)
         best = guesses[tokens["best"]["attack"]]
         result["variants"][f"releases_{r}"] = {
             "releases_averaged": r,
@@ -300,7 +319,7 @@ def _positive_control(attacker: Attacker, train_states, control_ex, classes: int
     rows, truth = clean.released(clean.states(control_ex), 1)
     scorer = Scorer(items=truth)
     fitted = token_attacks(clean, train_rows, train_truth, opts.mlp_seconds / 2, opts.seed)
-    tokens, _ = _token_figures(fitted, rows, scorer, opts, None)
+    tokens, _ = _token_figures(fitted, rows, scorer, opts)
     return {"texts": len(rows), "tokens": tokens, "label_aia": _aia(train_rows, train_truth, rows, scorer, classes, opts)}
 
 
@@ -334,11 +353,12 @@ def markdown(r: dict) -> str:
         n_rel = v["releases_averaged"]
         title = "first release" if n_rel == 1 else f"average of {n_rel} releases"
         lines += [f"## {title}", "",
-                  "| token inversion | recovery | 95 % CI | null: shuffled truth | null: random view |", "|---|---|---|---|---|"]
+                  "| token inversion | recovery | 95 % CI | null: shuffled truth | null: random-text view | "
+                  "null: Gaussian view (prior) |", "|---|---|---|---|---|---|"]
         for name, f in v["tokens"].items():
             if not name.startswith("best"):
                 lines.append(f"| {name} | {_pct(f['recovery'])} | {_ci_text(f['ci95'])} | {_pct(f['null_shuffled_truth'])} | "
-                             f"{_pct(f.get('null_random_view', math.nan))} |")
+                             f"{_pct(f['null_random_view'])} | {_pct(f['null_gaussian_view'])} |")
         b, a, ln, g = v["tokens"]["best_adaptive"], v["label_aia"], v["length"], v["game"]
         lines += ["", f"Best adaptive inversion: {b['attack']}, {_pct(b['recovery'])} of {v['tokens'][b['attack']]['tokens']} tokens.",
                   f"Label inference: {_pct(a['accuracy'])} {_ci_text(a['ci95'])} on {a['texts']} texts; chance (majority) "
