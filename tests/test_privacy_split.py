@@ -16,7 +16,8 @@ from secptune.privacy.sampling import NoiseSource
 from secptune.scoring import ScoringSession, score_batches
 from secptune.server.prepare import prepare_server_model
 from secptune.split import BottomModel, SplitOwner, SplitServer, SplitSession
-from mpc import approx
+from mpc import approx, costmodel
+from secptune.report import _per_call
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,12 @@ def test_user_errors_speak_to_the_user(capsys):
     for flags, message in cases:
         assert main(base + flags) == 2
         assert message in capsys.readouterr().err
+
+
+def test_split_calls_are_costed_on_modelled_links():
+    log = [{"texts": 0, "wall_s": 0.2, "bytes": 4_000_000, "rounds": 2, "server_bytes": 1000},
+           {"texts": 0, "wall_s": 0.2, "bytes": 1000, "rounds": 1, "server_bytes": 1000}]
+    pc = _per_call(log, popsize=2)
+    assert pc["bytes"] == 4_001_000 / 4 and pc["rounds"] == 0.75 and pc["server_bytes"] == 500
+    assert pc["links_s"]["WAN"] == pytest.approx(costmodel.WAN.added_s(4_001_000 / 4, 0.75))
+    assert pc["links_s"]["WAN"] > pc["links_s"]["LAN"] > 0
