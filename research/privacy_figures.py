@@ -57,7 +57,7 @@ def row(folder: Path) -> dict | None:
         "control_best_recovery": a["positive_control"]["tokens"]["best"]["recovery"],
         "control_label_aia": a["positive_control"]["label_aia"]["accuracy"],
         "control_label_chance": a["positive_control"]["label_aia"]["chance_majority"],
-        "attack_wall_s": a["wall_s"],
+        "attack_wall_s": a["wall_s"], "machine": a.get("machine"),
     }
 
 
@@ -85,6 +85,19 @@ def checks(rows: dict) -> list[dict]:
     return out
 
 
+def operating_points(rows: list[dict], bar: float = 0.10) -> dict:
+    """Per noise kind (AG News, split 0): the run with the best zero-shot accuracy among those
+    whose best attack recovers at most ``bar`` of the tokens (PrivTune's headline asks for 10 %)."""
+    out = {}
+    for noise in ("dchi", "privtune"):
+        ok = [r for r in rows if r["task"] == "agnews" and r["noise"] == noise and r["best_recovery"] <= bar
+              and r["zero_shot_accuracy"] is not None]
+        best = max(ok, key=lambda r: r["zero_shot_accuracy"]) if ok else None
+        out[noise] = None if best is None else {k: best[k] for k in ("run", "eta", "zero_shot_accuracy", "best_recovery",
+                                                                      "label_aia", "label_chance")}
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     sweep = sorted((r for r in rows if r["noise"] == "dchi" and r["task"] == "agnews" and r["split_layer"] == 0
                     and r["release"] == "once"), key=lambda r: -_eta({"mechanism": {"eta": r["eta"]}}))
@@ -107,9 +120,12 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> int:
     rows = [r for r in (row(f) for f in sorted(ROOT.iterdir()) if f.is_dir()) if r is not None]
     by_run = {r["run"]: r for r in rows}
-    summary = {"rows": rows, "checks": checks(by_run)}
+    machines = [r["machine"] for r in rows if r.get("machine")]
+    summary = {"machine": machines[0] if machines else None, "rows": rows, "checks": checks(by_run), "operating_points": operating_points(rows)}
     (ROOT / "summary.json").write_text(json.dumps(summary, indent=1))
     plot(rows, ROOT / "dchi_sweep.png")
+    for noise, point in summary["operating_points"].items():
+        print(f"best accuracy at token recovery <= 10 % ({noise}): {point}")
     for c in summary["checks"]:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['check']}: {c['value']:.4f} ({c['bar']})")
     return 0

@@ -949,7 +949,12 @@ def privacy_body(r: Report) -> list[str]:
     out += table(["check", "run", "value", "bar", "passed"],
                  [[c["check"], c["run"], score(c["value"]), c["bar"], "yes" if c["passed"] else "**no**"]
                   for c in r["checks"]])
-    return out + ["", "![dχ sweep](reports/privacy/dchi_sweep.png)", ""]
+    points = [f"- {noise}: " + ("no run with token recovery ≤ 10 %" if p is None else
+              f"`{p['run']}` (η = {p['eta']}): zero-shot accuracy {score(p['zero_shot_accuracy'])}, token recovery "
+              f"{score(p['best_recovery'])}, topic AIA {score(p['label_aia'])} (majority {score(p['label_chance'])})")
+              for noise, p in r.get("operating_points", {}).items()]
+    out += ["", "Best zero-shot accuracy (AG News) at token recovery ≤ 10 % (PrivTune's headline operating point):", ""]
+    return out + points + ["", "![dχ sweep](reports/privacy/dchi_sweep.png)", ""]
 
 
 def section_privacy(reports: Reports) -> list[str]:

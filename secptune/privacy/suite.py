@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -308,6 +309,8 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
         }
     result["positive_control"] = _positive_control(attacker, train_states, control_ex, classes, opts)
     result["wall_s"] = time.perf_counter() - started
+    result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                         "load_avg": list(os.getloadavg())}
     return result
 
 
