@@ -46,7 +46,7 @@ case ${1:?chain} in
     done
     ;;
   privtune)  # PrivTune's crafted noise at split 0 on AG News
-    for eta in inf 100 50 25; do
+    for eta in ${ETAS:-inf 100 50 25}; do
       infer "agnews_split0_privtune_eta$eta" agnews 200 --split-layer 0 --noise privtune --eta "$eta"
       attack "agnews_split0_privtune_eta$eta"
     done
