@@ -104,7 +104,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if not sweep:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = [str(r["eta"]) for r in sweep]
+    labels = [r["eta"] if isinstance(r["eta"], str) else f"{r['eta']:g}" for r in sweep]
     for key, name in (("best_recovery", "token recovery (best attack)"), ("label_aia", "topic AIA"),
                       ("zero_shot_accuracy", "zero-shot accuracy")):
         ax.plot(labels, [r[key] for r in sweep], marker="o", label=name)
