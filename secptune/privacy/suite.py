@@ -25,6 +25,7 @@ first release and for the average of all recorded releases of each text.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -102,8 +103,8 @@ class Attacker:
                                 NoiseSource(), graph, importance)
 
     def with_params(self, params: MechanismParams) -> "Attacker":
-        twin = object.__new__(Attacker)
-        twin.__dict__.update(self.__dict__)
+        """The same attacker (model, tables) with another mechanism, e.g. the unprotected split."""
+        twin = copy.copy(self)
         twin.params = params
         twin.owner = SplitOwner(self.owner.bottom, params, NoiseSource(), self.owner.graph, self.owner.importance)
         return twin
