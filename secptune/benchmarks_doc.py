@@ -989,9 +989,45 @@ def section_headline(reports: Reports) -> list[str]:
     return out + (table(["figure", "value", "report", "machine"], rows) + [""] if rows else absent("headline reports"))
 
 
+# ---------------------------------------------------------------- privacy (issue 24)
+
+
+def privacy_body(r: Report) -> list[str]:
+    rows = [[x["run"], x["task"], x["split_layer"], x["noise"], x["eta"], x["release"], num(x["tokens"]),
+             score(x["nearest_recovery"]), f"{score(x['best_adaptive_recovery'])} ({x['best_adaptive_attack']})",
+             "—" if x["averaged_releases"] == 1 else f"{score(x['averaged_best_recovery'])} ({x['averaged_releases']})",
+             f"{score(x['label_aia'])} / {score(x['label_chance'])}", f"{x['game_advantage']:.2f}",
+             score(x["random_view_max"]), score(x["control_best_recovery"]),
+             "—" if x["zero_shot_accuracy"] is None else score(x["zero_shot_accuracy"])] for x in r["rows"]]
+    out = table(["run", "task", "split", "noise", "η", "release", "tokens", "nearest", "best adaptive",
+                 "averaged", "label AIA / majority", "game adv.", "random view", "control", "zero-shot acc."], rows)
+    out += ["", "Acceptance checks:", ""]
+    out += table(["check", "run", "value", "bar", "passed"],
+                 [[c["check"], c["run"], score(c["value"]), c["bar"], "yes" if c["passed"] else "**no**"]
+                  for c in r["checks"]])
+    points = [f"- {noise}: " + ("no run with token recovery ≤ 10 %" if p is None else
+              f"`{p['run']}` (η = {p['eta']}): zero-shot accuracy {score(p['zero_shot_accuracy'])}, token recovery "
+              f"{score(p['best_recovery'])}, topic AIA {score(p['label_aia'])} (majority {score(p['label_chance'])})")
+              for noise, p in r.get("operating_points", {}).items()]
+    out += ["", "Best zero-shot accuracy (AG News) at token recovery ≤ 10 % (PrivTune's headline operating point):", ""]
+    return out + points + ["", "![dχ sweep](reports/privacy/dchi_sweep.png)", ""]
+
+
+def section_privacy(reports: Reports) -> list[str]:
+    intro = ["### Privacy measured: attacks on the server's view (`privacy/summary.json`)", "",
+             "`--mode privtune` (split learning with noisy token representations, PrivTune's setting) on SmolLM2, "
+             "views recorded with `--record-view` and attacked with `secptune attack` "
+             "(`scripts/privacy_runs.sh`, assembled by `research/privacy_figures.py`). Token recovery over the "
+             "texts' own tokens (template and padding excluded); adaptive attacks are fitted on public train-split "
+             "text through the same mechanism; control: the same attacks on held-out public text through the "
+             "unprotected split; random view: the highest recovery any attack gets from the mechanism's output for "
+             "random tokens in the same layout; averaged: the best attack on the mean of that many per-call releases.", ""]
+    return one_report(reports, "privacy/summary.json", intro, privacy_body)
+
+
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
             section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
-            section_deployment, section_baselines)
+            section_deployment, section_baselines, section_privacy)
 
 
 def render(reports_dir: Path = DEFAULT_REPORTS) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks`.
+"""Command line: `secptune infer | tune | compare | party | keygen | bench | benchmarks | attack`.
 
 Errors a user can fix print one line (``secptune: error: ...``) and exit 2;
 no traceback unless SECPTUNE_DEBUG=1.
@@ -24,8 +24,10 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
+from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
 from secptune.report import compare
 from secptune.server import prepare_job
+from secptune.split_job import SplitOptions
 from secptune.tasks import get_task, task_file
 from secptune.tune_defaults import plan_runs
 from secptune.tune_job import run_tune
@@ -38,10 +40,12 @@ def _add_infer(sub) -> None:
     p.add_argument("--data", help="a .jsonl file (text, [text_b], label), or with --task a data directory")
     p.add_argument("--template", help="e.g. '{text} It was {mask}.'")
     p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
-    p.add_argument("--mode", choices=["plain", "secure"], default="plain")
+    p.add_argument("--mode", choices=["plain", "secure", "privtune"], default="plain")
     p.add_argument("--attention", choices=["softmax", "rfa"], default="softmax")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
     _add_precision(p)
+    _add_split(p)
+    p.add_argument("--out", help="run directory: result.json, and the server's view with --record-view")
     p.add_argument("--prompt-len", type=int, default=0, help="random prompt of N tokens (seeded)")
     p.add_argument("--prompt", dest="prompt_file", help="a tuned prompt saved as a [P, H] tensor (.pt)")
     p.add_argument("--prompt-seed", type=int, default=0)
@@ -53,6 +57,24 @@ def _add_infer(sub) -> None:
     _add_network(p, owner=True)
 
 
+
+
+def _add_split(p) -> None:
+    g = p.add_argument_group("--mode privtune: split learning with noisy token representations (PrivTune)")
+    g.add_argument("--split-layer", type=int, default=0, metavar="K",
+                   help="the owner runs the embeddings and layers 0..K-1 and sends layer K's input (0)")
+    g.add_argument("--noise", choices=["dchi", "privtune"], default="dchi",
+                   help="isotropic dχ noise, or PrivTune's importance-aware crafted noise (dchi)")
+    g.add_argument("--eta", default="inf", help="dχ privacy parameter: noise norm ~ Gamma(H, 1/eta); inf = none (inf)")
+    g.add_argument("--release", choices=["once", "per-call"], default="once",
+                   help="send each text's noisy rows once per run, or with fresh noise on every call (once)")
+    g.add_argument("--record-view", type=int, default=0, metavar="N",
+                   help="write what the server received for the first N texts to OUT/view (and the truth apart)")
+
+
+def _split_options(args) -> SplitOptions:
+    return SplitOptions(split_layer=args.split_layer, noise=args.noise, eta=args.eta, release=args.release,
+                        record_view=args.record_view)
 
 
 def _add_precision(p) -> None:
@@ -130,6 +152,9 @@ def _infer_options(args):
         batch_size=args.batch_size,
         pad_bucket=args.pad_bucket,
         network=_network(args, "owner"),
+        split=_split_options(args),
+        task=args.task,
+        out=args.out,
     )
 
 
@@ -171,7 +196,8 @@ def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="prompt-tune with CMA-ES against the secure (or plain) forward pass")
     p.add_argument("--task", choices=["sst2", "yelp", "agnews", "mrpc", "rte"], default="sst2")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--mode", choices=["secure", "plain"])
+    p.add_argument("--mode", choices=["secure", "plain", "privtune"])
+    _add_split(p)
     p.add_argument("--data", help="data directory with <task>/train.jsonl, test.jsonl")
     p.add_argument("--train")
     p.add_argument("--test")
@@ -326,6 +352,28 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _add_attack(sub) -> None:
+    p = sub.add_parser("attack", help="run the attack suite on a run's recorded server view (--record-view)")
+    p.add_argument("run", help="run directory with view/ (written by infer|tune --record-view N --out RUN)")
+    p.add_argument("--train-texts", type=int, default=1000, help="public texts the adaptive attacks are fitted on (1000)")
+    p.add_argument("--game-pairs", type=int, default=300, help="pairs of texts in the distinguishing game (300)")
+    p.add_argument("--mlp-seconds", type=float, default=90.0, help="training time of the MLP inversion (90)")
+
+
+def cmd_attack(args) -> int:
+    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
+    result = run_suite(args.run, opts)
+    paths = write_reports(result, args.run)
+    for key, v in result["variants"].items():
+        best = v["tokens"]["best_adaptive"]
+        print(f"{key}: token recovery nearest {v['tokens']['nearest_token']['recovery']:.3f}, best adaptive "
+              f"{best['recovery']:.3f} ({best['attack']}); label AIA {v['label_aia']['accuracy']:.3f} "
+              f"(majority {v['label_aia']['chance_majority']:.3f}); game advantage {v['game']['advantage']:.3f}")
+    pc = result["positive_control"]["tokens"]["best_adaptive"]
+    print(f"positive control (eta inf): best adaptive recovery {pc['recovery']:.3f}; reports: {paths[0]}, {paths[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secptune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -337,11 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     _add_benchmarks(sub)
     _add_prepare(sub)
+    _add_attack(sub)
     return parser
 
 
 COMMANDS = {"infer": cmd_infer, "tune": cmd_tune, "compare": cmd_compare, "party": cmd_party, "keygen": cmd_keygen,
-            "bench": cmd_bench, "benchmarks": cmd_benchmarks, "prepare": cmd_prepare}
+            "bench": cmd_bench, "benchmarks": cmd_benchmarks, "prepare": cmd_prepare,
+            "attack": cmd_attack}
 
 
 def _refuse_test_only_randomness(command: str) -> None:

@@ -8,14 +8,15 @@ mode the weights are loaded by the server process alone.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from mpc import approx
+from mpc import approx, costmodel
 from rfa.config import AttentionConfig, SOFTMAX, attention_config
 from secptune import owner, secure
 from secptune.arch import Arch, arch_from_config
@@ -34,6 +35,7 @@ from secptune.inputs import (
 )
 from secptune.plain import PlainSession, plain_session
 from secptune.scoring import score_batches
+from secptune.split_job import SplitOptions, build_split, importance_table, make_recorder, public_header, public_pool
 from secptune.tune import losses
 
 
@@ -57,6 +59,9 @@ class InferOptions:
     check_oracle: int = 0  # float32: score every k-th batch with the float64 oracle too (0: never)
     cfg: approx.ApproxConfig = field(default_factory=approx.ApproxConfig)
     network: object = None  # mpc.net.Network: server and dealer on other hosts (secure mode)
+    split: SplitOptions = field(default_factory=SplitOptions)  # --mode privtune
+    task: str | None = None  # privtune: its train split is the public pool
+    out: str | None = None  # run directory: result.json and, with --record-view, view/
 
 
 @dataclass
@@ -96,18 +101,23 @@ def pad_token(tokenizer, arch: Arch) -> int:
     return 0
 
 
+MODES = ("plain", "secure", "privtune")
+
+
 def check_mode(mode: str, exact: bool) -> None:
     """--mode and --exact, as `infer` and `tune` both take them."""
-    if mode not in ("plain", "secure"):
-        raise InputError(f"--mode must be plain or secure, not {mode!r}")
-    if exact and mode == "secure":
-        raise InputError("--exact is for --mode plain only: the secure run always uses the MPC approximations")
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if exact and mode != "plain":
+        raise InputError(f"--exact is for --mode plain only: --mode {mode} fixes its own non-linearities")
 
 
 def check_precision(mode: str, exact: bool, precision: str | None, check_oracle: int | None) -> None:
     """--precision and --check-oracle, as `infer` and `tune` both take them: they choose how the
     plain run computes the secure run's approximations, so they need --mode plain without --exact."""
     given = [flag for flag, v in (("--precision", precision), ("--check-oracle", check_oracle)) if v]
+    if "--check-oracle" in given and mode == "privtune":
+        raise InputError("--check-oracle: for --mode plain only (privtune runs the original non-linearities)")
     if given and mode == "secure":
         raise InputError(f"{' and '.join(given)}: for --mode plain only (the secure run computes in fixed point)")
     if given and exact:
@@ -159,9 +169,6 @@ def secure_scores(
     ``range_policy``: what the owner does when a forward's sampled range check fails
     ("report": mark it in the forward log, see :func:`secptune.owner.range_events`;
     "stop": raise :class:`secptune.errors.RangeCheckError`)."""
-    from dataclasses import asdict
-
-
     request = secure.OwnerRequest(
         labels=len(prep.label_ids), cfg=asdict(cfg), attention=attention.as_dict(), expected_vocab=prep.arch.vocab_size
     )
@@ -173,6 +180,32 @@ def secure_scores(
         results = owner.run_local(str(prep.model_dir), score_batches, args, request, prep.verbalizer, canaries,
                                    launch=launch)
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
+
+
+def privtune_scores(opts: InferOptions, prep: Prepared):
+    """Scores of ``--mode privtune`` (split learning with noisy representations), each party's
+    traffic and the forward seconds; with ``--record-view N`` the server's view is written
+    to ``opts.out``/view."""
+    split = opts.split
+    split.check()
+    tokenizer = load_tokenizer(prep.model_dir)
+    template = Template(opts.template, prep.arch.family)
+    owned = {ex.text for ex in prep.examples}
+    importance = None
+    if split.noise == "privtune":
+        pool = public_pool(opts.task, None, exclude=owned)
+        importance = importance_table(tokenizer, template, pool, len(prep.label_ids), prep.arch.prefix_tokens)
+    header = public_header(opts.model, opts.task, None, opts.template, opts.verbalizer, split, prep.batches[0].prompt.shape[-2])
+    rows = {id(b): prep.examples[i * opts.batch_size : (i + 1) * opts.batch_size] for i, b in enumerate(prep.batches)}
+    recorder = make_recorder(opts.out, split, header, rows, tokenizer)
+    session = build_split(prep.model_dir, prep.verbalizer, split, importance, opts.precision, recorder)
+    scores = score_batches(session, prep.batches)
+    if recorder is not None:
+        recorder.write()
+    comm = {"owner": {"bytes": session.sent_bytes, "rounds": session.rounds},
+            "server": {"bytes": session.received_bytes, "rounds": session.rounds},
+            "dealer": {"bytes": 0, "rounds": 0}}
+    return scores, comm, sum(f["wall_s"] for f in session.forward_log)
 
 
 def _labelled_losses(session, prep: Prepared, batch_size: int) -> None:
@@ -216,6 +249,9 @@ def run_infer(opts: InferOptions) -> dict:
         scores, warnings = plain_scores(prep, opts.exact, opts.cfg, attention_config(opts.attention))
         comm = {role: {"bytes": 0, "rounds": 0} for role in ("owner", "server", "dealer")}
         forward_s = 0.0
+    elif opts.mode == "privtune":
+        scores, comm, forward_s = privtune_scores(opts, prep)
+        warnings = {}
     else:
         attention = attention_config(opts.attention)
         scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
@@ -244,4 +280,10 @@ def run_infer(opts: InferOptions) -> dict:
         range_warnings=warnings,
         range_events=events,
     )
+    if opts.mode == "privtune":
+        out["split"] = asdict(opts.split)
+        out["link_s"] = costmodel.link_times(comm)  # what a LAN/WAN link would add to the whole run
+    if opts.out:
+        Path(opts.out).mkdir(parents=True, exist_ok=True)
+        (Path(opts.out) / "result.json").write_text(json.dumps(out, indent=1))
     return out

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from mpc import costmodel
 from secptune.errors import InputError
 
 
@@ -26,6 +27,10 @@ def _per_call(train_forwards: list[dict], popsize: int, server_forwards: list[di
         "bytes": sum(f["bytes"] for f in train_forwards) / calls,
         "rounds": sum(f["rounds"] for f in train_forwards) / calls,
     }
+    if all("server_bytes" in f for f in train_forwards):  # split runs: both directions, links modelled
+        out["server_bytes"] = sum(f["server_bytes"] for f in train_forwards) / calls
+        busier = max(out["bytes"], out["server_bytes"])
+        out["links_s"] = {link.name: link.added_s(busier, out["rounds"]) for link in costmodel.LINKS}
     if all("online" in f for f in train_forwards):  # secure runs (plain ones send nothing)
         out["online_bytes"] = sum(f["online"]["bytes"] for f in train_forwards) / calls
         out["online_rounds"] = sum(f["online"]["rounds"] for f in train_forwards) / calls
@@ -92,6 +97,8 @@ def _markdown(d: dict) -> str:
     if d.get("per_call"):
         pc = d["per_call"]
         line = f"Per API call: {pc['latency_s'] * 1e3:.1f} ms, {pc['bytes'] / 1e6:.2f} MB sent by the owner, {pc['rounds']:.1f} rounds"
+        if "links_s" in pc:
+            line += "; a link adds " + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in pc["links_s"].items())
         if "online_bytes" in pc:
             line += f" (online {pc['online_bytes'] / 1e6:.2f} MB in {pc['online_rounds']:.1f} rounds)"
             if pc.get("dealer_bytes") is not None:

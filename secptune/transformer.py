@@ -183,23 +183,32 @@ class Transformer:
             norm = p + "ln2"
         return x
 
-    def causal(self, h, capture: dict | None = None):
+    def causal(self, h, capture: dict | None = None, layers: range | None = None, positions: torch.Tensor | None = None):
         """Llama layers.  Keys/values of the fixed prefix (``l{i}.pk/.pv``), when present,
-        are prepended to every sequence's; ``capture`` collects this run's own k/v."""
+        are prepended to every sequence's; ``capture`` collects this run's own k/v.
+
+        ``layers`` (default: all) runs a slice of the stack, so a split model is this one
+        model run in two pieces (:mod:`secptune.split`); ``positions`` [n] (increasing) are
+        the rows' RoPE positions after the prefix when they are not 0..n-1 (rows left out
+        of the sequence, e.g. prompt slots a later piece fills)."""
         a, w, nl = self.arch, self.w, self.nl
         b, n = h.size(0), h.size(1)
-        offset = w["l0.pk"].size(1) if "l0.pk" in w else 0
-        if offset + n > a.max_positions:
-            raise ValueError(f"sequence of {offset + n} tokens exceeds the model's {a.max_positions}")
-        cos, sin = rope_tables(a, offset + n)  # angles in float64, then the session's precision
-        cos, sin = public_like(cos[offset:], h), public_like(sin[offset:], h)
+        layers = range(a.layers) if layers is None else layers
+        first = f"l{layers[0] if len(layers) else 0}.pk"
+        offset = w[first].size(1) if first in w else 0
+        positions = torch.arange(n) if positions is None else positions.long().cpu()
+        end = offset + int(positions.max()) + 1 if n else offset
+        if end > a.max_positions:
+            raise ValueError(f"sequence of {end} tokens exceeds the model's {a.max_positions}")
+        cos, sin = rope_tables(a, end)  # angles in float64, then the session's precision
+        cos, sin = public_like(cos[offset + positions], h), public_like(sin[offset + positions], h)
         rep = a.heads // a.kv_heads
         penalty = causal_penalty(n, rep)
         if offset:
             penalty = torch.cat([torch.zeros(rep * n, offset, dtype=torch.float64), penalty], dim=1)
         penalty = public_like(penalty, h)
         scale = 1.0 / math.sqrt(a.head_dim)
-        for i in range(a.layers):
+        for i in layers:
             p = f"l{i}."
             x = nl.open(nl.normalize(h, a.norm_eps, centre=False))
             q = self._heads(self._linear(x, p + "q"), a.heads)

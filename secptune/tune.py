@@ -71,6 +71,12 @@ class TuneConfig:
     batch_size: int = 32  # test/dev chunk size
     pad_bucket: int = 0  # pad text lengths to multiples of this (hides exact lengths from the server)
     cfg: dict = field(default_factory=lambda: asdict(approx.ApproxConfig()))
+    # --mode privtune (secptune.split_job.SplitOptions)
+    split_layer: int = 0
+    noise: str = "dchi"
+    eta: str = "inf"
+    release: str = "once"
+    record_view: int = 0
 
     @property
     def generations(self) -> int:

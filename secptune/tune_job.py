@@ -29,6 +29,7 @@ from secptune.inputs import (
     verbalizer_onehot,
 )
 from secptune.plain import plain_session
+from secptune.split_job import SplitOptions, build_split, importance_table, make_recorder, public_header, public_pool
 from secptune.tasks import get_task, task_file
 from secptune.tune import TextSets, TuneConfig, tune_program
 
@@ -84,6 +85,36 @@ def build_texts(cfg: TuneConfig) -> tuple[Path, TextSets, str]:
     return model_dir, texts, cfg.loss or spec.loss
 
 
+def split_options(cfg: TuneConfig) -> SplitOptions:
+    return SplitOptions(split_layer=cfg.split_layer, noise=cfg.noise, eta=cfg.eta, release=cfg.release,
+                        record_view=cfg.record_view)
+
+
+def privtune_session(cfg: TuneConfig, model_dir: Path, texts: TextSets, out_dir: str):
+    """The split session of ``--mode privtune`` and its view recorder (or None)."""
+    opts = split_options(cfg)
+    opts.check()
+    arch = arch_from_config(load_config(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    spec = get_task(cfg.task)
+    template_text = cfg.template or spec.templates[arch.family]
+    train, dev, test = task_examples(cfg)
+    importance = None
+    if opts.noise == "privtune":
+        pool = public_pool(cfg.task, cfg.data, exclude={ex.text for ex in train + dev + test})
+        importance = importance_table(tokenizer, Template(template_text, arch.family), pool,
+                                      texts.verbalizer.shape[0], arch.prefix_tokens)
+    words = cfg.verbalizer or list(spec.verbalizers[arch.family])
+    header = public_header(cfg.model, cfg.task, cfg.data, template_text, words, opts, cfg.prompt_len)
+    rows = {id(texts.train): train}
+    for batches, examples in ((texts.dev, dev), (texts.dev_zero, dev), (texts.test, test), (texts.test_zero, test)):
+        for i, b in enumerate(batches):
+            rows[id(b)] = examples[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+    recorder = make_recorder(out_dir, opts, header, rows, tokenizer)
+    precision = cfg.precision if cfg.precision else "float32"
+    return build_split(model_dir, texts.verbalizer, opts, importance, precision, recorder), recorder
+
+
 def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress: bool = True, network=None) -> dict:
     """Run one tuning job and write report.json / report.md / curves.png into ``out_dir``.
 
@@ -102,7 +133,16 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     args = (cfg, texts, out_dir, resume, show_progress)
     if cfg.exact and cfg.attention != "softmax":
         raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
-    if cfg.mode == "plain":
+    if cfg.mode == "privtune":
+        session, recorder = privtune_session(cfg, model_dir, texts, out_dir)
+        result = tune_program(session, *args)
+        if recorder is not None:
+            recorder.write()
+        server_forwards = None
+        totals = {"owner": {"bytes": session.sent_bytes, "rounds": session.rounds},
+                  "server": {"bytes": session.received_bytes, "rounds": session.rounds},
+                  "dealer": {"bytes": 0, "rounds": 0}}
+    elif cfg.mode == "plain":
         session = HFSession(model_dir, texts.verbalizer, device=device) if cfg.exact else plain_session(
             model_dir, texts.verbalizer, approx.ApproxConfig.from_dict(cfg.cfg), attention, device=device,
             precision=cfg.precision or "float64", check_oracle=cfg.check_oracle,

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The privacy figures of issue 24 (reports/privacy/): SmolLM2 split runs with a recorded
+# server view, then `secptune attack` on each.  Views stay in $RUNS (tens of MB each); the
+# reports (result/report.json, attacks.json, attacks.md) are copied into reports/privacy/NAME.
+# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | attack NAME...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-/tmp/secptune-privacy-runs}
+PY=${PY:-python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH=$PWD
+mkdir -p "$RUNS" reports/privacy
+
+infer() {  # NAME TASK LIMIT ARGS...
+  local name=$1 task=$2 limit=$3; shift 3
+  rm -rf "${RUNS:?}/$name"
+  $PY -m secptune infer --mode privtune --model smollm2 --task "$task" --limit "$limit" \
+    --record-view "$limit" --out "$RUNS/$name" "$@"
+}
+
+attack() {  # NAME ARGS...
+  local name=$1; shift
+  $PY -m secptune attack "$RUNS/$name" "$@"
+  mkdir -p "reports/privacy/$name"
+  cp "$RUNS/$name"/attacks.json "$RUNS/$name"/attacks.md "reports/privacy/$name/"
+  for f in result.json report.json report.md; do
+    [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "reports/privacy/$name/" || true
+  done
+}
+
+case ${1:?chain} in
+  controls)  # positive control (split 0, no noise) and split layer 2 without noise, SST-2
+    infer sst2_split0_inf sst2 200 --split-layer 0 --eta inf && attack sst2_split0_inf
+    infer sst2_split2_inf sst2 200 --split-layer 2 --eta inf && attack sst2_split2_inf
+    ;;
+  perCall)  # eta 25, fresh noise on every call: 64 tuning calls release each training text 64 times
+    rm -rf "${RUNS:?}/sst2_split0_eta25_percall"
+    $PY -m secptune tune --mode privtune --model smollm2 --task sst2 --k 8 --popsize 2 --budget 128 \
+      --prompt-len 5 --intrinsic-dim 50 --test-limit 32 --eta 25 --release per-call --record-view 16 \
+      --out "$RUNS/sst2_split0_eta25_percall" --quiet
+    attack sst2_split0_eta25_percall --train-texts 500
+    ;;
+  sweep)  # isotropic dχ at split 0 on AG News (zero-shot accuracy is the utility figure)
+    for eta in inf 200 100 50 25; do
+      infer "agnews_split0_dchi_eta$eta" agnews 200 --split-layer 0 --noise dchi --eta "$eta"
+      attack "agnews_split0_dchi_eta$eta"
+    done
+    ;;
+  privtune)  # PrivTune's crafted noise at split 0 on AG News
+    for eta in ${ETAS:-inf 100 50 25}; do
+      infer "agnews_split0_privtune_eta$eta" agnews 200 --split-layer 0 --noise privtune --eta "$eta"
+      attack "agnews_split0_privtune_eta$eta"
+    done
+    ;;
+  attack)  # re-run the suite on recorded views: bash scripts/privacy_runs.sh attack NAME...
+    for name in "${@:2}"; do attack "$name"; done
+    ;;
+  *) echo "unknown chain $1" >&2; exit 2 ;;
+esac
