@@ -1014,7 +1014,7 @@ def privacy_body(r: Report) -> list[str]:
 
 
 def section_privacy(reports: Reports) -> list[str]:
-    intro = ["### Privacy measured: attacks on the server's view (`privacy/summary.json`)", "",
+    intro = ["## Privacy measured: attacks on the server's view (`privacy/summary.json`)", "",
              "`--mode privtune` (split learning with noisy token representations, PrivTune's setting) on SmolLM2, "
              "views recorded with `--record-view` and attacked with `secptune attack` "
              "(`scripts/privacy_runs.sh`, assembled by `research/privacy_figures.py`). Token recovery over the "
