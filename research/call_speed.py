@@ -42,7 +42,8 @@ def _run(name: str, tree: Path, mode: list[str], out: Path, timeout_s: float) ->
     row = {"run": name, "tree": str(tree), "command": " ".join(["secptune", *CALL, *mode]), "wall_s": round(wall, 2),
            "load_before": round(load, 2), "returncode": done.returncode}
     if done.returncode != 0:
-        row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        errors = [line for line in done.stderr.splitlines() if line.startswith("secptune: error:")]
+        row["error"] = errors[-1] if errors else (done.stderr.strip().splitlines() or ["failed"])[-1]
         return row
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -96,7 +97,7 @@ def main() -> None:
                   "commit_new": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
                   "commit_old": subprocess.run(["git", "-C", str(old_tree), "rev-parse", "HEAD"], capture_output=True,
                                                text=True).stdout.strip(),
-                  "cpus": os.cpu_count(), "runs": rows}
+                  "machine": {"cpu_count": os.cpu_count()}, "runs": rows}
         (out / "call_speed.json").write_text(json.dumps(report, indent=1))
         (out / "call_speed.md").write_text(_summary(rows))
     print(_summary(rows))

@@ -910,7 +910,9 @@ def section_call_speed(reports: Reports) -> list[str]:
     rows = []
     with reading(call):
         for run in call["runs"]:
-            rows.append([run["run"], sec(run["wall_s"]) if "wall_s" in run else run.get("error", "—"),
+            wall = sec(run["wall_s"]) if "wall_s" in run else "—"
+            rows.append([run["run"], f"failed after {wall} s ({run['error'].removeprefix('secptune: error: ')})"
+                         if "error" in run else wall,
                          sec(run["forward_s"]) if run.get("forward_s") else "—",
                          gb(run["online_bytes_per_party"]) if run.get("online_bytes_per_party") else "—",
                          gb(run["dealer_bytes"]) if run.get("dealer_bytes") else "—", run["load_before"]])
@@ -925,6 +927,8 @@ def section_call_speed(reports: Reports) -> list[str]:
             notes.append(f"old ({call['commit_old'][:7]}) / new ({call['commit_new'][:7]}) secure: "
                          f"{ratio(old['wall_s'] / new['wall_s'])}")
     out += table(["run", "command wall s", "secure forward s", "online GB / party", "dealer GB", "load before"], rows)
+    if call.get("note"):
+        notes.append(call["note"])
     return out + [""] + [f"- {n}" for n in notes] + ["", "Sources:", ""] + sources([call]) + [""]
 
 
