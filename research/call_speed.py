@@ -65,7 +65,8 @@ def _summary(rows: list[dict]) -> str:
     lines = ["| run | wall s | forward s | online GB / party | dealer GB | load before |", "|---|---|---|---|---|---|"]
     for r in rows:
         gb = lambda k: f"{r[k] / 1e9:.2f}" if r.get(k) is not None else "—"  # noqa: E731
-        lines.append(f"| {r['run']} | {r.get('wall_s', r.get('error'))} | {r.get('forward_s') or '—'} | "
+        wall = f"failed after {r.get('wall_s', '?')} s: {r['error']}" if "error" in r else r.get("wall_s")
+        lines.append(f"| {r['run']} | {wall} | {r.get('forward_s') or '—'} | "
                      f"{gb('online_bytes_per_party')} | {gb('dealer_bytes')} | {r['load_before']} |")
     new, old = by.get("secure_new", {}), by.get("secure_old", {})
     if "wall_s" in new and plain:
