@@ -81,15 +81,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, help="checkout of the old code (e.g. a worktree at 44956d7)")
     ap.add_argument("--out", default="reports/speed/call_acceptance")
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds per secure run")
+    ap.add_argument("--timeout", type=float, default=5400, help="seconds per secure run")
+    ap.add_argument("--peer-timeout", type=float, default=1800,
+                    help="the secure runs' --peer-timeout: the old code's 60 s default aborts a call whose dealer is "
+                         "starved of CPU for a minute")
     ap.add_argument("--order", default="plain_exact_1,secure_new,secure_old,plain_exact_2",
                     help="the runs, in the order to make them")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     new_tree, old_tree = Path.cwd(), Path(args.old).resolve()
-    runs = {"plain_exact_1": (new_tree, ["--mode", "plain", "--exact"]), "secure_new": (new_tree, ["--mode", "secure"]),
-            "secure_old": (old_tree, ["--mode", "secure"]), "plain_exact_2": (new_tree, ["--mode", "plain", "--exact"])}
+    secure = ["--mode", "secure", "--peer-timeout", f"{args.peer_timeout:g}"]
+    runs = {"plain_exact_1": (new_tree, ["--mode", "plain", "--exact"]), "secure_new": (new_tree, secure),
+            "secure_old": (old_tree, secure), "plain_exact_2": (new_tree, ["--mode", "plain", "--exact"])}
     plan = [(name, *runs[name]) for name in args.order.split(",")]
     rows = []
     for name, tree, mode in plan:
