@@ -73,7 +73,7 @@ def measure(cfg: TuneConfig) -> dict:
     max_loss = max(c["max_rel_loss_diff"] for c in train)
     return {
         "settings": {k: getattr(cfg, k) for k in ("k", "seed", "popsize", "budget", "prompt_len", "intrinsic_dim",
-                                                  "loss", "test_limit", "eval_every")},
+                                                  "loss", "test_limit", "eval_every", "attention")},
         "train_examples": len(texts.train_labels),
         "generations": len(train),
         "candidates_scored_by_both": sum(c["candidates"] for c in train),
@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=5, help="dev evaluation every N generations")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--data")
+    ap.add_argument("--attention", choices=["softmax", "rfa"], default="softmax",
+                    help="the approximations compared: softmax (the measured default of earlier reports) or the "
+                         "server's RFA layers")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TuneConfig(task=task, model=args.model, mode="plain", precision="float32", check_oracle=1, k=args.k,
                          seed=args.seed, popsize=args.popsize, budget=args.generations * args.popsize,
                          prompt_len=args.prompt_len, intrinsic_dim=args.intrinsic_dim, test_limit=args.test_examples,
-                         eval_every=args.eval_every, data=args.data)
+                         eval_every=args.eval_every, data=args.data, attention=args.attention)
         report["tasks"][task] = {**measure(cfg), "command": report["command"], "git_revision": report["git_revision"],
                                  "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ def _add_infer(sub) -> None:
     p.add_argument("--template", help="e.g. '{text} It was {mask}.'")
     p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
     p.add_argument("--mode", choices=["plain", "secure", "privtune"], default="plain")
-    p.add_argument("--attention", choices=["softmax", "rfa"], default="softmax")
+    p.add_argument("--attention", choices=["softmax", "rfa"],
+                   help="rfa (default with the approximations: the server's prepared RFA layers) or softmax "
+                        "(default with --exact and --mode privtune)")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
     _add_precision(p)
     _add_split(p)
@@ -214,7 +216,9 @@ def _add_tune(sub) -> None:
                    help="prompt scale: a prompt of z ~ N(0, 1) has the embedding table's std times alpha (1.0)")
     p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
     p.add_argument("--loss", choices=["ce", "hinge"])
-    p.add_argument("--attention", choices=["rfa", "softmax"], default="softmax")
+    p.add_argument("--attention", choices=["rfa", "softmax"],
+                   help="rfa (default with the approximations: the server's prepared RFA layers) or softmax "
+                        "(default with --exact, --mode privtune and the short CPU demonstration)")
     p.add_argument("--exact", action="store_true", default=None,
                    help="plain only: the unmodified transformers model in float32 (the non-private baseline; "
                         "without it plain mode runs the secure run's approximations, see --precision)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ class InferOptions:
     template: str
     verbalizer: list[str]
     mode: str = "plain"
-    attention: str = "softmax"
+    attention: str | None = None  # None: attention_for's default
     exact: bool = False
     prompt_len: int = 0
     prompt_file: str | None = None
@@ -112,6 +112,18 @@ def check_mode(mode: str, exact: bool) -> None:
         raise InputError(f"--exact is for --mode plain only: --mode {mode} fixes its own non-linearities")
 
 
+def attention_for(mode: str, exact: bool, attention: str | None) -> str:
+    """``--attention`` as it will run: the one given, or the default — RFA (the server's
+    prepared choice of layers) wherever the secure run's approximations run (secure mode, and
+    plain mode as its oracle), the model's own softmax where they do not (``--exact``, and
+    privtune's split learning, which runs the original model)."""
+    if attention is None:
+        return "softmax" if exact or mode == "privtune" else "rfa"
+    if exact and attention != "softmax":
+        raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
+    return attention
+
+
 def check_precision(mode: str, exact: bool, precision: str | None, check_oracle: int | None) -> None:
     """--precision and --check-oracle, as `infer` and `tune` both take them: they choose how the
     plain run computes the secure run's approximations, so they need --mode plain without --exact."""
@@ -129,7 +141,7 @@ def prepare(opts: InferOptions, examples: list[Example] | None = None) -> Prepar
     """Resolve the model, tokenize and lay out the owner's inputs (no weights loaded)."""
     check_mode(opts.mode, opts.exact)
     check_precision(opts.mode, opts.exact, opts.precision, opts.check_oracle)
-    attention_config(opts.attention)  # a clear error for an unknown kind, before any work
+    attention_config(attention_for(opts.mode, opts.exact, opts.attention))  # a clear error, before any work
     model_dir = resolve_model(opts.model)
     arch = arch_from_config(load_config(model_dir))
     tokenizer = load_tokenizer(model_dir)
@@ -233,6 +245,7 @@ def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
 
 def run_infer(opts: InferOptions) -> dict:
     started = time.perf_counter()
+    opts = replace(opts, attention=attention_for(opts.mode, opts.exact, opts.attention))
     prep = prepare(opts)
     events = None  # secure mode: secptune.owner.range_events of the owner's forwards
     oracle = None  # --check-oracle: how the float32 run compared with the float64 oracle

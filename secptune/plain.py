@@ -16,14 +16,13 @@ the oracle is checked per call by :mod:`secptune.oracle_check` (``--check-oracle
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 
 from mpc import approx
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
-from secptune.devices import batch_to
+from secptune.devices import batch_to, flushed_subnormals
 from secptune.batch import Batch, population_inputs
 from secptune.errors import InputError
 from secptune.server.prepare import ServerModel, prepare_server_model
@@ -36,26 +35,6 @@ from secptune.transformer import Transformer
 # hundred MB of CPU memory; a GPU takes 8x more at once and is busy only with large batches
 MAX_SEQUENCES = {"cpu": 64, "cuda": 512}
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
-
-
-@contextmanager
-def flushed_subnormals(dtype: torch.dtype):
-    """float32 forwards with subnormals flushed to zero, then torch's default (no flushing) again.
-
-    The limit exp of masked and far-below-max attention logits passes through float32's
-    subnormal range (below 1.2e-38), which x86 CPUs compute ~100x slower: on SmolLM2 it made a
-    float32 forward 2.2x slower (56 s vs 26 s for 64 SST-2 sequences).  Such a value is 0 in the
-    secure run's 16-bit fixed point anyway, and below 1e-38 against weights of order one in
-    plaintext.  float64 (the oracle) is left alone: its subnormals lie below 1e-308.
-    """
-    if dtype != torch.float32:
-        yield
-        return
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def resolve_precision(name: str | torch.dtype) -> torch.dtype:

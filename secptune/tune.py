@@ -59,7 +59,7 @@ class TuneConfig:
     sigma0: float = 1.0
     alpha: float = 1.0
     loss: str | None = None  # default per task: ce, or hinge for mrpc/rte
-    attention: str = "softmax"
+    attention: str | None = None  # None: secptune.infer.attention_for's default (RFA where approximations run)
     exact: bool = False  # plain mode: transformers' model in float32 instead of the approximations (oracle)
     precision: str | None = None  # plain approximations: "float64" (None: the oracle) or "float32"
     check_oracle: int = 0  # float32: score every k-th call with the float64 oracle too (secptune.oracle_check)

@@ -17,7 +17,7 @@ from secptune.devices import resolve_device
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
 from secptune.hf_session import HFSession
-from secptune.infer import check_mode, check_precision, pad_token
+from secptune.infer import attention_for, check_mode, check_precision, pad_token
 from secptune.inputs import (
     Example,
     Template,
@@ -122,6 +122,7 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     other hosts (``secptune party``); this process is the data owner."""
     check_mode(cfg.mode, cfg.exact)
     check_precision(cfg.mode, cfg.exact, cfg.precision, cfg.check_oracle)
+    cfg.attention = attention_for(cfg.mode, cfg.exact, cfg.attention)
     attention = attention_config(cfg.attention)
     if cfg.mode == "secure" and cfg.device not in (None, "cpu"):
         raise InputError("--device cuda runs plain mode only: the secure run's ring arithmetic is CPU code in this "
@@ -131,8 +132,6 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     cfg.loss = loss
     started = time.perf_counter()
     args = (cfg, texts, out_dir, resume, show_progress)
-    if cfg.exact and cfg.attention != "softmax":
-        raise InputError("--exact runs the model's own softmax attention; leave out --attention rfa")
     if cfg.mode == "privtune":
         session, recorder = privtune_session(cfg, model_dir, texts, out_dir)
         result = tune_program(session, *args)

@@ -82,7 +82,9 @@ def test_the_choice_is_made_once_and_a_new_budget_reuses_the_per_layer_damage(ll
     _cache_without_choices(llama, tmp_path, monkeypatch)
     calls, bounds = [], []
     real, real_bounds = layer_choice._log_probs, feature_fit.with_activation_bounds
+    real_from = layer_choice._log_probs_from
     monkeypatch.setattr(layer_choice, "_log_probs", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(layer_choice, "_log_probs_from", lambda *a: calls.append(1) or real_from(*a))
     monkeypatch.setattr(feature_fit, "with_activation_bounds", lambda *a, **k: bounds.append(1) or real_bounds(*a, **k))
     first = prepare_server_model(llama, SERVER_CHOICE)
     layers, tries = llama.config.num_hidden_layers, len(first.choice["tried"])
@@ -93,6 +95,32 @@ def test_the_choice_is_made_once_and_a_new_budget_reuses_the_per_layer_damage(ll
     assert not calls and len(bounds) == 1 and (again.arch, again.attention) == (first.arch, first.attention)
     record = prepare_server_model(llama, dataclasses.replace(SERVER_CHOICE, auto_kl=SERVER_CHOICE.auto_kl / 3)).choice
     assert len(calls) == 1 + len(record["tried"]) and record["damage"] == first.choice["damage"]
+
+
+def test_each_layers_damage_starts_from_the_shared_run_and_equals_a_whole_pass(llama):
+    """The per-layer damage of a causal model reuses the all-softmax run's hidden states up to
+    the RFA layer; it must equal the KL of a whole pass with that one RFA layer (float32)."""
+    from mpc import approx
+    from rfa.fit import FitOptions
+    from secptune.nonlinear import ExactNonlinear, Nonlinear
+
+    server = prepare_server_model(llama, SERVER_CHOICE)  # fits every layer's maps into the cache
+    arch, weights = server.arch, {name: t for name, t in server.weights.items() if ".rfa." not in name}
+    fingerprint = weights_fingerprint(weights)
+    stamp = [SERVER_CHOICE.num_features, SERVER_CHOICE.seed, FitOptions().steps]
+    weights.update(torch.load(feature_fit._cache_path(fingerprint, stamp, ".pt"), weights_only=True))
+    text = public_text(llama, arch, fingerprint)
+    damage = layer_choice.choose_layers(arch, weights, text.check, SERVER_CHOICE)["damage"]
+    whole = []
+    base = dataclasses.replace(SERVER_CHOICE, auto_kl=None)
+    f32 = {name: t.float() if t.is_floating_point() else t for name, t in weights.items()}
+    reference = layer_choice._log_probs(arch, f32, text.check, ExactNonlinear())
+    for i in range(arch.layers):
+        nl = Nonlinear(cfg=approx.ApproxConfig(), attention=layer_choice._hybrid(base, {i}, arch.layers))
+        whole.append(layer_choice._kl(reference, layer_choice._log_probs(arch, f32, text.check, nl)))
+    assert damage == pytest.approx(whole, rel=1e-3, abs=1e-6)
+    # control: the damage is not the same number for every layer, so the comparison can fail
+    assert max(whole) > 2 * min(whole) + 1e-6
 
 
 def test_an_unresolved_choice_cannot_run():

@@ -36,7 +36,7 @@ from secptune.server.public_text import public_text
 from secptune.nonlinear import ExactNonlinear
 
 log = logging.getLogger(__name__)
-FIT_VERSION = 5  # 5: corpus + the model's own samples, 200 steps, batched, wider range margin
+FIT_VERSION = 6  # 6: the series read from a table (SeriesTable); 5: + model samples, 200 steps, batched
 
 
 def weights_fingerprint(weights: dict) -> str:

@@ -5,7 +5,12 @@ alone moves the next-token distribution by a KL of 0.005 in layer 28 but 0.11 in
 layer 1).  The server ranks the layers by that damage, then keeps the longest
 prefix of the ranking whose hybrid stays within ``auto_kl`` of exact softmax.
 Everything runs in plaintext with the secure run's own approximations (what the
-secure run will compute), on text the feature-map fit never saw.
+secure run will compute), on text the feature-map fit never saw, in float32 (the
+approximations in float32 agree with the float64 oracle to ~1e-5: issue 26's check,
+reports/f32_oracle.json; float64 made the damage passes 5 of SmolLM2's 23 minutes).
+A causal model's one-layer hybrids share the all-softmax run up to their RFA layer:
+that run's hidden states are kept per layer and each hybrid starts from its own,
+which halves the per-layer passes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from tqdm import tqdm
 
 from mpc import approx
 from rfa.config import AttentionConfig
+from secptune.devices import flushed_subnormals
 from secptune.server.public_text import batches
 from secptune.nonlinear import ExactNonlinear, Nonlinear
 from secptune.transformer import Transformer
@@ -25,9 +31,34 @@ from secptune.transformer import Transformer
 def _log_probs(arch, weights, sequences, nonlinear) -> list[torch.Tensor]:
     """Per batch of public text: the model's output log-distribution at every position (float32)."""
     model = Transformer(arch, weights, nonlinear)
-    head = (weights["head.out"], weights.get("head.bias"))
-    with torch.no_grad():
-        return [torch.log_softmax(model.score(model.hidden_of_ids(ids), head), -1).float() for ids in batches(sequences, arch)]
+    with torch.no_grad(), flushed_subnormals(torch.float32):
+        return [_output(model, model.hidden_of_ids(ids)) for ids in batches(sequences, arch)]
+
+
+def _output(model: Transformer, hidden) -> torch.Tensor:
+    head = (model.w["head.out"], model.w.get("head.bias"))
+    return torch.log_softmax(model.score(hidden, head), -1).float()
+
+
+def _layer_inputs(arch, weights, sequences, nonlinear) -> list[list[torch.Tensor]]:
+    """Per layer i, per batch: the hidden states entering layer i (a causal model's run
+    under ``nonlinear``, one layer at a time)."""
+    model = Transformer(arch, weights, nonlinear)
+    out: list[list[torch.Tensor]] = [[] for _ in range(arch.layers)]
+    with torch.no_grad(), flushed_subnormals(torch.float32):
+        for ids in batches(sequences, arch):
+            h = weights["emb.word"][ids]
+            for i in range(arch.layers):
+                out[i].append(h)
+                h = model.causal(h, layers=range(i, i + 1))
+    return out
+
+
+def _log_probs_from(arch, weights, inputs: list[torch.Tensor], first: int, nonlinear) -> list[torch.Tensor]:
+    """:func:`_log_probs` of a run that starts at layer ``first`` from its ``inputs``."""
+    model = Transformer(arch, weights, nonlinear)
+    with torch.no_grad(), flushed_subnormals(torch.float32):
+        return [_output(model, model.causal(h, layers=range(first, arch.layers))) for h in inputs]
 
 
 def _kl(reference: list[torch.Tensor], other: list[torch.Tensor]) -> float:
@@ -43,18 +74,27 @@ def choose_layers(arch, weights, sequences, attention: AttentionConfig, damage: 
     budget, and cost one pass per layer)."""
     base = replace(attention, auto_kl=None)
     layers = range(arch.layers)
+    weights = {name: t.float() if t.is_floating_point() else t for name, t in weights.items()}
     reference = _log_probs(arch, weights, sequences, ExactNonlinear())
     warnings: dict[tuple, dict] = {}
 
+    def nonlinear(rfa: set[int]) -> Nonlinear:
+        return Nonlinear(cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
+
     def kl_with(rfa: set[int]) -> float:
-        nl = Nonlinear(cfg=approx.ApproxConfig(), attention=_hybrid(base, rfa, arch.layers))
+        nl = nonlinear(rfa)
         value = _kl(reference, _log_probs(arch, weights, sequences, nl))
         warnings[tuple(sorted(rfa))] = dict(nl.monitor.violations)
         return value
 
     show = arch.layers >= 4
     if damage is None:
-        damage = [kl_with({i}) for i in tqdm(layers, desc="RFA damage per layer", unit="layer", disable=not show)]
+        progress = tqdm(layers, desc="RFA damage per layer", unit="layer", disable=not show)
+        if arch.family == "causal":
+            inputs = _layer_inputs(arch, weights, sequences, nonlinear(set()))
+            damage = [_kl(reference, _log_probs_from(arch, weights, inputs[i], i, nonlinear({i}))) for i in progress]
+        else:  # an encoder's stack runs whole
+            damage = [kl_with({i}) for i in progress]
     order = sorted(layers, key=damage.__getitem__)
     # the longest prefix within budget: the hybrid's KL grows with the prefix (bisect)
     good, bad, kls = 0, arch.layers + 1, {}
