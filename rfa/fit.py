@@ -33,9 +33,15 @@ class FitOptions:
     """``exp_low``: the fit keeps exponent arguments above ``exp_low + range_margin``.
     A feature below e^-16 is 0 in 16-bit fixed point, so the fit has no reason to go
     lower; the secure exp covers a much wider range (``ApproxConfig.rfa_exp_low``) so
-    that task text, which the fit never saw, cannot wrap round the periodic series."""
+    that task text, which the fit never saw, cannot wrap round the periodic series.
+
+    ``sequences``: each step sees this many sequences of every captured batch (the next ones
+    each step, in turn), not all 16: the fit's cost is element-wise work on the [b, h, m, n]
+    attention weights, so a step costs ~a quarter, and 200 steps still see every
+    sequence 50 times (SmolLM2: the RFA layers chosen and their KL in BENCHMARKS.md)."""
 
     steps: int = 200
+    sequences: int = 4  # per captured batch and step, cycling through the batch (0: all of it)
     lr: float = 0.02
     range_weight: float = 4.0
     range_margin: float = 1.0  # keep exponent arguments this far inside the fit's range
@@ -90,6 +96,13 @@ def _outside(x, low: float, high: float):
     return torch.relu(x - high).square().mean() + torch.relu(low - x).square().mean()
 
 
+def _part(t: torch.Tensor, step: int, size: int) -> torch.Tensor:
+    """Step ``step``'s ``size`` sequences of a batch (dim 0), cycling through it; all of a smaller one."""
+    if not size or t.size(0) <= size:
+        return t
+    return t.index_select(0, (torch.arange(size) + step * size) % t.size(0))
+
+
 def _targets(samples: list[dict], root: float) -> list[tuple]:
     """Per sample: balanced q, k, the key mask (1 = visible) and softmax's attention weights."""
     data = []
@@ -117,7 +130,7 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
     heads, d = samples[0]["q"].size(1), samples[0]["q"].size(-1)
     root = d**0.25
     data = _targets(samples, root)
-    rows = sum(t.numel() // t.size(-1) for *_, t in data)
+    rows = sum(_part(t, 0, opts.sequences).numel() // t.size(-1) for *_, t in data)
     init = feature_matrix(d, num_features, seed).float() / root
     params = {
         "q": init.unsqueeze(0).repeat(heads, 1, 1).requires_grad_(),
@@ -129,9 +142,10 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
     table = SeriesTable(acfg)
     log_lo, log_hi = (math.log(v) for v in acfg.rfa_den_range)
     lo, hi = acfg.rfa_exp_low + opts.range_margin, acfg.rfa_exp_high - opts.range_margin
-    for _ in range(opts.steps):
+    for step in range(opts.steps):
         optimiser.zero_grad()
-        for q, k, keep, target in data:  # one backward per sample: the graph of one at a time
+        for sample in data:  # one backward per sample: the graph of one at a time
+            q, k, keep, target = (_part(t, step, opts.sequences) for t in sample)
             fq, aq = _features(q, params["q"], params["bq"], table)
             fk, ak = _features(k, params["k"], params["bk"], table)
             scores = (fq @ fk.transpose(-2, -1)) * keep

@@ -670,6 +670,24 @@ def section_f32_oracle(reports: Reports) -> list[str]:
     return one_report(reports, "f32_oracle.json", intro, f32_oracle_body)
 
 
+def section_prepare(reports: Reports) -> list[str]:
+    intro = ["### Server preparation of SmolLM2 from a cold cache (`prepare/smollm2.json`)", "",
+             "What a new server pays once per model before the first RFA score (`python -m research.prepare_time "
+             "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
+             "bound: 10 minutes on the 2-core CPU.", ""]
+    return one_report(reports, "prepare/smollm2.json", intro, prepare_body)
+
+
+def prepare_body(r: Report) -> list[str]:
+    rows = [[name, sec(seconds)] for name, seconds in r["stages_s"].items()]
+    rows.append(["**whole command** (loading included)", f"**{sec(r['command_wall_s'])}**"])
+    kl = r.get("choice_kl")
+    return table(["stage", "seconds"], rows) + [
+        "", f"RFA in {len(r['rfa_layers'])} of {r['layers']} layers ({', '.join(map(str, r['rfa_layers']))})"
+        + (f", KL {kl:.3f} nats/token of exact softmax on the server's held-out public text" if kl is not None else "")
+        + f"; load {r['machine']['load_avg_1m_before']} before, {r['machine']['load_avg_1m_after']} after.", ""]
+
+
 # ---------------------------------------------------------------- deployment
 
 
@@ -1039,6 +1057,7 @@ def section_privacy(reports: Reports) -> list[str]:
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
             section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
+            section_prepare,
             section_deployment, section_baselines, section_privacy)
 
 

@@ -107,7 +107,7 @@ def test_each_layers_damage_starts_from_the_shared_run_and_equals_a_whole_pass(l
     server = prepare_server_model(llama, SERVER_CHOICE)  # fits every layer's maps into the cache
     arch, weights = server.arch, {name: t for name, t in server.weights.items() if ".rfa." not in name}
     fingerprint = weights_fingerprint(weights)
-    stamp = [SERVER_CHOICE.num_features, SERVER_CHOICE.seed, FitOptions().steps]
+    stamp = [SERVER_CHOICE.num_features, SERVER_CHOICE.seed, *dataclasses.astuple(FitOptions())]
     weights.update(torch.load(feature_fit._cache_path(fingerprint, stamp, ".pt"), weights_only=True))
     text = public_text(llama, arch, fingerprint)
     damage = layer_choice.choose_layers(arch, weights, text.check, SERVER_CHOICE)["damage"]

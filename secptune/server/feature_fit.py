@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, astuple, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from secptune.server.public_text import public_text
 from secptune.nonlinear import ExactNonlinear
 
 log = logging.getLogger(__name__)
-FIT_VERSION = 6  # 6: the series read from a table (SeriesTable); 5: + model samples, 200 steps, batched
+FIT_VERSION = 7  # 7: 4 sequences per batch and step; 6: the series from a table; 5: + model samples
 
 
 def weights_fingerprint(weights: dict) -> str:
@@ -74,7 +74,7 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
     fingerprint = weights_fingerprint(weights)
     with _timed(timings, "public_text"):
         text = public_text(model, arch, fingerprint)
-    path = _cache_path(fingerprint, [attention.num_features, attention.seed, opts.steps], ".pt")
+    path = _cache_path(fingerprint, [attention.num_features, attention.seed, *astuple(opts)], ".pt")
     with _timed(timings, "fit"):
         if path.is_file():
             fits = torch.load(path, weights_only=True)
@@ -88,7 +88,7 @@ def fitted_attention(model, arch, weights, attention: AttentionConfig, opts: Fit
             attention, choice = _choice(fingerprint, arch, {**weights, **fits}, text, attention, opts)
     maps = {name: t for name, t in fits.items() if attention.uses_rfa(int(name.split(".")[0][1:]))}
     # a pass of the hybrid over all public text (SmolLM2: ~1 min on 2 cores), once per hybrid
-    stamp = [attention.as_dict(), opts.steps, asdict(approx.ApproxConfig()), _bounds_of(arch)]
+    stamp = [attention.as_dict(), *astuple(opts), asdict(approx.ApproxConfig()), _bounds_of(arch)]
     bounds_path = _cache_path(fingerprint, stamp, "-channel-bounds.json")
     if bounds_path.is_file():
         saved = json.loads(bounds_path.read_text())
@@ -108,7 +108,7 @@ def _bounds_of(arch: Arch) -> dict:
 def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: FitOptions) -> tuple[AttentionConfig, dict]:
     # the choice measures the secure run's approximations: a change to them is a new choice;
     # the per-layer damage does not depend on the budget (a new budget reuses it)
-    stamp = [opts.steps, asdict(approx.ApproxConfig())]
+    stamp = [*astuple(opts), asdict(approx.ApproxConfig())]
     path = _cache_path(fingerprint, [attention.as_dict(), *stamp], "-choice.json")
     damage_path = _cache_path(fingerprint, [replace(attention, auto_kl=None).as_dict(), *stamp], "-damage.json")
     if path.is_file():
