@@ -675,7 +675,17 @@ def section_prepare(reports: Reports) -> list[str]:
              "What a new server pays once per model before the first RFA score (`python -m research.prepare_time "
              "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
              "bound: 10 minutes on the 2-core CPU.", ""]
-    return one_report(reports, "prepare/smollm2.json", intro, prepare_body)
+    out = one_report(reports, "prepare/smollm2.json", intro, prepare_body)
+    fit = reports.get("prepare/fit_sequences.json")
+    if fit is None:
+        return out
+    with reading(fit):
+        rows = [[layer, sec(m["all"]["s"]), sec(m["four"]["s"]), f"{m['all']['rel_err']:.4f}", f"{m['four']['rel_err']:.4f}"]
+                for layer, m in fit["layers"].items()]
+    return out + ["The fit sees 4 sequences of each captured batch per step (`rfa.fit.FitOptions.sequences`), not all "
+                  "16: what that costs in attention error on held-out public text, per layer.", ""] + table(
+        ["layer", "s, all sequences", "s, 4 per step", "rel. error, all", "rel. error, 4 per step"], rows) + [
+        "", f"Machine: {fit['machine'].get('note', machine_text(fit))}.", "", "Sources:", ""] + sources([fit])
 
 
 def prepare_body(r: Report) -> list[str]:
