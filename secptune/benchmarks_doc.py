@@ -675,7 +675,7 @@ def section_prepare(reports: Reports) -> list[str]:
              "What a new server pays once per model before the first RFA score (`python -m research.prepare_time "
              "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
              "bound: 10 minutes on the 2-core CPU.", ""]
-    out = one_report(reports, "prepare/smollm2.json", intro, prepare_body)
+    out = one_report(reports, "prepare/smollm2.json", intro, prepare_body) + _rfa_default_cost(reports)
     fit = reports.get("prepare/fit_sequences.json")
     if fit is None:
         return out
@@ -686,6 +686,26 @@ def section_prepare(reports: Reports) -> list[str]:
                   "16: what that costs in attention error on held-out public text, per layer.", ""] + table(
         ["layer", "s, all sequences", "s, 4 per step", "rel. error, all", "rel. error, 4 per step"], rows) + [
         "", f"Machine: {fit['machine'].get('note', machine_text(fit))}.", "", "Sources:", ""] + sources([fit])
+
+
+def _rfa_default_cost(reports: Reports) -> list[str]:
+    runs = [reports.get(f"speed/rfa_default/bench_forward_smollm2_seq32_{n}.json") for n in ("softmax", "rfa")]
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        return []
+    rows = []
+    for r in runs:
+        with reading(r):
+            c = r["comm"]
+            rows.append([f"`{stem(r, 'speed/rfa_default/bench_forward_smollm2_seq32_')}`", mb(c["server"]["online"]["bytes"]),
+                         num(c["server"]["online"]["rounds"]), mb(r["ops"]["attention"]["dealer_bytes"]),
+                         mb(c["dealer"]["bytes"]), mb(all_wires(c)), sec(r["wall_s"]), f"{r['rel_err']:.1e}",
+                         "yes" if r.get("range_event") else "no", r["machine"].get("load_avg_1m", NOT_RECORDED)])
+    return ["What the default costs in a secure SmolLM2 forward of one 32-token sequence (`secptune bench forward "
+            "--model smollm2 --seq 32 --batch 1 --attention rfa --features fitted`, i.e. the server's RFA layers, "
+            "against `--attention softmax`; random token ids):", ""] + table(
+        ["attention", "online MB / party", "online rounds", "attention: dealer MB", "dealer MB", "all wires MB",
+         "secure wall s", "rel. error vs oracle", "range check fired", "load"], rows) + ["", "Sources:", ""] + sources(runs)
 
 
 def prepare_body(r: Report) -> list[str]:

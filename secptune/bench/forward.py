@@ -67,7 +67,7 @@ import torch
 
 from mpc import accounting, approx, costmodel, launcher, profiling
 from mpc.roles import COMPUTING, ROLES
-from rfa.config import AttentionConfig
+from rfa.config import DEFAULT_RFA, AttentionConfig
 from secptune.arch import arch_from_config
 from secptune.batch import Batch, population_inputs
 from secptune.commands import Command, command
@@ -171,6 +171,8 @@ def attention_config(args):
     """The public attention setting (rfa.config.AttentionConfig)."""
     if args.attention == "softmax":
         return AttentionConfig(kind="softmax")
+    if args.features == "fitted":  # the product's RFA: the server's fitted maps in the layers it chooses
+        return replace(DEFAULT_RFA, num_features=args.num_features)
     try:
         return AttentionConfig(kind="rfa", features=args.features, num_features=args.num_features)
     except ValueError as exc:

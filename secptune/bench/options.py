@@ -15,7 +15,9 @@ def _forward(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--mode", default="secure", choices=("secure", "plain"))
     p.add_argument("--attention", default="softmax", choices=("softmax", "rfa"))
-    p.add_argument("--features", default="positive", help="RFA feature map: positive or fourier")
+    p.add_argument("--features", default="positive",
+                   help="RFA feature map: positive, fourier, or fitted (the product's default: the server's fitted "
+                        "maps in the layers it chooses, softmax in the rest)")
     p.add_argument("--num-features", type=int, default=64, help="RFA random features per head")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--layers", type=int, default=None, help="run only the first N layers (and extrapolate)")
