@@ -676,6 +676,15 @@ def section_prepare(reports: Reports) -> list[str]:
              "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
              "bound: 10 minutes on the 2-core CPU.", ""]
     out = one_report(reports, "prepare/smollm2.json", intro, prepare_body) + _rfa_default_cost(reports)
+    ranges = reports.get("prepare/rfa_range.json")
+    if ranges is not None:
+        with reading(ranges):
+            rows = [[f"`{r['command']}`", r.get("accuracy", "—"),
+                     r.get("result") or ", ".join(f"{k} {num(v)}" for k, v in (r.get("range_warnings") or r.get("range_events") or {}).items())]
+                    for r in ranges["runs"]]
+        out += ["Why RFA is not the default yet (`prepare/rfa_range.json`): range warnings of the plain oracle (values "
+                "outside an approximation's range, counted) and the secure run's sampled range check.", ""] + table(
+            ["command", "accuracy", "range warnings / events"], rows) + ["", ranges["reading"], ""]
     fit = reports.get("prepare/fit_sequences.json")
     if fit is None:
         return out

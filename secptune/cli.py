@@ -42,8 +42,7 @@ def _add_infer(sub) -> None:
     p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
     p.add_argument("--mode", choices=["plain", "secure", "privtune"], default="plain")
     p.add_argument("--attention", choices=["softmax", "rfa"],
-                   help="rfa (default with the approximations: the server's prepared RFA layers) or softmax "
-                        "(default with --exact and --mode privtune)")
+                   help="softmax (default) or rfa (the server's prepared RFA layers; not with --exact)")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
     _add_precision(p)
     _add_split(p)
@@ -217,8 +216,7 @@ def _add_tune(sub) -> None:
     p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
     p.add_argument("--loss", choices=["ce", "hinge"])
     p.add_argument("--attention", choices=["rfa", "softmax"],
-                   help="rfa (default with the approximations: the server's prepared RFA layers) or softmax "
-                        "(default with --exact, --mode privtune and the short CPU demonstration)")
+                   help="softmax (default) or rfa (the server's prepared RFA layers; not with --exact)")
     p.add_argument("--exact", action="store_true", default=None,
                    help="plain only: the unmodified transformers model in float32 (the non-private baseline; "
                         "without it plain mode runs the secure run's approximations, see --precision)")

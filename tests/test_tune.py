@@ -53,9 +53,6 @@ def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     plain = run_tune(small_config(model, "plain", data), str(tmp_path / "plain"), show_progress=False)
     secure = run_tune(small_config(model, "secure", data), str(tmp_path / "secure"), show_progress=False)
     assert len(plain["generations"]) == len(secure["generations"]) == 2
-    for run in (plain, secure):  # no --attention: the server's RFA layers, the same in the oracle and the secure run
-        assert run["final"]["attention"]["features"] == "fitted" and run["final"]["attention"]["auto_kl"] is None
-    assert plain["final"]["attention"] == secure["final"]["attention"]
     for p, s in zip(plain["generations"], secure["generations"]):
         for key in ("best_loss", "mean_loss"):
             assert abs(p[key] - s[key]) <= 1e-2 * max(1.0, abs(p[key])), (key, p, s)
@@ -76,13 +73,13 @@ def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     assert table[2].endswith(f"| {pc['online_bytes'] / 1e6:.2f} | {pc['dealer_bytes'] / 1e6:.2f} |")
 
 
-def test_attention_defaults_to_rfa_wherever_the_approximations_run():
+def test_attention_has_one_default_where_the_approximations_run_and_softmax_elsewhere():
     from secptune.errors import InputError
-    from secptune.infer import attention_for
+    from secptune.infer import DEFAULT_ATTENTION, attention_for
 
-    assert attention_for("secure", False, None) == attention_for("plain", False, None) == "rfa"
+    assert attention_for("secure", False, None) == attention_for("plain", False, None) == DEFAULT_ATTENTION
     assert attention_for("plain", True, None) == attention_for("privtune", False, None) == "softmax"
-    assert attention_for("secure", False, "softmax") == "softmax"  # a flag given always wins
+    assert attention_for("secure", False, "rfa") == "rfa"  # a flag given always wins
     with pytest.raises(InputError, match="--exact runs the model's own softmax"):
         attention_for("plain", True, "rfa")
 
