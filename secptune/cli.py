@@ -366,6 +366,10 @@ def _add_attack(sub) -> None:
 def cmd_attack(args) -> int:
     opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
     result = run_suite(args.run, opts, args.control)
+    argv = ["attack", args.run, "--train-texts", str(args.train_texts), "--game-pairs", str(args.game_pairs),
+            "--mlp-seconds", str(args.mlp_seconds)]
+    argv += (["--control", args.control] if args.control else []) + (["--report-dir", args.report_dir] if args.report_dir else [])
+    result["command"] = command_line(argv)
     paths = write_reports(result, args.report_dir or args.run)
     if result["header"].get("mode") == "secure":
         s = result["summary"]

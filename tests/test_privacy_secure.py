@@ -10,6 +10,7 @@ import torch
 
 from secptune.infer import InferOptions, prepare, secure_record, secure_scores
 from secptune.privacy import scorer as scorer_module
+from secptune.privacy.secure_suite import run_secure_suite
 from secptune.privacy.secure_view import ITEM_CAP, token_rows
 from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
 from secptune.privacy.view import TRUTH, load_view
@@ -59,7 +60,8 @@ def honest(tmp_path_factory):
 def broken(tmp_path_factory):
     out = tmp_path_factory.mktemp("secure_view") / "broken"
     prep, results = record(out, launch=broken_launch)
-    return {"dir": out, "prep": prep, "results": results, "report": run_suite(out, FAST)}
+    # the attacker runs the protocol under audit: the broken one here
+    return {"dir": out, "prep": prep, "results": results, "report": run_secure_suite(out, FAST, launch=broken_launch)}
 
 
 def test_token_rows_finds_the_token_axes():
@@ -118,6 +120,7 @@ def test_broken_mask_is_caught(broken):
     r = broken["report"]
     share = r["channels"]["share_input@E"]
     assert share["tokens"]["nearest_token"]["recovery"] >= 0.95
+    assert share["tokens"]["adaptive_ridge"]["recovery"] >= 0.9  # fitted on the attacker's own broken run
     assert share["game"]["direct"]["advantage"] >= 0.9
     assert not r["summary"]["tokens_at_chance"] and not r["summary"]["games_within_3se"]
 

@@ -94,9 +94,11 @@ class SecureAttacker:
         return [build_batch(enc, rows[i : i + size], prompt, self.arch, self.pad_id, self.header.get("pad_bucket", 0))
                 for i in range(0, len(rows), size)]
 
-    def run_protocol(self, pairs) -> tuple[list[dict], list[dict]]:
+    def run_protocol(self, pairs, launch=None) -> tuple[list[dict], list[dict]]:
         """Run the protocol on public text sets ``pairs`` ((batch, examples)), with the recorder
-        in the attacker's own server; returns the recorded items and their truth (public)."""
+        in the attacker's own server; returns the recorded items and their truth (public).
+        ``launch``: how the parties start (:func:`secptune.owner.run_local`); tests auditing a
+        deliberately broken protocol pass its launcher, so the attacker runs that protocol too."""
         batches = [b for b, _ in pairs]
         truth = OwnerTruthRecorder(None, 1 << 30, describe_batches(pairs, self.count))
         for b in batches:
@@ -108,7 +110,8 @@ class SecureAttacker:
             spec = SecureViewSpec(tmp, len(truth.items), dict(self.header), self.header.get("openings", 3),
                                   self.header.get("width_cap", 1024))
             owner.run_local(str(self.model_dir), score_batches, (batches, "report"), request,
-                            verbalizer_onehot(self.label_ids, self.arch.vocab_size), view=spec, layers=self.layers)
+                            verbalizer_onehot(self.label_ids, self.arch.vocab_size), view=spec, layers=self.layers,
+                            launch=launch)
             items = load_view(tmp)["items"]
         return items, truth.items
 
@@ -185,7 +188,10 @@ def game_texts(attacker: SecureAttacker, examples, seed: int) -> tuple[Encoded, 
     return Encoded(ids=ids, pred=enc.pred, types=enc.types, lead=enc.lead), pairs
 
 
-def run_secure_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), control: str | None = None) -> dict:
+def run_secure_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), control: str | None = None,
+                     launch=None) -> dict:
+    """The catalogue on a secure view (module docstring); ``control``: the unprotected split's run
+    on the same texts, attacked already; ``launch``: see :meth:`SecureAttacker.run_protocol`."""
     started = time.perf_counter()
     torch.set_grad_enabled(True)
     view = load_view(run_dir)
@@ -205,7 +211,7 @@ def run_secure_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), c
     game_pairs = [(b, game_ex[i * header["batch_size"] : (i + 1) * header["batch_size"]])
                   for i, b in enumerate(attacker.batches(game_enc))]
     t0 = time.perf_counter()
-    public_items, public_truth = attacker.run_protocol(train_pairs + game_pairs)
+    public_items, public_truth = attacker.run_protocol(train_pairs + game_pairs, launch)
     protocol_s = time.perf_counter() - t0
     n_train = len(train_ex)
     channels = {}

@@ -113,7 +113,7 @@ class ServerViewRecorder:
     own input-embedding table [V, H] (plaintext: it is the server's), for the V-wide rows."""
 
     def __init__(self, spec: SecureViewSpec, table: torch.Tensor):
-        self.spec, self.table = spec, table.double()
+        self.spec, self.table = spec, table.float()
         self.session = None
         self.items: list[dict] = []
         self.sets: dict[int, dict] = {}  # text set -> {"B", "n", "rows": [(row, item)], "forwarded"}
@@ -198,7 +198,7 @@ class ServerViewRecorder:
         label = f"{name}@E" if wide else name
         for b, item in self.sets[set_id]["rows"]:
             if wide:
-                value = (decode(rows[b]) @ self.table).float()
+                value = decode(rows[b]).float() @ self.table
             else:
                 value = rows[b, :, : self.spec.cap].long().clone()
             it = self.items[item]
