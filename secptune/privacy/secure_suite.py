@@ -49,23 +49,12 @@ from secptune.inputs import Encoded, Template, build_batch, encode, verbalizer_i
 from secptune.privacy import attacks
 from secptune.privacy.scorer import Scorer
 from secptune.privacy.secure_view import OwnerTruthRecorder, SecureViewSpec, decode, describe_batches
-from secptune.privacy.suite import SuiteOptions, _gaussian_view, _token_figures, token_attacks
+from secptune.privacy.suite import SuiteOptions, _aia, _gaussian_view, _token_figures, se_boot, token_attacks
 from secptune.privacy.view import load_view
 from secptune.scoring import score_batches
 from secptune.split_job import public_pool, text_token_counter
 
 ATTACKER_LAYERS = 1  # the attacker's own protocol runs serve the first layer only (module docstring)
-
-
-def se_boot(num: list[float], den: list[float] | None, draws: int, seed: int) -> float:
-    """Bootstrap standard error (over items) of sum(num)/sum(den) (den None: a mean)."""
-    n = len(num)
-    if n < 2:
-        return math.nan
-    num_t = torch.tensor(num, dtype=torch.float64)
-    den_t = torch.ones(n, dtype=torch.float64) if den is None else torch.tensor(den, dtype=torch.float64)
-    idx = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(seed))
-    return float((num_t[idx].sum(1) / den_t[idx].sum(1).clamp(min=1e-12)).std())
 
 
 class SecureAttacker:
@@ -258,15 +247,8 @@ class _Table:
 
 
 def _label_aia(train_rows, train_truth, rows, scorer: Scorer, classes: int, opts: SuiteOptions) -> dict:
-    """The task label from a text's mean row (a logistic probe fitted on the public run)."""
-    feats = torch.stack([r.mean(0) for r in train_rows])
-    labels = torch.tensor([int(t["label"]) for t in train_truth])
-    probe = attacks.LogisticProbe(feats, labels, classes)
-    guesses = probe(torch.stack([r.mean(0) for r in rows])).tolist()
-    right = scorer.labels(guesses)
-    out = {"accuracy": sum(right) / max(1, len(right)), "se": se_boot(right, None, opts.bootstrap, opts.seed),
-           "chance_majority": scorer.majority_rate(),
-           "null_shuffled_truth": sum(scorer.labels(guesses, shuffled=True)) / max(1, len(right)), "texts": len(right)}
+    """The task label from a text's mean row (the split suite's probe), with its at-chance verdict."""
+    out = _aia(train_rows, train_truth, rows, scorer, classes, opts)
     out["at_chance"] = out["accuracy"] <= max(out["chance_majority"], out["null_shuffled_truth"]) + 3 * out["se"]
     return out
 
