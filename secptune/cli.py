@@ -24,7 +24,8 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
-from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
+from secptune.privacy.secure_suite import run_attacks, write_reports
+from secptune.privacy.suite import SuiteOptions
 from secptune.report import compare
 from secptune.server import prepare_job
 from secptune.split_job import SplitOptions
@@ -365,7 +366,7 @@ def _add_attack(sub) -> None:
 
 def cmd_attack(args) -> int:
     opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
-    result = run_suite(args.run, opts, args.control)
+    result = run_attacks(args.run, opts, args.control)
     argv = ["attack", args.run, "--train-texts", str(args.train_texts), "--game-pairs", str(args.game_pairs),
             "--mlp-seconds", str(args.mlp_seconds)]
     argv += (["--control", args.control] if args.control else []) + (["--report-dir", args.report_dir] if args.report_dir else [])

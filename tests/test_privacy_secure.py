@@ -10,9 +10,9 @@ import torch
 
 from secptune.infer import InferOptions, prepare, secure_record, secure_scores
 from secptune.privacy import scorer as scorer_module
-from secptune.privacy.secure_suite import run_secure_suite
+from secptune.privacy.secure_suite import run_attacks, run_secure_suite, write_reports
 from secptune.privacy.secure_view import ITEM_CAP, token_rows
-from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
+from secptune.privacy.suite import SuiteOptions
 from secptune.privacy.view import TRUTH, load_view
 from secptune.split_job import SplitOptions
 from secptune.tasks import get_task, task_file
@@ -43,7 +43,7 @@ def _spied_suite(run_dir):
 
     torch.load = spy
     try:
-        return run_suite(run_dir, FAST), readers
+        return run_attacks(run_dir, FAST), readers
     finally:
         torch.load = real_load
 

@@ -49,6 +49,7 @@ from secptune.inputs import Encoded, Template, build_batch, encode, verbalizer_i
 from secptune.privacy import attacks
 from secptune.privacy.scorer import Scorer
 from secptune.privacy.secure_view import OwnerTruthRecorder, SecureViewSpec, decode, describe_batches
+from secptune.privacy import suite
 from secptune.privacy.suite import SuiteOptions, _aia, _gaussian_view, _token_figures, se_boot, token_attacks
 from secptune.privacy.view import load_view
 from secptune.scoring import score_batches
@@ -350,7 +351,19 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_attacks(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), control: str | None = None) -> dict:
+    """`secptune attack`: the catalogue on any mode's view (``control``: secure views only)."""
+    if load_view(run_dir)["header"].get("mode") == "secure":
+        return run_secure_suite(run_dir, opts, control)
+    if control:
+        raise InputError("--control is for a secure run's view (the unprotected split beside it)")
+    return suite.run_suite(run_dir, opts)
+
+
 def write_reports(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """attacks.json and attacks.md of any mode's result in ``out_dir``."""
+    if result["header"].get("mode") != "secure":
+        return suite.write_reports(result, out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attacks.json").write_text(json.dumps(result, indent=1))

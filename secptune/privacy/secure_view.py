@@ -44,7 +44,9 @@ from pathlib import Path
 
 import torch
 
+from secptune.errors import InputError
 from secptune.privacy.view import FORMAT, HEADER, TRUTH, VIEW, truth_item, view_dir
+from secptune.split_job import text_token_counter
 
 OPENINGS = 3  # token-axis arrivals kept per text set's first forward
 WIDTH_CAP = 1024  # ring elements per token and channel (SmolLM2's H = 576 fits whole)
@@ -287,9 +289,6 @@ def secure_header(model: str, task: str | None, data: str | None, template: str,
 def recorders(run_dir, limit: int, header: dict, pairs, tokenizer) -> tuple[SecureViewSpec, OwnerTruthRecorder]:
     """The server's recorder spec and the owner's truth recorder of ``--record-view N``;
     ``pairs``: (batch, its examples) for every text set the owner may load."""
-    from secptune.errors import InputError
-    from secptune.split_job import text_token_counter
-
     if run_dir is None:
         raise InputError("--record-view writes beside a run: give --out DIR")
     described = describe_batches(pairs, text_token_counter(tokenizer))

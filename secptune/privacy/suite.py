@@ -280,19 +280,12 @@ def _view_rows(view: dict, releases: int | None) -> list[torch.Tensor]:
     return [it["rows"][0] if releases == 1 else it["rows"].double().mean(0).float() for it in view["items"]]
 
 
-def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), control: str | None = None) -> dict:
-    """The catalogue on ``run_dir``'s view; a secure view goes to :mod:`secptune.privacy.secure_suite`
-    (``control``: the unprotected split's run on the same texts, whose figures it reports beside)."""
+def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
+    """The catalogue on a split run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
     started = time.perf_counter()
     torch.set_grad_enabled(True)
     view = load_view(run_dir)
     header = view["header"]
-    if header.get("mode") == "secure":
-        from secptune.privacy.secure_suite import run_secure_suite  # it builds on this module
-
-        return run_secure_suite(run_dir, opts, control)
-    if control:
-        raise InputError("--control is for a secure run's view (the unprotected split beside it)")
     scorer = Scorer(run_dir)
     attacker = Attacker(header)
     classes = len(header["verbalizer"])
@@ -348,10 +341,6 @@ def _positive_control(attacker: Attacker, train_states, control_ex, classes: int
 
 
 def write_reports(result: dict, run_dir: str | Path) -> tuple[Path, Path]:
-    if result["header"].get("mode") == "secure":
-        from secptune.privacy import secure_suite
-
-        return secure_suite.write_reports(result, run_dir)
     out = Path(run_dir)
     (out / "attacks.json").write_text(json.dumps(result, indent=1))
     (out / "attacks.md").write_text(markdown(result))
