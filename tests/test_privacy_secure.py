@@ -132,3 +132,20 @@ def test_only_the_scorer_reads_the_truth_file(honest):
 def test_reports_are_written(honest, tmp_path):
     js, md = write_reports(honest["report"], tmp_path)
     assert js.is_file() and "secure run" in md.read_text() and "Public by design" in md.read_text()
+
+
+def test_tune_records_a_secure_view(tmp_path):
+    """`tune --mode secure --record-view N`: the first N texts of the text sets in load order, the
+    prompt slots before each text (truth starts after them, ids -1 there)."""
+    from secptune.cli import main
+
+    out = tmp_path / "tune"
+    assert main(["tune", "--mode", "secure", "--model", "tiny-llama", "--task", "sst2", "--k", "2", "--popsize", "2",
+                 "--budget", "4", "--prompt-len", "1", "--intrinsic-dim", "4", "--test-limit", "4",
+                 "--record-view", "6", "--out", str(out), "--quiet"]) == 0
+    view = load_view(out)
+    assert view["header"]["mode"] == "secure" and len(view["items"]) == 6
+    assert [c["op"] for c in view["header"]["commands"]][:1] == ["texts"]
+    truth = torch.load(out / "view" / TRUTH, weights_only=False)["items"]  # the test reads it to check the format
+    assert len(truth) == 6 and all(t["start"] == 1 and int(t["ids"][0]) == -1 for t in truth)
+    assert all(it["channels"]["forward_recv0"].shape[0] == len(t["ids"]) for it, t in zip(view["items"], truth))
