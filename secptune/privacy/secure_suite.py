@@ -183,10 +183,7 @@ def run_secure_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions(), c
     """The catalogue on a secure view (module docstring); ``control``: the unprotected split's run
     on the same texts, attacked already; ``launch``: see :meth:`SecureAttacker.run_protocol`."""
     started = time.perf_counter()
-    torch.set_grad_enabled(True)
-    view = load_view(run_dir)
-    header = view["header"]
-    scorer = Scorer(run_dir)
+    view, header, scorer = suite.open_run(run_dir)
     attacker = SecureAttacker(header)
     classes = len(header["verbalizer"])
     pool = scorer.disjoint(public_pool(header["task"], header.get("data"),

@@ -280,13 +280,17 @@ def _view_rows(view: dict, releases: int | None) -> list[torch.Tensor]:
     return [it["rows"][0] if releases == 1 else it["rows"].double().mean(0).float() for it in view["items"]]
 
 
+def open_run(run_dir: str | Path) -> tuple[dict, dict, Scorer]:
+    """A run's recorded view, its public header and the scorer of its truth (attacks train: grad on)."""
+    torch.set_grad_enabled(True)
+    view = load_view(run_dir)
+    return view, view["header"], Scorer(run_dir)
+
+
 def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
     """The catalogue on a split run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
     started = time.perf_counter()
-    torch.set_grad_enabled(True)
-    view = load_view(run_dir)
-    header = view["header"]
-    scorer = Scorer(run_dir)
+    view, header, scorer = open_run(run_dir)
     attacker = Attacker(header)
     classes = len(header["verbalizer"])
     need = opts.train_texts + opts.control_texts + opts.game_pairs
