@@ -346,6 +346,7 @@ def _positive_control(attacker: Attacker, train_states, control_ex, classes: int
 
 def write_reports(result: dict, run_dir: str | Path) -> tuple[Path, Path]:
     out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "attacks.json").write_text(json.dumps(result, indent=1))
     (out / "attacks.md").write_text(markdown(result))
     return out / "attacks.json", out / "attacks.md"
