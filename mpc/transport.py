@@ -14,7 +14,9 @@ accounting (which wraps the communicator's methods) run unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Callable
 
 import torch
 
@@ -23,6 +25,33 @@ from mpc.channels import Transport
 from mpc.errors import NetworkConfigError, PeerLostError, TransportError
 from mpc.net import Network
 from mpc.roles import ROLES
+
+
+# -- taps: what arrives at this process -------------------------------------------
+# A tap is called for every tensor this process takes off the wire, as
+# ``tap(kind, src, group, tensor)``: kind "message" (a point-to-point, broadcast,
+# gather or scatter payload), "reduce_part" (a peer's contribution to a reduction)
+# or "opened" (a reduction's result, what this process learns from it; src is then
+# the peer whose part was combined, or -1 for several).  Payload bytes arrived =
+# the bytes of the "message" and "reduce_part" tensors.  Taps must copy what they
+# keep (the tensor may be a view of a reused buffer) and must not communicate.
+# Used to record a party's view of a run (secptune.privacy.secure_view); off by default.
+_TAPS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def tapped(tap: Callable):
+    """Call ``tap`` for everything this process receives inside the block."""
+    _TAPS.append(tap)
+    try:
+        yield tap
+    finally:
+        _TAPS.remove(tap)
+
+
+def _notify(kind: str, src: int, group: int, tensor: torch.Tensor) -> None:
+    for tap in list(_TAPS):
+        tap(kind, src, group, tensor)
 
 
 # -- the torch.distributed subset CrypTen uses ----------------------------------
@@ -146,7 +175,7 @@ class Dist:
     def _send(self, tensor, dst: int, group: Group) -> None:
         self._t().send(dst, group.id, _as_bytes(tensor))
 
-    def _take(self, src: int, group: Group, slot: int, like: torch.Tensor) -> torch.Tensor:
+    def _take(self, src: int, group: Group, slot: int, like: torch.Tensor, kind: str = "message") -> torch.Tensor:
         payload = self._t().take(src, group.id, slot)
         expected = like.numel() * like.element_size()
         if len(payload) != expected:
@@ -155,8 +184,12 @@ class Dist:
                 "all parties must run the same secptune version"
             )
         if expected == 0:
-            return torch.empty_like(like)
-        return torch.frombuffer(payload, dtype=like.dtype).view(like.shape)
+            out = torch.empty_like(like)
+        else:
+            out = torch.frombuffer(payload, dtype=like.dtype).view(like.shape)
+        if _TAPS:
+            _notify(kind, src, group.id, out)
+        return out
 
     def _recv_later(self, tensor, src: int, group: Group):
         slot = self._t().reserve(src, group.id)
@@ -211,13 +244,15 @@ class Dist:
         me = self.network.rank
 
         def finish():
-            parts = {r: self._take(r, group, slots[r], tensor) for r in sources}
+            parts = {r: self._take(r, group, slots[r], tensor, "reduce_part") for r in sources}
             parts[me] = tensor.clone()
             ranks = sorted(parts)
             acc = parts[ranks[0]].clone()
             for r in ranks[1:]:
                 combine(acc, parts[r])  # the same order in every process
             tensor.copy_(acc)
+            if _TAPS:
+                _notify("opened", sources[0] if len(sources) == 1 else -1, group.id, tensor)
 
         return finish
 

@@ -1091,7 +1091,44 @@ def section_privacy(reports: Reports) -> list[str]:
              "text through the same mechanism; control: the same attacks on held-out public text through the "
              "unprotected split; random view: the highest recovery any attack gets from the mechanism's output for "
              "random tokens in the same layout; averaged: the best attack on the mean of that many per-call releases.", ""]
-    return one_report(reports, "privacy/summary.json", intro, privacy_body)
+    out = one_report(reports, "privacy/summary.json", intro, privacy_body)
+    secure_intro = ["### The secure mode's view (`privacy/secure/attacks.json`)", "",
+                    "`--mode secure --record-view N`: what the server process received, tapped at its transport "
+                    "(its shares of the inputs and embeddings, the `texts` command's one-hot opening, the first "
+                    "token-axis openings of each text set's first forward), attacked with the same catalogue; "
+                    "adaptive attacks are fitted on the attacker's own protocol run over public text. At chance = "
+                    "within the larger null (shuffled truth, Gaussian prior view) + 3 bootstrap SE; the game's "
+                    "theoretical advantage is 0. Beside it: the unprotected split (η = ∞, layer 0) on the same texts.",
+                    ""]
+    return out + one_report(reports, "privacy/secure/attacks.json", secure_intro, privacy_secure_body)
+
+
+def privacy_secure_body(r: Report) -> list[str]:
+    s, c = r["summary"], r.get("control")
+    rows = []
+    for name, ch in r["channels"].items():
+        attacks = {k: f for k, f in ch["tokens"].items() if not k.startswith("best")}
+        top = max(attacks, key=lambda k: attacks[k]["recovery"])
+        f = attacks[top]
+        games = ", ".join(f"{dec} {g['advantage']:+.3f} ± {g['se']:.3f}" for dec, g in ch["game"].items())
+        a = ch["label_aia"]
+        rows.append([f"`{name}` ({ch['info']['kind']})", f"{score(f['recovery'])} ({top})",
+                     f"{score(f['null'])} + 3 × {score(f['se'])}", "yes" if all(x["at_chance"] for x in attacks.values()) else "**no**",
+                     f"{score(a['accuracy'])} / {score(a['chance_majority'])} ± {score(a['se'])}", games])
+    if c is not None:
+        rows.append([f"control: `{c['mode']}` split {c['split_layer']}, η = {c['eta']} (same texts: {c['same_texts']})",
+                     f"{score(c['best']['recovery'])} ({c['best']['attack']})", "—", "—",
+                     f"{score(c['label_aia'])} / {score(c['label_majority'])}",
+                     f"likelihood {c['game_advantage']:+.3f} ({c['game_pairs']} pairs)"])
+    out = table(["channel", "best token recovery", "null + 3 SE", "all at chance", "label AIA / majority ± SE",
+                 "game advantage ± SE"], rows)
+    game_pairs = next(iter(next(iter(r["channels"].values()))["game"].values()))["pairs"] if r["channels"] else 0
+    out += ["", f"{r['header']['items']} recorded texts, {num(s['recorded_text_tokens'])} text tokens; game: "
+            f"{game_pairs} pairs; every token attack at chance: {'yes' if s['tokens_at_chance'] else '**no**'}; label "
+            f"inference at chance: {'yes' if s['label_aia_at_chance'] else '**no**'}; every game within 3 SE of 0: "
+            f"{'yes' if s['games_within_3se'] else '**no**'} (worst |advantage|/SE {s['worst_game_z']:.2f}). Public by "
+            "design: " + "; ".join(r["public_by_design"]) + ".", ""]
+    return out
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,

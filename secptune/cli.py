@@ -24,7 +24,8 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
-from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
+from secptune.privacy.secure_suite import run_attacks, write_reports
+from secptune.privacy.suite import SuiteOptions
 from secptune.report import compare
 from secptune.server import prepare_job
 from secptune.split_job import SplitOptions
@@ -360,12 +361,25 @@ def _add_attack(sub) -> None:
     p.add_argument("--train-texts", type=int, default=1000, help="public texts the adaptive attacks are fitted on (1000)")
     p.add_argument("--game-pairs", type=int, default=300, help="pairs of texts in the distinguishing game (300)")
     p.add_argument("--mlp-seconds", type=float, default=90.0, help="training time of the MLP inversion (90)")
+    p.add_argument("--control", metavar="RUN",
+                   help="secure views: the unprotected split's run on the same texts (attacked first), reported beside")
+    p.add_argument("--report-dir", metavar="DIR", help="write attacks.json/attacks.md here (default: the run directory)")
 
 
 def cmd_attack(args) -> int:
     opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
-    result = run_suite(args.run, opts)
-    paths = write_reports(result, args.run)
+    result = run_attacks(args.run, opts, args.control)
+    argv = ["attack", args.run, "--train-texts", str(args.train_texts), "--game-pairs", str(args.game_pairs),
+            "--mlp-seconds", str(args.mlp_seconds)]
+    argv += (["--control", args.control] if args.control else []) + (["--report-dir", args.report_dir] if args.report_dir else [])
+    result["command"] = command_line(argv)
+    paths = write_reports(result, args.report_dir or args.run)
+    if result["header"].get("mode") == "secure":
+        s = result["summary"]
+        print(f"secure view: {s['recorded_text_tokens']} text tokens; best recovery {s['best_recovery']:.3f}; tokens at "
+              f"chance {s['tokens_at_chance']}, label AIA at chance {s['label_aia_at_chance']}, games within 3 SE "
+              f"{s['games_within_3se']} (worst |adv|/SE {s['worst_game_z']:.2f}); reports: {paths[0]}, {paths[1]}")
+        return 0
     for key, v in result["variants"].items():
         best = v["tokens"]["best_adaptive"]
         print(f"{key}: token recovery nearest {v['tokens']['nearest_token']['recovery']:.3f}, best adaptive "

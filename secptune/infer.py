@@ -34,6 +34,7 @@ from secptune.inputs import (
     verbalizer_onehot,
 )
 from secptune.plain import PlainSession, plain_session
+from secptune.privacy import secure_view
 from secptune.scoring import score_batches
 from secptune.split_job import SplitOptions, build_split, importance_table, make_recorder, public_header, public_pool
 from secptune.tune import losses
@@ -181,23 +182,29 @@ def secure_scores(
     attention: AttentionConfig = SOFTMAX,
     range_policy: str = "report",
     launch=None,
+    record=None,
 ):
     """Scores from a secure run, with each party's traffic: three local processes, or
     (``network``) this host as the data owner and the server and dealer elsewhere
     (``launch``: how the local run starts its parties, see :func:`secptune.owner.run_local`).
     ``range_policy``: what the owner does when a forward's sampled range check fails
     ("report": mark it in the forward log, see :func:`secptune.owner.range_events`;
-    "stop": raise :class:`secptune.errors.RangeCheckError`)."""
+    "stop": raise :class:`secptune.errors.RangeCheckError`); ``record``: (view spec, truth
+    recorder) of ``--record-view`` (:func:`secptune.privacy.secure_view.recorders`)."""
     request = secure.OwnerRequest(
         labels=len(prep.label_ids), cfg=asdict(cfg), attention=attention.as_dict(), expected_vocab=prep.arch.vocab_size
     )
     # a forward whose sampled range check fails is reported (range_events), not fatal
     args = (prep.batches, range_policy)
     if network is not None:
+        if record is not None:
+            raise InputError("--record-view with --mode secure records the server's view on this machine: "
+                             "run without --peers")
         results = owner.run_remote(score_batches, args, request, prep.verbalizer, network)
     else:
+        view, truth = record if record is not None else (None, None)
         results = owner.run_local(str(prep.model_dir), score_batches, args, request, prep.verbalizer, canaries,
-                                   launch=launch)
+                                   launch=launch, view=view, truth=truth)
     return results["owner"].value["result"], {role: r.traffic for role, r in results.items()}, results
 
 
@@ -225,6 +232,18 @@ def privtune_scores(opts: InferOptions, prep: Prepared):
             "server": {"bytes": session.received_bytes, "rounds": session.rounds},
             "dealer": {"bytes": 0, "rounds": 0}}
     return scores, comm, sum(f["wall_s"] for f in session.forward_log)
+
+
+def secure_record(opts: InferOptions, prep: Prepared):
+    """``--record-view N`` in secure mode: the server's recorder spec and the owner's truth."""
+    if not opts.split.record_view:
+        return None
+    if opts.split.record_view < 0:
+        raise InputError(f"--record-view takes a number of texts, not {opts.split.record_view}")
+    header = secure_view.secure_header(opts.model, opts.task, None, opts.template, opts.verbalizer,
+                                       prep.batches[0].prompt.shape[-2], opts.attention, opts.batch_size, opts.pad_bucket)
+    pairs = [(b, prep.examples[i * opts.batch_size : (i + 1) * opts.batch_size]) for i, b in enumerate(prep.batches)]
+    return secure_view.recorders(opts.out, opts.split.record_view, header, pairs, load_tokenizer(prep.model_dir))
 
 
 def _labelled_losses(session, prep: Prepared, batch_size: int) -> None:
@@ -274,7 +293,8 @@ def run_infer(opts: InferOptions) -> dict:
         warnings = {}
     else:
         attention = attention_config(opts.attention)
-        scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention)
+        scores, comm, results = secure_scores(prep, opts.cfg, network=opts.network, attention=attention,
+                                              record=secure_record(opts, prep))
         forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])
         warnings = {}
         events = owner.range_events(results["owner"].value["forwards"])

@@ -19,15 +19,20 @@ from secptune.server.party import server_party
 
 
 def owner_party(
-    program: Callable, args: tuple, request: OwnerRequest, verbalizer: torch.Tensor, canaries=None,
+    program: Callable, args: tuple, request: OwnerRequest, verbalizer: torch.Tensor, canaries=None, truth=None,
 ):
-    """The data owner's process: runs ``program(session, *args)`` against the secure model."""
+    """The data owner's process: runs ``program(session, *args)`` against the secure model
+    (``truth``: a :class:`secptune.privacy.secure_view.OwnerTruthRecorder`, ``--record-view``)."""
     accounting.set_canaries(canaries)
     session = SecureSession(request, verbalizer=verbalizer)
+    if truth is not None:
+        truth.watch(session)
     try:
         result = program(session, *args)
     finally:
         session.close()
+    if truth is not None:
+        truth.write()
     return {
         "result": result, "forwards": session.forward_log, "server_traffic": session.server_traffic,
         "checks": session.check_log, **session.state.get("logs", {}),
@@ -44,15 +49,20 @@ def run_local(
     timeout_s: float = 24 * 3600.0,
     max_labels: int = MAX_LABEL_WORDS,
     launch: Callable | None = None,
+    view=None,
+    truth=None,
+    layers: int | None = None,
 ) -> dict[str, launcher.PartyResult]:
     """Launch owner, server and dealer on this machine and run ``program`` on the owner
     (``max_labels``: the server's cap on label words per query; ``launch``: runs the two
     jobs as :func:`mpc.launcher.run_local` does, the default; tests pass a
-    :class:`mpc.launcher.LocalCluster`'s ``run``)."""
+    :class:`mpc.launcher.LocalCluster`'s ``run``; ``view``/``truth``: the server's view
+    recorder spec and the owner's truth recorder of ``--record-view``; ``layers``: the
+    server serves the first layers only, see :func:`secptune.server.party.server_party`)."""
     canaries = canaries or {}
     return (launch or launcher.run_local)(
-        owner=launcher.PartyJob(owner_party, (program, args, request, verbalizer, canaries.get("owner"))),
-        server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"), max_labels)),
+        owner=launcher.PartyJob(owner_party, (program, args, request, verbalizer, canaries.get("owner"), truth)),
+        server=launcher.PartyJob(server_party, (model_dir, canaries.get("server"), max_labels, view, layers)),
         timeout_s=timeout_s,
     )
 

@@ -29,6 +29,7 @@ from secptune.inputs import (
     verbalizer_onehot,
 )
 from secptune.plain import plain_session
+from secptune.privacy import secure_view
 from secptune.split_job import SplitOptions, build_split, importance_table, make_recorder, public_header, public_pool
 from secptune.tasks import get_task, task_file
 from secptune.tune import TextSets, TuneConfig, tune_program
@@ -106,13 +107,34 @@ def privtune_session(cfg: TuneConfig, model_dir: Path, texts: TextSets, out_dir:
                                       texts.verbalizer.shape[0], arch.prefix_tokens)
     words = cfg.verbalizer or list(spec.verbalizers[arch.family])
     header = public_header(cfg.model, cfg.task, cfg.data, template_text, words, opts, cfg.prompt_len)
-    rows = {id(texts.train): train}
-    for batches, examples in ((texts.dev, dev), (texts.dev_zero, dev), (texts.test, test), (texts.test_zero, test)):
-        for i, b in enumerate(batches):
-            rows[id(b)] = examples[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+    rows = {id(b): exs for b, exs in _text_set_examples(cfg, texts)}
     recorder = make_recorder(out_dir, opts, header, rows, tokenizer)
     precision = cfg.precision if cfg.precision else "float32"
     return build_split(model_dir, texts.verbalizer, opts, importance, precision, recorder), recorder
+
+
+def _text_set_examples(cfg: TuneConfig, texts: TextSets) -> list:
+    """(batch, its examples) for every text set of a tuning run (the owner's truth)."""
+    train, dev, test = task_examples(cfg)
+    pairs = [(texts.train, train)]
+    for batches, examples in ((texts.dev, dev), (texts.dev_zero, dev), (texts.test, test), (texts.test_zero, test)):
+        pairs += [(b, examples[i * cfg.batch_size : (i + 1) * cfg.batch_size]) for i, b in enumerate(batches)]
+    return pairs
+
+
+def secure_record(cfg: TuneConfig, model_dir: Path, texts: TextSets, out_dir: str):
+    """``--record-view N`` in secure mode: the server's recorder spec and the owner's truth."""
+    if not cfg.record_view:
+        return None
+    if cfg.record_view < 0:
+        raise InputError(f"--record-view takes a number of texts, not {cfg.record_view}")
+    arch = arch_from_config(load_config(model_dir))
+    spec = get_task(cfg.task)
+    header = secure_view.secure_header(cfg.model, cfg.task, cfg.data, cfg.template or spec.templates[arch.family],
+                                       cfg.verbalizer or list(spec.verbalizers[arch.family]), cfg.prompt_len,
+                                       cfg.attention, cfg.batch_size, cfg.pad_bucket)
+    return secure_view.recorders(out_dir, cfg.record_view, header, _text_set_examples(cfg, texts),
+                                 load_tokenizer(model_dir))
 
 
 def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress: bool = True, network=None) -> dict:
@@ -156,10 +178,16 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
             attention=attention.as_dict(),
             expected_vocab=texts.verbalizer.shape[1],
         )
+        record = secure_record(cfg, model_dir, texts, out_dir)
         if network is not None:
+            if record is not None:
+                raise InputError("--record-view with --mode secure records the server's view on this machine: "
+                                 "run without --peers")
             results = owner.run_remote(tune_program, args, request, texts.verbalizer, network)
         else:
-            results = owner.run_local(str(model_dir), tune_program, args, request, texts.verbalizer)
+            view, truth = record if record is not None else (None, None)
+            results = owner.run_local(str(model_dir), tune_program, args, request, texts.verbalizer, view=view,
+                                      truth=truth)
         result = results["owner"].value["result"]
         totals = {role: r.traffic for role, r in results.items()}
         server_forwards = (results["server"].value or {}).get("forwards") if network is None else None

@@ -8,6 +8,7 @@ an attack that learned nothing about *this* text.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -64,6 +65,14 @@ class Scorer:
     def lengths(self, guesses: list[int], shuffled: bool = False) -> list[int]:
         """|guessed − true| text length per item."""
         return [abs(int(g) - self._truth(i, shuffled)["length"]) for i, g in enumerate(guesses)]
+
+    def texts_digest(self) -> str:
+        """A digest of the recorded texts in order: two runs' views cover the same texts iff
+        their digests agree (the texts themselves stay here)."""
+        h = hashlib.sha256()
+        for it in self._items:
+            h.update(repr((it["text"], it["label"])).encode())
+        return h.hexdigest()
 
     def disjoint(self, examples: list) -> list:
         """Harness hygiene, not an attack step: ``examples`` without the owner's recorded

@@ -76,6 +76,17 @@ def _ci(num: list[float], den: list[float] | None, draws: int, seed: int) -> lis
     return [float(ratios.quantile(0.025)), float(ratios.quantile(0.975))]
 
 
+def se_boot(num: list[float], den: list[float] | None, draws: int, seed: int) -> float:
+    """Bootstrap standard error (over items) of sum(num)/sum(den) (den None: a mean)."""
+    n = len(num)
+    if n < 2:
+        return math.nan
+    num_t = torch.tensor(num, dtype=torch.float64)
+    den_t = torch.ones(n, dtype=torch.float64) if den is None else torch.tensor(den, dtype=torch.float64)
+    idx = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(seed))
+    return float((num_t[idx].sum(1) / den_t[idx].sum(1).clamp(min=1e-12)).std())
+
+
 class Attacker:
     """The owner's public pipeline, rebuilt from a view's header with the attacker's own noise."""
 
@@ -214,6 +225,7 @@ def _aia(train_rows, train_truth, rows, scorer: Scorer, classes: int, opts: Suit
     guesses = probe(torch.stack([r.mean(0) for r in rows])).tolist()
     right = scorer.labels(guesses)
     return {"accuracy": sum(right) / max(1, len(right)), "ci95": _ci(right, None, opts.bootstrap, opts.seed),
+            "se": se_boot(right, None, opts.bootstrap, opts.seed),
             "chance_majority": scorer.majority_rate(),
             "null_shuffled_truth": sum(scorer.labels(guesses, shuffled=True)) / max(1, len(right)), "texts": len(right)}
 
@@ -268,12 +280,17 @@ def _view_rows(view: dict, releases: int | None) -> list[torch.Tensor]:
     return [it["rows"][0] if releases == 1 else it["rows"].double().mean(0).float() for it in view["items"]]
 
 
-def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
-    started = time.perf_counter()
+def open_run(run_dir: str | Path) -> tuple[dict, dict, Scorer]:
+    """A run's recorded view, its public header and the scorer of its truth (attacks train: grad on)."""
     torch.set_grad_enabled(True)
     view = load_view(run_dir)
-    header = view["header"]
-    scorer = Scorer(run_dir)
+    return view, view["header"], Scorer(run_dir)
+
+
+def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
+    """The catalogue on a split run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
+    started = time.perf_counter()
+    view, header, scorer = open_run(run_dir)
     attacker = Attacker(header)
     classes = len(header["verbalizer"])
     need = opts.train_texts + opts.control_texts + opts.game_pairs
@@ -329,6 +346,7 @@ def _positive_control(attacker: Attacker, train_states, control_ex, classes: int
 
 def write_reports(result: dict, run_dir: str | Path) -> tuple[Path, Path]:
     out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "attacks.json").write_text(json.dumps(result, indent=1))
     (out / "attacks.md").write_text(markdown(result))
     return out / "attacks.json", out / "attacks.md"
