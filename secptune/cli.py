@@ -72,6 +72,22 @@ def _add_split(p) -> None:
                    help="write what the server received for the first N texts to OUT/view (and the truth apart)")
 
 
+def _add_guarded(p) -> None:
+    g = p.add_argument_group("--mode guarded: GuardedTuning (client adapters around the server's backbone)")
+    g.add_argument("--variant", choices=["online", "gradfree", "offline"],
+                   help="online: activations up, gradients down; gradfree: only the output adapter is tuned, no "
+                        "gradient crosses; offline: tuned on an emulator, nothing crosses while tuning (online)")
+    g.add_argument("--dcor", type=float, help="weight of the distance-correlation regulariser (0)")
+    g.add_argument("--quant-bits", type=int, help="bits per value of every tensor that crosses: 1..16, or 32 = float32 (32)")
+    g.add_argument("--in-layers", type=int, help="Transformer layers in the client's input adapter (1)")
+    g.add_argument("--out-layers", type=int, help="layers in the client's output adapter (1; 0 on 2-layer models)")
+    g.add_argument("--epochs", type=int, help="passes over the training texts (10)")
+    g.add_argument("--lr", type=float, help="Adam learning rate of the adapters (1e-3)")
+    g.add_argument("--train-batch", type=int, help="texts per tuning step (8)")
+    g.add_argument("--harden-steps", type=int, help="gradfree: steps of the client's local hardening (100)")
+    g.add_argument("--emulator-keep", type=int, help="offline: the emulator keeps every N-th backbone layer (2)")
+
+
 def _split_options(args) -> SplitOptions:
     return SplitOptions(split_layer=args.split_layer, noise=args.noise, eta=args.eta, release=args.release,
                         record_view=args.record_view)
@@ -196,8 +212,9 @@ def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="prompt-tune with CMA-ES against the secure (or plain) forward pass")
     p.add_argument("--task", choices=["sst2", "yelp", "agnews", "mrpc", "rte"], default="sst2")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--mode", choices=["secure", "plain", "privtune"])
+    p.add_argument("--mode", choices=["secure", "plain", "privtune", "guarded"])
     _add_split(p)
+    _add_guarded(p)
     p.add_argument("--data", help="data directory with <task>/train.jsonl, test.jsonl")
     p.add_argument("--train")
     p.add_argument("--test")

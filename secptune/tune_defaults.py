@@ -25,7 +25,9 @@ CPU_SHORT = dict(k=1, popsize=2, budget=6, prompt_len=2, intrinsic_dim=20, test_
 def _explicit(args) -> dict:
     keys = ("data", "train", "test", "template", "k", "seed", "prompt_len", "intrinsic_dim", "popsize",
             "budget", "loss", "attention", "test_limit", "patience", "exact", "alpha", "time_limit", "pad_bucket",
-            "precision", "check_oracle", "split_layer", "noise", "eta", "release", "record_view")
+            "precision", "check_oracle", "split_layer", "noise", "eta", "release", "record_view",
+            "variant", "dcor", "quant_bits", "in_layers", "out_layers", "epochs", "lr", "train_batch",
+            "harden_steps", "emulator_keep")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if args.verbalizer:
         out["verbalizer"] = [w.strip() for w in args.verbalizer.split(",") if w.strip()]
