@@ -24,6 +24,7 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
+from secptune.privacy.compare import compare_privacy
 from secptune.privacy.suite import SuiteOptions, run_suite, write_reports
 from secptune.report import compare
 from secptune.server import prepare_job
@@ -266,12 +267,21 @@ def cmd_tune(args) -> int:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="secure vs plain runs side by side")
+    p = sub.add_parser("compare", help="runs side by side (--privacy: with their attack figures and cost per call)")
     p.add_argument("runs", nargs="+", help="run directories written by `secptune tune --out`")
     p.add_argument("--plot", help="write a PNG of the loss and dev curves")
+    p.add_argument("--privacy", action="store_true",
+                   help="one row per run: mode and parameters, tuned metric and its change vs plain, the best attacks "
+                        "(attacks.json beside a run), bytes/rounds/seconds and LAN/WAN time per call")
+    p.add_argument("--out", help="--privacy: write compare.json, compare.md and tradeoff.png here")
 
 
 def cmd_compare(args) -> int:
+    if args.privacy:
+        print(compare_privacy(args.runs, args.out))
+        return 0
+    if args.out:
+        raise SecptuneError("--out goes with --privacy (the plain comparison writes --plot only)")
     print(compare(args.runs, plot=args.plot))
     return 0
 
@@ -375,10 +385,14 @@ def _add_attack(sub) -> None:
     p.add_argument("--train-texts", type=int, default=1000, help="public texts the adaptive attacks are fitted on (1000)")
     p.add_argument("--game-pairs", type=int, default=300, help="pairs of texts in the distinguishing game (300)")
     p.add_argument("--mlp-seconds", type=float, default=90.0, help="training time of the MLP inversion (90)")
+    p.add_argument("--opt-steps", type=int, default=150,
+                   help="Adam steps of the white-box optimisation attack (150; 0: not run)")
+    p.add_argument("--opt-texts", type=int, default=64, help="recorded texts the white-box attack runs on (64)")
 
 
 def cmd_attack(args) -> int:
-    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
+    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds,
+                        opt_steps=args.opt_steps, opt_texts=args.opt_texts)
     result = run_suite(args.run, opts)
     paths = write_reports(result, args.run)
     for key, v in result["variants"].items():
@@ -386,8 +400,15 @@ def cmd_attack(args) -> int:
         print(f"{key}: token recovery nearest {v['tokens']['nearest_token']['recovery']:.3f}, best adaptive "
               f"{best['recovery']:.3f} ({best['attack']}); label AIA {v['label_aia']['accuracy']:.3f} "
               f"(majority {v['label_aia']['chance_majority']:.3f}); game advantage {v['game']['advantage']:.3f}")
-    pc = result["positive_control"]["tokens"]["best_adaptive"]
-    print(f"positive control (eta inf): best adaptive recovery {pc['recovery']:.3f}; reports: {paths[0]}, {paths[1]}")
+        print(f"{key}: reconstruction effectiveness (best ROUGE-L) {v['tokens']['best_rouge_l']['rouge_l']:.3f} "
+              f"({v['tokens']['best_rouge_l']['attack']})")
+    if "gradient_label" in result:
+        gl = result["gradient_label"]
+        print(f"gradient label inference {gl['accuracy']:.3f} (majority {gl['chance_majority']:.3f}; positive control "
+              f"{gl['positive_control']['accuracy']:.3f})")
+    pc = result["positive_control"]["tokens"]
+    print(f"positive control (unprotected): best adaptive recovery {pc['best_adaptive']['recovery']:.3f}, best overall "
+          f"{pc['best']['recovery']:.3f} ({pc['best']['attack']}); reports: {paths[0]}, {paths[1]}")
     return 0
 
 

@@ -120,6 +120,19 @@ def _evaluate(session: GuardedSession, ids: list[int], sets: list, kind: str) ->
     return metric(preds, labels, kind)
 
 
+def _zero_shot(server_model, texts: Texts, opts: GuardedOptions, dtype) -> dict:
+    """The untuned adapters through the same split and wire: a baseline measured by a session of
+    its own (not the run's traffic, not in its view), so the view's first texts are the tuning's."""
+    client = GuardedClient(server_model, texts.verbalizer, opts.in_layers, opts.out_layers, dtype)
+    server = GuardedServer(server_model, opts.in_layers, opts.out_layers, dtype)
+    session = GuardedSession(client, server, "gradfree", opts.quant_bits, 0.0, opts.lr)
+    out = {}
+    for name in ("dev", "test"):
+        ids = [session.load_texts(b) for b, _ in texts.sets[name]]
+        out[name] = _evaluate(session, ids, texts.sets[name], texts.metric_kind)
+    return out
+
+
 def run_guarded(cfg: TuneConfig, examples: tuple, out_dir: str, show_progress: bool = True) -> tuple[dict, dict, GuardedSession]:
     """Tune, score and record one guarded run; returns (result, totals, session) for the report."""
     opts = GuardedOptions.of(cfg)
@@ -135,6 +148,7 @@ def run_guarded(cfg: TuneConfig, examples: tuple, out_dir: str, show_progress: b
     client = GuardedClient(server_model, texts.verbalizer, opts.in_layers, opts.out_layers, dtype)
     server = GuardedServer(server_model, opts.in_layers, opts.out_layers, dtype, recorder)
     order_gen = torch.Generator().manual_seed(cfg.seed)  # public: the order of the training batches
+    zero = _zero_shot(server_model, texts, opts, dtype)
     started = time.perf_counter()
     hardening = []
     if opts.variant == "gradfree":
@@ -144,7 +158,6 @@ def run_guarded(cfg: TuneConfig, examples: tuple, out_dir: str, show_progress: b
     session = GuardedSession(client, server, opts.variant, opts.quant_bits, opts.dcor, opts.lr, recorder,
                              server_model, opts.emulator_keep)
     ids = {name: [session.load_texts(b) for b, _ in sets] for name, sets in texts.sets.items()}
-    zero = {name: _evaluate(session, ids[name], texts.sets[name], texts.metric_kind) for name in ("dev", "test")}
     history = []
     total_steps = opts.epochs * len(ids["train"])
     with tqdm(total=total_steps, desc=f"guarded {opts.variant}", disable=not show_progress) as bar:
