@@ -70,9 +70,11 @@ def checks(rows: list[dict]) -> tuple[list[dict], dict | None]:
     point = max(defended, key=lambda r: r["tuned"]) if defended else None
     if point is not None and UNDEFENDED in by:
         point = {**point, "accuracy_loss_vs_undefended": by[UNDEFENDED]["tuned"] - point["tuned"]}
+        control_ok = by[UNDEFENDED]["effectiveness"] >= EFFECTIVE  # else "< 0.5" shows no defence
         out.append({"check": f"accuracy loss of {point['run']} (effectiveness {point['effectiveness']:.3f} < 0.5) vs "
                     "the undefended split", "value": point["accuracy_loss_vs_undefended"],
-                    "bar": "<= 0.015 (GuardedTuning's claim)", "passed": point["accuracy_loss_vs_undefended"] <= 0.015})
+                    "bar": "<= 0.015 (GuardedTuning's claim), with the positive control >= 0.5",
+                    "passed": point["accuracy_loss_vs_undefended"] <= 0.015 and control_ok})
     return out, point
 
 

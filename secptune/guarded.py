@@ -386,7 +386,7 @@ def harden_input_adapter(client: GuardedClient, batches: list, dcor: float, step
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
     return losses

@@ -47,7 +47,8 @@ def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
 
     if args.mode:
         cfg = replace(base, mode=args.mode)
-        return [(cfg, out_for(cfg), f"{cfg.mode} tuning of {cfg.model} on {cfg.task}, budget {cfg.budget}")]
+        extent = f"{cfg.epochs} epochs" if cfg.mode == "guarded" else f"budget {cfg.budget}"
+        return [(cfg, out_for(cfg), f"{cfg.mode} tuning of {cfg.model} on {cfg.task}, {extent}")]
     if device == "cpu":
         short = {k: v for k, v in CPU_SHORT.items() if k not in _explicit(args)}
         secure = replace(base, mode="secure", **short)
