@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from secptune.cli import main
 from secptune.privacy.compare import rows
-from secptune.privacy.suite import run_suite
+from secptune.privacy.suite import run_suite, write_reports
 from secptune.privacy.view import load_view
 from test_privacy_attacks import FAST
 
@@ -23,8 +23,6 @@ def test_guarded_online_view_is_attacked_end_to_end(tmp_path):
     result = run_suite(out, replace(FAST, train_texts=120, control_texts=30, game_pairs=20, opt_steps=100))
     tokens = result["variants"]["releases_1"]["tokens"]
     best = tokens[tokens["best"]["attack"]]
-    print({k: round(v["recovery"], 3) for k, v in tokens.items() if not k.startswith("best")},
-          tokens["best_rouge_l"], result["gradient_label"])
     # no regulariser, 32-bit: the attacks recover tokens from the real view and the control (tiny-llama's
     # first layer is a random-init block, hard to invert from 120 public texts: 23 % here, not 100 %) ...
     assert tokens["best"]["recovery"] >= 0.15 and tokens["best_rouge_l"]["rouge_l"] >= 0.25
@@ -36,5 +34,7 @@ def test_guarded_online_view_is_attacked_end_to_end(tmp_path):
     assert "whitebox_opt" in tokens and tokens["whitebox_opt"]["texts"] == 8
     grad = result["gradient_label"]
     assert grad["texts"] == 4 and grad["positive_control"]["accuracy"] >= 0.9
+    write_reports(result, out)
     table = rows([str(out)])
-    assert table[0]["inversion"] == tokens["best"]["recovery"] and table[0]["gradient_label"] == grad["accuracy"]
+    best_any = max(v["tokens"]["best"]["recovery"] for v in result["variants"].values())  # over averaging too
+    assert table[0]["inversion"] == best_any and table[0]["gradient_label"] == grad["accuracy"]
