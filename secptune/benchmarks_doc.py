@@ -1131,10 +1131,41 @@ def privacy_secure_body(r: Report) -> list[str]:
     return out
 
 
+def guarded_body(r: Report) -> list[str]:
+    rows = [[x["run"], x["variant"], x["dcor"], x["bits"], score(x["tuned"]),
+             f"{score(x['effectiveness'])} ({x['effectiveness_attack']})", score(x["recovery"]),
+             f"{score(x['label_aia'])} / {score(x['label_majority'])}", score(x["gradient_label"]),
+             f"{x['game_advantage']:.2f}", f"{x['bytes_per_call'] / 1e3:,.1f}", f"{x['rounds_per_call']:.1f}"]
+            for x in r["rows"]]
+    out = table(["run", "variant", "dcor", "bits", "tuned acc.", "effectiveness (attack)", "token recovery",
+                 "label AIA / majority", "gradient label", "game adv.", "KB/call", "rounds/call"], rows)
+    out += ["", "Acceptance checks:", ""]
+    out += table(["check", "value", "bar", "passed"],
+                 [[c["check"], score(c["value"]), c["bar"], "yes" if c["passed"] else "**no**"] for c in r["checks"]])
+    p = r.get("operating_point")
+    out += ["", "Operating point (best accuracy at reconstruction effectiveness < 0.5): " + (
+        "none in this sweep." if p is None else
+        f"`{p['run']}`, tuned {score(p['tuned'])}, effectiveness {score(p['effectiveness'])}, accuracy loss vs the "
+        f"undefended split {p.get('accuracy_loss_vs_undefended', 0) * 100:+.1f} points (GuardedTuning claims ≤ 1.5)."),
+        "", "![dcor sweep](reports/privacy/guarded/sweep/sweep.png) ![trade-off](reports/privacy/guarded/sweep/tradeoff.png)", ""]
+    return out
+
+
+def section_guarded(reports: Reports) -> list[str]:
+    intro = ["## GuardedTuning as a comparison mode (`privacy/guarded/sweep/sweep.json`)", "",
+             "`--mode guarded` (client adapters around the server's backbone, distance-correlation regulariser "
+             "`--dcor`, `--quant-bits` on every tensor that crosses; docs/privacy.md) tuned by gradient descent and "
+             "attacked with `secptune attack` (`scripts/guarded_sweep.sh`, assembled by `research/guarded_figures.py`). "
+             "Effectiveness: the best attack's token-level ROUGE-L F1 on each text's last release, the white-box "
+             "optimisation attack given the client's final input adapter; an API call is one tuning step on a "
+             "mini-batch of 8 texts. The undefended split (online, dcor 0, 32-bit) is the positive control.", ""]
+    return one_report(reports, "privacy/guarded/sweep/sweep.json", intro, guarded_body)
+
+
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
             section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
             section_prepare,
-            section_deployment, section_baselines, section_privacy)
+            section_deployment, section_baselines, section_privacy, section_guarded)
 
 
 def render(reports_dir: Path = DEFAULT_REPORTS) -> str:

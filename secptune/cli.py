@@ -24,6 +24,7 @@ from secptune.checkpoints import load_config, resolve_model
 from secptune.errors import SecptuneError
 from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
+from secptune.privacy.compare import compare_privacy
 from secptune.privacy.secure_suite import run_attacks, write_reports
 from secptune.privacy.suite import SuiteOptions
 from secptune.report import compare
@@ -72,6 +73,22 @@ def _add_split(p) -> None:
                    help="send each text's noisy rows once per run, or with fresh noise on every call (once)")
     g.add_argument("--record-view", type=int, default=0, metavar="N",
                    help="write what the server received for the first N texts to OUT/view (and the truth apart)")
+
+
+def _add_guarded(p) -> None:
+    g = p.add_argument_group("--mode guarded: GuardedTuning (client adapters around the server's backbone)")
+    g.add_argument("--variant", choices=["online", "gradfree", "offline"],
+                   help="online: activations up, gradients down; gradfree: only the output adapter is tuned, no "
+                        "gradient crosses; offline: tuned on an emulator, nothing crosses while tuning (online)")
+    g.add_argument("--dcor", type=float, help="weight of the distance-correlation regulariser (0)")
+    g.add_argument("--quant-bits", type=int, help="bits per value of every tensor that crosses: 1..16, or 32 = float32 (32)")
+    g.add_argument("--in-layers", type=int, help="Transformer layers in the client's input adapter (1)")
+    g.add_argument("--out-layers", type=int, help="layers in the client's output adapter (1; 0 on 2-layer models)")
+    g.add_argument("--epochs", type=int, help="passes over the training texts (10)")
+    g.add_argument("--lr", type=float, help="Adam learning rate of the adapters (1e-3)")
+    g.add_argument("--train-batch", type=int, help="texts per tuning step (8)")
+    g.add_argument("--harden-steps", type=int, help="gradfree: steps of the client's local hardening (100)")
+    g.add_argument("--emulator-keep", type=int, help="offline: the emulator keeps every N-th backbone layer (2)")
 
 
 def _split_options(args) -> SplitOptions:
@@ -198,8 +215,9 @@ def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="prompt-tune with CMA-ES against the secure (or plain) forward pass")
     p.add_argument("--task", choices=["sst2", "yelp", "agnews", "mrpc", "rte"], default="sst2")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--mode", choices=["secure", "plain", "privtune"])
+    p.add_argument("--mode", choices=["secure", "plain", "privtune", "guarded"])
     _add_split(p)
+    _add_guarded(p)
     p.add_argument("--data", help="data directory with <task>/train.jsonl, test.jsonl")
     p.add_argument("--train")
     p.add_argument("--test")
@@ -252,12 +270,21 @@ def cmd_tune(args) -> int:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="secure vs plain runs side by side")
+    p = sub.add_parser("compare", help="runs side by side (--privacy: with their attack figures and cost per call)")
     p.add_argument("runs", nargs="+", help="run directories written by `secptune tune --out`")
     p.add_argument("--plot", help="write a PNG of the loss and dev curves")
+    p.add_argument("--privacy", action="store_true",
+                   help="one row per run: mode and parameters, tuned metric and its change vs plain, the best attacks "
+                        "(attacks.json beside a run), bytes/rounds/seconds and LAN/WAN time per call")
+    p.add_argument("--out", help="--privacy: write compare.json, compare.md and tradeoff.png here")
 
 
 def cmd_compare(args) -> int:
+    if args.privacy:
+        print(compare_privacy(args.runs, args.out))
+        return 0
+    if args.out:
+        raise SecptuneError("--out goes with --privacy (the plain comparison writes --plot only)")
     print(compare(args.runs, plot=args.plot))
     return 0
 
@@ -364,13 +391,17 @@ def _add_attack(sub) -> None:
     p.add_argument("--control", metavar="RUN",
                    help="secure views: the unprotected split's run on the same texts (attacked first), reported beside")
     p.add_argument("--report-dir", metavar="DIR", help="write attacks.json/attacks.md here (default: the run directory)")
+    p.add_argument("--opt-steps", type=int, default=150,
+                   help="Adam steps of the white-box optimisation attack (150; 0: not run)")
+    p.add_argument("--opt-texts", type=int, default=64, help="recorded texts the white-box attack runs on (64)")
 
 
 def cmd_attack(args) -> int:
-    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds)
+    opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds,
+                        opt_steps=args.opt_steps, opt_texts=args.opt_texts)
     result = run_attacks(args.run, opts, args.control)
     argv = ["attack", args.run, "--train-texts", str(args.train_texts), "--game-pairs", str(args.game_pairs),
-            "--mlp-seconds", str(args.mlp_seconds)]
+            "--mlp-seconds", str(args.mlp_seconds), "--opt-steps", str(args.opt_steps), "--opt-texts", str(args.opt_texts)]
     argv += (["--control", args.control] if args.control else []) + (["--report-dir", args.report_dir] if args.report_dir else [])
     result["command"] = command_line(argv)
     paths = write_reports(result, args.report_dir or args.run)
@@ -385,8 +416,15 @@ def cmd_attack(args) -> int:
         print(f"{key}: token recovery nearest {v['tokens']['nearest_token']['recovery']:.3f}, best adaptive "
               f"{best['recovery']:.3f} ({best['attack']}); label AIA {v['label_aia']['accuracy']:.3f} "
               f"(majority {v['label_aia']['chance_majority']:.3f}); game advantage {v['game']['advantage']:.3f}")
-    pc = result["positive_control"]["tokens"]["best_adaptive"]
-    print(f"positive control (eta inf): best adaptive recovery {pc['recovery']:.3f}; reports: {paths[0]}, {paths[1]}")
+        print(f"{key}: reconstruction effectiveness (best ROUGE-L) {v['tokens']['best_rouge_l']['rouge_l']:.3f} "
+              f"({v['tokens']['best_rouge_l']['attack']})")
+    if "gradient_label" in result:
+        gl = result["gradient_label"]
+        print(f"gradient label inference {gl['accuracy']:.3f} (majority {gl['chance_majority']:.3f}; positive control "
+              f"{gl['positive_control']['accuracy']:.3f})")
+    pc = result["positive_control"]["tokens"]
+    print(f"positive control (unprotected): best adaptive recovery {pc['best_adaptive']['recovery']:.3f}, best overall "
+          f"{pc['best']['recovery']:.3f} ({pc['best']['attack']}); reports: {paths[0]}, {paths[1]}")
     return 0
 
 

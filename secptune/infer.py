@@ -241,7 +241,8 @@ def secure_record(opts: InferOptions, prep: Prepared):
     if opts.split.record_view < 0:
         raise InputError(f"--record-view takes a number of texts, not {opts.split.record_view}")
     header = secure_view.secure_header(opts.model, opts.task, None, opts.template, opts.verbalizer,
-                                       prep.batches[0].prompt.shape[-2], opts.attention, opts.batch_size, opts.pad_bucket)
+                                       prep.batches[0].prompt.shape[-2], attention_for(opts.mode, opts.exact, opts.attention),
+                                       opts.batch_size, opts.pad_bucket)
     pairs = [(b, prep.examples[i * opts.batch_size : (i + 1) * opts.batch_size]) for i, b in enumerate(prep.batches)]
     return secure_view.recorders(opts.out, opts.split.record_view, header, pairs, load_tokenizer(prep.model_dir))
 

@@ -54,7 +54,7 @@ def write_tune_report(out: Path, cfg, result: dict, totals: dict, wall_s: float,
         "config": asdict(cfg),
         "generations": gens,
         "final": result["final"],
-        "totals": {"wall_s": wall_s, "parties": totals, "api_calls": len(gens) * cfg.popsize},
+        "totals": {"wall_s": wall_s, "parties": totals, "api_calls": result.get("api_calls", len(gens) * cfg.popsize)},
         "per_call": _per_call(result["train_forwards"], cfg.popsize, server_forwards),
     }
     (out / "report.json").write_text(json.dumps(data, indent=1))
@@ -72,6 +72,7 @@ def _markdown(d: dict) -> str:
         f"popsize={c['popsize']} budget={c['budget']} loss={c['loss']} alpha={c.get('alpha', 1.0)} "
         f"attention={c.get('attention', 'softmax')} device={c.get('device', 'cpu')}",
         "",
+        *([f"GuardedTuning: {_guarded_line(f['guarded'])}", ""] if f.get("guarded") else []),
         f"| split | zero-shot {f['metric']} | tuned {f['metric']} |",
         "|---|---|---|",
         f"| dev | {f['dev']['zero_shot']:.3f} | {f['dev']['tuned']:.3f} |",
@@ -107,6 +108,13 @@ def _markdown(d: dict) -> str:
                 line += f"; the dealer sent the owner {pc['dealer_to_owner_bytes'] / 1e6:.2f} MB (the server's share unknown here)"
         lines += ["", line + "."]
     return "\n".join(lines) + "\n"
+
+
+def _guarded_line(g: dict) -> str:
+    """A guarded run's own settings (its API call is one tuning step on a mini-batch)."""
+    return (f"variant {g['variant']}, dcor {g['dcor']}, {g['quant_bits']}-bit wire, adapters {g['in_layers']} in + "
+            f"{g['out_layers']} out ({g['adapters']}), {g['epochs']} epochs at lr {g['lr']}, {g['steps']} steps "
+            f"in {g['tuning_s']:.1f} s.")
 
 
 def _precision(config: dict) -> str:

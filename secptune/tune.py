@@ -77,6 +77,17 @@ class TuneConfig:
     eta: str = "inf"
     release: str = "once"
     record_view: int = 0
+    # --mode guarded (secptune.guarded_job.GuardedOptions)
+    variant: str = "online"
+    dcor: float = 0.0
+    quant_bits: int = 32
+    in_layers: int = 1
+    out_layers: int | None = None
+    epochs: int = 10
+    lr: float = 1e-3
+    train_batch: int = 8
+    harden_steps: int = 100
+    emulator_keep: int = 2
 
     @property
     def generations(self) -> int:

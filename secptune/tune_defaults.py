@@ -28,7 +28,9 @@ CPU_SHORT = dict(k=1, popsize=2, budget=6, prompt_len=2, intrinsic_dim=20, test_
 def _explicit(args) -> dict:
     keys = ("data", "train", "test", "template", "k", "seed", "prompt_len", "intrinsic_dim", "popsize",
             "budget", "loss", "attention", "test_limit", "patience", "exact", "alpha", "time_limit", "pad_bucket",
-            "precision", "check_oracle", "split_layer", "noise", "eta", "release", "record_view")
+            "precision", "check_oracle", "split_layer", "noise", "eta", "release", "record_view",
+            "variant", "dcor", "quant_bits", "in_layers", "out_layers", "epochs", "lr", "train_batch",
+            "harden_steps", "emulator_keep")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if args.verbalizer:
         out["verbalizer"] = [w.strip() for w in args.verbalizer.split(",") if w.strip()]
@@ -48,7 +50,8 @@ def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
 
     if args.mode:
         cfg = replace(base, mode=args.mode)
-        return [(cfg, out_for(cfg), f"{cfg.mode} tuning of {cfg.model} on {cfg.task}, budget {cfg.budget}")]
+        extent = f"{cfg.epochs} epochs" if cfg.mode == "guarded" else f"budget {cfg.budget}"
+        return [(cfg, out_for(cfg), f"{cfg.mode} tuning of {cfg.model} on {cfg.task}, {extent}")]
     if device == "cpu":
         short = {k: v for k, v in CPU_SHORT.items() if k not in _explicit(args)}
         secure = replace(base, mode="secure", **short)

@@ -142,6 +142,8 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
 
     ``network`` (:class:`mpc.net.Network`): secure mode with the server and dealer on
     other hosts (``secptune party``); this process is the data owner."""
+    if cfg.mode == "guarded":
+        return _run_guarded(cfg, out_dir, show_progress)
     check_mode(cfg.mode, cfg.exact)
     check_precision(cfg.mode, cfg.exact, cfg.precision, cfg.check_oracle)
     cfg.attention = attention_for(cfg.mode, cfg.exact, cfg.attention)
@@ -195,3 +197,18 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
     out = report.write_tune_report(Path(out_dir), cfg, result, totals, wall, server_forwards)
     torch.save(result["prompt"], Path(out_dir) / "prompt.pt")
     return out
+
+
+def _run_guarded(cfg: TuneConfig, out_dir: str, show_progress: bool) -> dict:
+    """``--mode guarded`` (secptune.guarded): adapters tuned by gradient descent, no prompt."""
+    from dataclasses import replace
+
+    from secptune.guarded_job import run_guarded
+
+    if cfg.exact or cfg.precision == "float64" or cfg.check_oracle:
+        raise InputError("--exact, --check-oracle and --precision float64 are for --mode plain; --mode guarded runs "
+                         "the original non-linearities in float32")
+    cfg = replace(cfg, popsize=1, prompt_len=0)  # one API call = one tuning step; adapters, not a prompt
+    started = time.perf_counter()
+    result, totals, _ = run_guarded(cfg, task_examples(cfg), out_dir, show_progress)
+    return report.write_tune_report(Path(out_dir), cfg, result, totals, time.perf_counter() - started)

@@ -13,7 +13,8 @@ from secptune.privacy.scorer import Scorer
 from secptune.privacy.suite import SuiteOptions, run_suite
 from secptune.privacy.view import TRUTH, load_view
 
-FAST = SuiteOptions(train_texts=300, control_texts=60, game_pairs=60, mlp_seconds=5, bootstrap=200)
+FAST = SuiteOptions(train_texts=300, control_texts=60, game_pairs=60, mlp_seconds=5, bootstrap=200, opt_steps=30,
+                    opt_texts=8)
 
 
 def record(tmp_path, name, *flags):
@@ -99,6 +100,7 @@ def test_only_the_scorer_reads_the_truth_file(runs, monkeypatch):
 
 
 def test_attack_cli_writes_reports(runs, capsys):
-    assert main(["attack", str(runs["clean"]), "--train-texts", "200", "--game-pairs", "20", "--mlp-seconds", "2"]) == 0
+    assert main(["attack", str(runs["clean"]), "--train-texts", "200", "--game-pairs", "20", "--mlp-seconds", "2",
+                 "--opt-steps", "20", "--opt-texts", "4"]) == 0
     assert (runs["clean"] / "attacks.json").is_file() and "Positive control" in (runs["clean"] / "attacks.md").read_text()
     assert "positive control" in capsys.readouterr().out

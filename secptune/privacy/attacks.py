@@ -88,6 +88,13 @@ class MLPInversion:
         x = (rows.float() - self.mean) / self.std
         return self.vocab[torch.cat([self.net(q).argmax(-1) for q in x.split(_CHUNK)])]
 
+    @torch.no_grad()
+    def top(self, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` likeliest tokens per row [n, k] (candidates for a white-box refinement)."""
+        x = (rows.float() - self.mean) / self.std
+        k = min(k, len(self.vocab))
+        return self.vocab[torch.cat([self.net(q).topk(k, dim=-1).indices for q in x.split(_CHUNK)])]
+
 
 class LogisticProbe:
     """Attribute inference: multinomial logistic regression on a text's mean row."""

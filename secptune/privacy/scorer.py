@@ -52,6 +52,21 @@ class Scorer:
             out.append((right, mine["private"]))
         return out
 
+    def rouge_l(self, guesses: list[torch.Tensor], shuffled: bool = False) -> list[float]:
+        """ROUGE-L F1 per item between the guessed and the true token ids over the text's private
+        span (longest common subsequence; token level, so no tokenizer round trip decides it)."""
+        out = []
+        for i, g in enumerate(guesses):
+            mine, t = self._items[i], self._truth(i, shuffled)
+            lo, hi = mine["start"], mine["start"] + mine["private"]
+            truth = t["ids"][t["start"] : t["start"] + t["private"]].tolist()
+            out.append(_lcs_f1(g[lo:hi].long().tolist(), truth))
+        return out
+
+    def subset(self, indices: list[int]) -> "Scorer":
+        """A scorer of these items only (for an attack run on part of a view)."""
+        return Scorer(items=[self._items[i] for i in indices])
+
     def labels(self, guesses: list[int], shuffled: bool = False) -> list[int]:
         """1 per item whose label was guessed right (items without a label are skipped)."""
         return [int(g == self._truth(i, shuffled)["label"]) for i, g in enumerate(guesses)
@@ -79,3 +94,19 @@ class Scorer:
         texts, so no attack is trained on a text it is then scored on."""
         owned = {it["text"] for it in self._items}
         return [ex for ex in examples if ex.text not in owned]
+
+
+def _lcs_f1(guess: list[int], truth: list[int]) -> float:
+    if not guess or not truth:
+        return 0.0
+    prev = [0] * (len(truth) + 1)
+    for g in guess:
+        cur = [0]
+        for j, t in enumerate(truth):
+            cur.append(prev[j] + 1 if g == t else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(guess), lcs / len(truth)
+    return 2 * p * r / (p + r)

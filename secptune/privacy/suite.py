@@ -7,7 +7,13 @@ without the owner's recorded texts).  It rebuilds the owner's mechanism from the
 
 * token inversion — nearest vocabulary row (non-adaptive), and the adaptive 1-NN over
   public outputs, ridge map to the embedding, and MLP to the vocabulary; the best
-  adaptive one is the figure that counts;
+  adaptive one is the figure that counts; plus the white-box optimisation attack
+  (:mod:`secptune.privacy.whitebox`: relaxed embeddings through the bottom model, the
+  first ``opt_texts`` texts); each with its token recovery and token-level ROUGE-L F1
+  (the reconstruction effectiveness: the best attack's ROUGE-L);
+* gradient label inference — where the view holds gradients (``--mode guarded
+  --variant online``): a probe fitted on the gradients the attacker simulates for
+  public labelled text;
 * attribute inference — the task label (the topic for AG News) from a text's mean row;
 * length leakage — the text length from where the best inversion sees padding start;
 * a distinguishing game — two public texts differing in one token, one released; the
@@ -39,17 +45,19 @@ from tqdm import tqdm
 from secptune.checkpoints import load_hf_model, load_tokenizer, resolve_model
 from secptune.errors import InputError
 from secptune.infer import pad_token
-from secptune.inputs import Template, build_batch, encode
-from secptune.privacy import attacks
+from secptune.inputs import Template, build_batch, encode, verbalizer_ids, verbalizer_onehot
+from secptune.privacy import attacks, whitebox
 from secptune.privacy.mechanisms import MechanismParams, crafted_mean, distinguish_bound
 from secptune.privacy.neighbours import NeighbourGraph
 from secptune.privacy.sampling import NoiseSource
 from secptune.privacy.scorer import Scorer
-from secptune.privacy.view import load_view, truth_item
+from secptune.privacy.view import load_view, truth_item, view_dir
 from secptune.arch import arch_from_config
 from secptune.server.prepare import prepare_server_model
 from secptune.split import BottomModel, SplitOwner, layout
 from secptune.split_job import importance_table, public_pool, text_token_counter
+from secptune.guarded import GuardedClient, GuardedServer
+from secptune.guarded_job import WHITEBOX
 
 BATCH = 8  # public texts per padded batch (the owner's `infer` default)
 
@@ -60,6 +68,8 @@ class SuiteOptions:
     control_texts: int = 200  # held-out public texts of the positive control
     game_pairs: int = 300
     mlp_seconds: float = 90.0
+    opt_steps: int = 150  # white-box optimisation attack: Adam steps (0: not run)
+    opt_texts: int = 64  # ... on this many recorded texts
     bootstrap: int = 1000
     seed: int = 1
 
@@ -90,8 +100,8 @@ def se_boot(num: list[float], den: list[float] | None, draws: int, seed: int) ->
 class Attacker:
     """The owner's public pipeline, rebuilt from a view's header with the attacker's own noise."""
 
-    def __init__(self, header: dict, params: MechanismParams | None = None):
-        if header.get("mode") != "privtune":
+    def __init__(self, header: dict, params: MechanismParams | None = None, run_dir: str | Path | None = None):
+        if header.get("mode") not in ("privtune", "guarded"):
             raise InputError(f"this suite attacks split-mode views; the view's mode is {header.get('mode')!r}")
         self.header = header
         model_dir = resolve_model(header["model"])
@@ -109,16 +119,50 @@ class Attacker:
             pool = public_pool(header["task"], header.get("data"))
             importance = importance_table(self.tokenizer, self.template, pool, len(header["verbalizer"]),
                                           self.arch.prefix_tokens)
+        if header["mode"] == "guarded":
+            self._guarded(run_dir)
+            return
         graph = NeighbourGraph(self.server.weights["emb.word"], self.params.knn) if self.params.noise == "privtune" else None
         self.owner = SplitOwner(BottomModel(self.server, header["split_layer"], torch.float32), self.params,
                                 NoiseSource(), graph, importance)
 
+    def _guarded(self, run_dir, whitebox_state: bool = True, bits: int | None = None) -> None:
+        """The guarded owner: its input adapter as the run left it (view/whitebox.pt: the
+        white-box assumption) or as pretrained (the positive control), and its wire's bits."""
+        g = self.header["guarded"]
+        self.bits = g["quant_bits"] if bits is None else bits
+        words = self.header["verbalizer"]
+        verbalizer = verbalizer_onehot(verbalizer_ids(self.tokenizer, words, self.template), self.arch.vocab_size)
+        self.client = GuardedClient(self.server, verbalizer, g["in_layers"], g["out_layers"], torch.float32)
+        if whitebox_state:
+            state = torch.load(view_dir(run_dir) / WHITEBOX, weights_only=False)["input_adapter"]
+            with torch.no_grad():
+                for k, v in self.client.inp.w.items():
+                    v.copy_(state[k])
+        for w in self.client.inp.parameters() + self.client.out.parameters():
+            w.requires_grad_(False)  # the attacks differentiate with respect to inputs only
+        self.backbone = GuardedServer(self.server, g["in_layers"], g["out_layers"], torch.float32)
+        self.owner = whitebox.GuardedPipeline(self.client, self.bits)
+
     def with_params(self, params: MechanismParams) -> "Attacker":
-        """The same attacker (model, tables) with another mechanism, e.g. the unprotected split."""
+        """The same attacker (model, tables) with another mechanism, e.g. the unprotected split
+        (guarded: the pretrained input adapter, no regulariser, a 32-bit wire)."""
         twin = copy.copy(self)
         twin.params = params
-        twin.owner = SplitOwner(self.owner.bottom, params, NoiseSource(), self.owner.graph, self.owner.importance)
+        if self.header["mode"] == "guarded":
+            twin._guarded(None, whitebox_state=False, bits=32)
+        else:
+            twin.owner = SplitOwner(self.owner.bottom, params, NoiseSource(), self.owner.graph, self.owner.importance)
         return twin
+
+    def bottom_function(self):
+        """The owner's bottom model as a differentiable map (embeddings, positions) -> rows."""
+        if self.header["mode"] == "guarded":
+            return self.owner.function
+        bottom = self.owner.bottom
+        if bottom.K == 0:
+            return lambda e, positions: e
+        return lambda e, positions: bottom.model.causal(e.to(bottom.dtype), layers=range(bottom.K), positions=positions)
 
     def states(self, examples) -> list[tuple[dict, list]]:
         """Clean owner states of public texts, in padded batches laid out like the owner's."""
@@ -134,15 +178,16 @@ class Attacker:
                         batch.prompt_start))
         return out
 
-    def released(self, states, releases: int) -> tuple[list[torch.Tensor], list[dict]]:
-        """Per text: the average of ``releases`` mechanism outputs [m, H], and its truth."""
-        rows, truth = [], []
+    def released(self, states, releases: int) -> tuple[list[torch.Tensor], list[dict], list[torch.Tensor]]:
+        """Per text: the average of ``releases`` mechanism outputs [m, H], its truth, its positions."""
+        rows, truth, positions = [], [], []
         for state, meta, start in states:
             total = sum(self.owner.release(state, 0).hidden.double() for _ in range(releases))
             for b, (ex, n) in enumerate(meta):
                 rows.append((total[b] / releases).float())
                 truth.append(truth_item(state["ids"][b], n, ex.label, ex.text, start, self.count(ex.text)))
-        return rows, truth
+                positions.append(state["positions"])
+        return rows, truth, positions
 
 
 def _flat(rows: list[torch.Tensor], truth: list[dict] | None = None):
@@ -155,44 +200,69 @@ def _split_back(flat: torch.Tensor, rows: list[torch.Tensor]) -> list[torch.Tens
     return list(flat.split([len(r) for r in rows]))
 
 
-def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: float, seed: int) -> dict:
-    """The inversion attacks, fitted on public mechanism outputs: name -> rows -> ids."""
+def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: float, seed: int,
+                  opts: SuiteOptions | None = None) -> dict:
+    """The inversion attacks, fitted on public mechanism outputs: name -> rows -> ids (the
+    white-box one: an object with ``on_items``)."""
     x, ids = _flat(train_rows, train_truth)
     ridge = attacks.RidgeInversion(x, ids, attacker.table)
     mlp = attacks.MLPInversion(x, ids, seconds=mlp_seconds, seed=seed)
-    return {
+    fitted = {
         "nearest_token": lambda q: attacks.nearest_token(q, attacker.table),
         "adaptive_1nn": lambda q: attacks.nearest_public(q, x, ids),
         "adaptive_ridge": ridge,
         "adaptive_mlp": mlp,
     }
+    if opts is not None and opts.opt_steps > 0:
+        # large vocabularies: the candidates are the tokens public text contains (as the MLP's)
+        vocab = None if attacker.table.size(0) <= 4096 else torch.unique(ids)
+        fitted["whitebox_opt"] = whitebox.OptimisedInversion(attacker.bottom_function(), attacker.table, vocab,
+                                                             opts.opt_steps, limit=opts.opt_texts, seed=seed,
+                                                             proposer=mlp.top)
+    return fitted
+
+
+def _guess(attack, rows: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
+    if getattr(attack, "per_item", False):
+        return attack.on_items(rows, positions)
+    return _split_back(attack(_flat(rows)[0]), rows)
 
 
 def _token_figures(fitted: dict, rows: list[torch.Tensor], scorer: Scorer, opts: SuiteOptions,
-                   nulls: dict[str, list[torch.Tensor]] | None = None) -> tuple[dict, dict]:
-    """Recovery per attack (with its CI and nulls: ``nulls`` maps a name to a null view's rows)
-    and each attack's guesses."""
+                   nulls: dict[str, list[torch.Tensor]] | None = None,
+                   positions: list[torch.Tensor] | None = None) -> tuple[dict, dict]:
+    """Recovery and ROUGE-L per attack (with CIs and nulls: ``nulls`` maps a name to a null
+    view's rows) and each attack's guesses (a white-box attack: on its first texts only)."""
     figures, guesses = {}, {}
-    flat, _ = _flat(rows)
+    positions = positions or [torch.arange(len(r)) for r in rows]
     for name, attack in fitted.items():
-        g = _split_back(attack(flat), rows)
+        g = _guess(attack, rows, positions)
         guesses[name] = g
-        hits = scorer.tokens(g)
-        shuffled = scorer.tokens(g, shuffled=True)
+        sc = scorer if len(g) == len(rows) else scorer.subset(list(range(len(g))))
+        hits, rouge = sc.tokens(g), sc.rouge_l(g)
+        shuffled = sc.tokens(g, shuffled=True)
         fig = {
             "recovery": sum(h for h, _ in hits) / max(1, sum(n for _, n in hits)),
             "ci95": _ci([h for h, _ in hits], [n for _, n in hits], opts.bootstrap, opts.seed),
             "null_shuffled_truth": sum(h for h, _ in shuffled) / max(1, sum(n for _, n in shuffled)),
+            "rouge_l": sum(rouge) / max(1, len(rouge)),
+            "rouge_l_ci95": _ci(rouge, None, opts.bootstrap, opts.seed),
+            "rouge_l_null_shuffled_truth": sum(sc.rouge_l(g, shuffled=True)) / max(1, len(rouge)),
             "tokens": sum(n for _, n in hits),
+            "texts": len(g),
         }
         for null, null_rows in (nulls or {}).items():
-            nh = scorer.tokens(_split_back(attack(_flat(null_rows)[0]), null_rows))
+            ng = _guess(attack, null_rows, positions)
+            nh = sc.tokens(ng)
             fig[null] = sum(h for h, _ in nh) / max(1, sum(n for _, n in nh))
+            fig["rouge_l_" + null] = sum(sc.rouge_l(ng)) / max(1, len(ng))
         figures[name] = fig
     every = {k: v["recovery"] for k, v in figures.items()}
     adaptive = {k: v for k, v in every.items() if k.startswith("adaptive")}
+    rouge = {k: v["rouge_l"] for k, v in figures.items()}
     figures["best_adaptive"] = {"attack": max(adaptive, key=adaptive.get), "recovery": max(adaptive.values())}
     figures["best"] = {"attack": max(every, key=every.get), "recovery": max(every.values())}
+    figures["best_rouge_l"] = {"attack": max(rouge, key=rouge.get), "rouge_l": max(rouge.values())}
     return figures, guesses
 
 
@@ -276,8 +346,10 @@ def _centre_scale(state: dict, p: MechanismParams) -> tuple[torch.Tensor, torch.
 
 
 def _view_rows(view: dict, releases: int | None) -> list[torch.Tensor]:
-    """Per item: its first release (``releases`` 1) or the average of all it recorded."""
-    return [it["rows"][0] if releases == 1 else it["rows"].double().mean(0).float() for it in view["items"]]
+    """Per item: one release (``releases`` 1: the first; the last where the header says the
+    white box is the run's final state) or the average of all it recorded."""
+    one = -1 if view["header"].get("attack_release") == "last" else 0
+    return [it["rows"][one] if releases == 1 else it["rows"].double().mean(0).float() for it in view["items"]]
 
 
 def open_run(run_dir: str | Path) -> tuple[dict, dict, Scorer]:
@@ -288,10 +360,10 @@ def open_run(run_dir: str | Path) -> tuple[dict, dict, Scorer]:
 
 
 def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
-    """The catalogue on a split run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
+    """The catalogue on a split or guarded run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
     started = time.perf_counter()
     view, header, scorer = open_run(run_dir)
-    attacker = Attacker(header)
+    attacker = Attacker(header, run_dir=run_dir)
     classes = len(header["verbalizer"])
     need = opts.train_texts + opts.control_texts + opts.game_pairs
     pool = scorer.disjoint(public_pool(header["task"], header.get("data"), limit=need + 200, seed=opts.seed))
@@ -311,12 +383,12 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
     result = {"run": str(run_dir), "header": header, "options": asdict(opts), "public_texts": len(train_ex),
               "variants": {}}
     for r in tqdm(variants, desc="attacks", unit="variant"):
-        train_rows, train_truth = attacker.released(train_states, r)
-        fitted = token_attacks(attacker, train_rows, train_truth, opts.mlp_seconds, opts.seed)
+        train_rows, train_truth, _ = attacker.released(train_states, r)
+        fitted = token_attacks(attacker, train_rows, train_truth, opts.mlp_seconds, opts.seed, opts)
         rows = _view_rows(view, r)
         nulls = {"null_random_view": _random_text_view(attacker, view, r, opts.seed),
                  "null_gaussian_view": _gaussian_view(rows, opts.seed)}
-        tokens, guesses = _token_figures(fitted, rows, scorer, opts, nulls)
+        tokens, guesses = _token_figures(fitted, rows, scorer, opts, nulls, [it["positions"] for it in view["items"]])
         best = guesses[tokens["best"]["attack"]]
         result["variants"][f"releases_{r}"] = {
             "releases_averaged": r,
@@ -325,22 +397,63 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
             "length": _length(best, attacker.pad_id, scorer, prior, opts),
             "game": _game(attacker, game_ex, r, replace(opts, game_pairs=len(game_ex))),
         }
-    result["positive_control"] = _positive_control(attacker, train_states, control_ex, classes, opts)
+    if any("grads" in it for it in view["items"]):
+        result["gradient_label"] = _gradient_label(attacker, view, scorer, train_ex, control_ex, opts)
+    result["positive_control"] = _positive_control(attacker, train_states, control_ex, classes, opts, train_ex)
     result["wall_s"] = time.perf_counter() - started
     result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                          "load_avg": list(os.getloadavg())}
     return result
 
 
-def _positive_control(attacker: Attacker, train_states, control_ex, classes: int, opts: SuiteOptions) -> dict:
-    """The same attacks on held-out public text through the unprotected split (η = inf, same
-    layer): they must succeed here, or their failure elsewhere means nothing."""
+def _labelled_batches(attacker: Attacker, examples) -> list[tuple]:
+    """(ids, prediction one-hot, labels) per padded batch of public labelled text."""
+    out = []
+    for state, meta, _ in attacker.states(examples):
+        ids = state["ids"]
+        pred = torch.zeros(ids.shape, dtype=torch.float64)
+        for b, (_, n) in enumerate(meta):
+            pred[b, n - 1] = 1.0
+        out.append((ids, pred, torch.tensor([int(ex.label) for ex, _ in meta])))
+    return out
+
+
+def _gradient_label(attacker: Attacker, view: dict, scorer: Scorer, train_ex, control_ex, opts: SuiteOptions) -> dict:
+    """Label inference from the gradients the server received (first one per text), by a probe
+    fitted on gradients the attacker simulates for public labelled text (its output adapter:
+    the pretrained one); positive control: the same probe on held-out public texts' simulated
+    gradients (32-bit, pretrained adapters)."""
+    classes = len(attacker.header["verbalizer"])
+    feats, labels = whitebox.simulated_gradients(attacker.client, attacker.backbone,
+                                                 _labelled_batches(attacker, train_ex), attacker.bits)
+    probe = attacks.LogisticProbe(feats, labels, classes)
+    have = [i for i, it in enumerate(view["items"]) if "grads" in it]
+    sc = scorer.subset(have)
+    guesses = probe(torch.stack([whitebox.gradient_features(view["items"][i]["grads"][:1])[0] for i in have])).tolist()
+    right = sc.labels(guesses)
     clean = attacker.with_params(MechanismParams(noise="dchi", eta=math.inf))
-    train_rows, train_truth = clean.released(train_states, 1)  # clean states serve any mechanism
-    rows, truth = clean.released(clean.states(control_ex), 1)
+    cf, cl = whitebox.simulated_gradients(clean.client, clean.backbone, _labelled_batches(clean, train_ex), 32)
+    pf, pl = whitebox.simulated_gradients(clean.client, clean.backbone, _labelled_batches(clean, control_ex), 32)
+    control = (attacks.LogisticProbe(cf, cl, classes)(pf) == pl).double().tolist()
+    return {"accuracy": sum(right) / max(1, len(right)), "ci95": _ci(right, None, opts.bootstrap, opts.seed),
+            "chance_majority": sc.majority_rate(),
+            "null_shuffled_truth": sum(sc.labels(guesses, shuffled=True)) / max(1, len(right)), "texts": len(right),
+            "positive_control": {"accuracy": sum(control) / max(1, len(control)), "texts": len(control)}}
+
+
+def _positive_control(attacker: Attacker, train_states, control_ex, classes: int, opts: SuiteOptions,
+                      train_ex=None) -> dict:
+    """The same attacks on held-out public text through the unprotected split (η = inf, same
+    layer; guarded: the pretrained adapter, 32-bit): they must succeed here, or their failure
+    elsewhere means nothing."""
+    clean = attacker.with_params(MechanismParams(noise="dchi", eta=math.inf))
+    if attacker.header["mode"] == "guarded":  # another bottom model: its own clean states
+        train_states = clean.states(train_ex)
+    train_rows, train_truth, _ = clean.released(train_states, 1)  # clean states serve any mechanism
+    rows, truth, positions = clean.released(clean.states(control_ex), 1)
     scorer = Scorer(items=truth)
-    fitted = token_attacks(clean, train_rows, train_truth, opts.mlp_seconds / 2, opts.seed)
-    tokens, _ = _token_figures(fitted, rows, scorer, opts)
+    fitted = token_attacks(clean, train_rows, train_truth, opts.mlp_seconds / 2, opts.seed, opts)
+    tokens, _ = _token_figures(fitted, rows, scorer, opts, positions=positions)
     return {"texts": len(rows), "tokens": tokens, "label_aia": _aia(train_rows, train_truth, rows, scorer, classes, opts)}
 
 
@@ -354,6 +467,16 @@ def write_reports(result: dict, run_dir: str | Path) -> tuple[Path, Path]:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
+
+
+def _rouge(f: dict) -> str:
+    return f"{f['rouge_l']:.3f}" if "rouge_l" in f else "–"
+
+
+def _rouge_nulls(f: dict) -> str:
+    if "rouge_l_null_shuffled_truth" not in f:
+        return "–"
+    return f"{f['rouge_l_null_shuffled_truth']:.3f} / {f.get('rouge_l_null_random_view', float('nan')):.3f}"
 
 
 def _ci_text(ci) -> str:
@@ -371,29 +494,46 @@ def markdown(r: dict) -> str:
         f"on {r['public_texts']} public texts; {r['wall_s']:.0f} s.",
         "",
     ]
+    if h.get("guarded"):
+        g = h["guarded"]
+        lines += [f"GuardedTuning {g['variant']}: dcor {g['dcor']}, {g['quant_bits']}-bit wire, adapters "
+                  f"{g['in_layers']} in + {g['out_layers']} out; the white-box attack is given the client's final "
+                  "input adapter and attacks each text's last release.", ""]
     for key, v in r["variants"].items():
         n_rel = v["releases_averaged"]
         title = "first release" if n_rel == 1 else f"average of {n_rel} releases"
         lines += [f"## {title}", "",
-                  "| token inversion | recovery | 95 % CI | null: shuffled truth | null: random-text view | "
-                  "null: Gaussian view (prior) |", "|---|---|---|---|---|---|"]
+                  "| token inversion | texts | recovery | 95 % CI | null: shuffled truth | null: random-text view | "
+                  "null: Gaussian view (prior) | ROUGE-L F1 | ROUGE-L null: shuffled / random view |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, f in v["tokens"].items():
             if not name.startswith("best"):
-                lines.append(f"| {name} | {_pct(f['recovery'])} | {_ci_text(f['ci95'])} | {_pct(f['null_shuffled_truth'])} | "
-                             f"{_pct(f['null_random_view'])} | {_pct(f['null_gaussian_view'])} |")
+                lines.append(f"| {name} | {f.get('texts', '')} | {_pct(f['recovery'])} | {_ci_text(f['ci95'])} | "
+                             f"{_pct(f['null_shuffled_truth'])} | {_pct(f['null_random_view'])} | "
+                             f"{_pct(f['null_gaussian_view'])} | {_rouge(f)} | {_rouge_nulls(f)} |")
         b, a, ln, g = v["tokens"]["best_adaptive"], v["label_aia"], v["length"], v["game"]
-        lines += ["", f"Best adaptive inversion: {b['attack']}, {_pct(b['recovery'])} of {v['tokens'][b['attack']]['tokens']} tokens.",
+        best_r = v["tokens"].get("best_rouge_l")
+        lines += ["", f"Best adaptive inversion: {b['attack']}, {_pct(b['recovery'])} of {v['tokens'][b['attack']]['tokens']} tokens."
+                  + (f" Reconstruction effectiveness (best ROUGE-L F1): {best_r['rouge_l']:.3f} ({best_r['attack']})."
+                     if best_r else ""),
                   f"Label inference: {_pct(a['accuracy'])} {_ci_text(a['ci95'])} on {a['texts']} texts; chance (majority) "
                   f"{_pct(a['chance_majority'])}, shuffled truth {_pct(a['null_shuffled_truth'])}.",
                   f"Length: exact {_pct(ln['exact'])}, mean error {ln['mae']:.2f} tokens (prior guess: exact "
                   f"{_pct(ln['null_prior_exact'])}, error {ln['null_prior_mae']:.2f}).",
                   f"Distinguishing game ({g['pairs']} pairs, one token differs): success {_pct(g['success'])} "
                   f"{_ci_text(g['ci95'])}, advantage {g['advantage']:.3f}; dχ bound on success {_pct(g['bound_success'])}.", ""]
+    gl = r.get("gradient_label")
+    if gl:
+        lines += ["## Label inference from gradients (online)", "",
+                  f"Probe on the first gradient per text: {_pct(gl['accuracy'])} {_ci_text(gl['ci95'])} on {gl['texts']} "
+                  f"texts; chance (majority) {_pct(gl['chance_majority'])}, shuffled truth {_pct(gl['null_shuffled_truth'])}; "
+                  f"positive control (held-out public text, 32-bit, pretrained adapters) "
+                  f"{_pct(gl['positive_control']['accuracy'])} on {gl['positive_control']['texts']}.", ""]
     pc = r["positive_control"]
     lines += ["## Positive control (held-out public text, unprotected split at the same layer)", "",
-              "| token inversion | recovery | 95 % CI |", "|---|---|---|"]
+              "| token inversion | recovery | 95 % CI | ROUGE-L F1 |", "|---|---|---|---|"]
     for name, f in pc["tokens"].items():
         if not name.startswith("best"):
-            lines.append(f"| {name} | {_pct(f['recovery'])} | {_ci_text(f['ci95'])} |")
+            lines.append(f"| {name} | {_pct(f['recovery'])} | {_ci_text(f['ci95'])} | {_rouge(f)} |")
     lines += ["", f"Label inference {_pct(pc['label_aia']['accuracy'])} (majority {_pct(pc['label_aia']['chance_majority'])}).", ""]
     return "\n".join(lines)

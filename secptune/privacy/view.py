@@ -5,6 +5,8 @@
              ``--release per-call``, at most ``MAX_RELEASES``) and ``positions`` [m]; plus
              ``public``: the mode and every public parameter (model, split layer,
              mechanism), which is all an attack may assume.
+             Split modes that send gradients (``--mode guarded --variant online``) add
+             ``grads`` [g, m, H] per item: the gradients the server received for it.
 ``view.json`` the same header, readable.
 ``truth.pt`` the owner's ground truth per item (token ids of the released rows, text
              length, label, text): written by the owner's side, read only by
@@ -60,6 +62,13 @@ class ViewRecorder:
             if len(self.items[item]["rows"]) < MAX_RELEASES:
                 self.items[item]["rows"].append(release.hidden[row].detach().float().clone())
 
+    def server_received_grad(self, text_id: int, grad: torch.Tensor) -> None:
+        """A gradient w.r.t. the server's output for text set ``text_id`` (rows as its release)."""
+        for row, item in self._where.get(text_id, []):
+            grads = self.items[item].setdefault("grads", [])
+            if len(grads) < MAX_RELEASES:
+                grads.append(grad[row].detach().float().clone())
+
     # -- the owner's tap: what it knows ----------------------------------------------
     def owner_loaded(self, text_id: int, batch, ids: torch.Tensor, positions: torch.Tensor) -> None:
         described = self.describe(batch) if self.describe else None
@@ -72,8 +81,8 @@ class ViewRecorder:
 
     def write(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        items = [{"rows": torch.stack(it["rows"]), "positions": it["positions"], "prompt_start": it["prompt_start"]}
-                 for it in self.items]
+        items = [{"rows": torch.stack(it["rows"]), "positions": it["positions"], "prompt_start": it["prompt_start"],
+                  **({"grads": torch.stack(it["grads"])} if it.get("grads") else {})} for it in self.items]
         header = {"format": FORMAT, **self.public, "items": len(items),
                   "releases": [len(it["rows"]) for it in self.items]}
         torch.save({"header": header, "items": items}, self.dir / VIEW)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The privacy–accuracy–cost grid of issue 25 (reports/privacy/guarded/grid_<model>/): on SST-2 and
+# AG News at one budget, tune with every mode — plain (exact), secure softmax, secure RFA (the
+# default), PrivTune's crafted noise at two η, the three GuardedTuning variants — record the
+# server's view where one exists, run `secptune attack` on it, then `secptune compare --privacy`.
+# Budget: CMA-ES modes get BUDGET API calls (candidate evaluations); guarded runs get EPOCHS
+# passes over the same k-shot training texts (their API call is one tuning step).
+# Usage: bash scripts/privacy_grid.sh          (env: MODEL TASKS BUDGET EPOCHS K TEST_LIMIT VIEW ONLY)
+#   ONLY="plain guarded_online" runs a subset of the grid's columns (names below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-smollm2}
+TASKS=${TASKS:-sst2 agnews}
+BUDGET=${BUDGET:-200}
+EPOCHS=${EPOCHS:-10}
+K=${K:-16}
+TEST_LIMIT=${TEST_LIMIT:-200}
+VIEW=${VIEW:-64}
+TIME_LIMIT=${TIME_LIMIT:-60}  # minutes per CMA-ES run (the secure runs of SmolLM2 are the long ones)
+ETAS=${ETAS:-100 25}
+RUNS=${RUNS:-/tmp/secptune-grid-runs}/$MODEL
+OUT=${OUT:-reports/privacy/guarded/grid_$MODEL}
+PY=${PY:-python}
+ATTACK=${ATTACK:---train-texts 500 --game-pairs 100 --mlp-seconds 30 --opt-steps 150 --opt-texts 32}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH=$PWD
+mkdir -p "$RUNS" "$OUT"
+COLUMNS_ALL="plain secure_softmax secure_rfa $(for e in $ETAS; do echo privtune_eta$e; done) guarded_online guarded_gradfree guarded_offline"
+ONLY=${ONLY:-$COLUMNS_ALL}
+
+common() { echo --model "$MODEL" --task "$1" --k "$K" --test-limit "$TEST_LIMIT" --quiet; }
+cmaes() { echo --budget "$BUDGET" --popsize 20 --prompt-len 10 --intrinsic-dim 100 --time-limit "$TIME_LIMIT"; }
+guarded() { echo --mode guarded --epochs "$EPOCHS" --record-view "$VIEW" --quant-bits 8; }
+
+run() {  # NAME TASK ARGS...
+  local name=$1 task=$2; shift 2
+  rm -rf "${RUNS:?}/$task/$name"
+  $PY -m secptune tune $(common "$task") "$@" --out "$RUNS/$task/$name"
+  if [ -d "$RUNS/$task/$name/view" ]; then
+    $PY -m secptune attack "$RUNS/$task/$name" $ATTACK
+  fi
+  mkdir -p "$OUT/$task/$name"
+  for f in report.json report.md attacks.json attacks.md; do
+    [ -f "$RUNS/$task/$name/$f" ] && cp "$RUNS/$task/$name/$f" "$OUT/$task/$name/" || true
+  done
+}
+
+for task in $TASKS; do
+  for col in $ONLY; do
+    case $col in
+      plain) run plain "$task" --mode plain --exact $(cmaes) ;;
+      secure_softmax) run secure_softmax "$task" --mode secure --attention softmax $(cmaes) ;;
+      secure_rfa) run secure_rfa "$task" --mode secure --attention rfa $(cmaes) ;;
+      privtune_eta*) run "$col" "$task" --mode privtune --noise privtune --eta "${col#privtune_eta}" \
+                       --record-view "$VIEW" $(cmaes) ;;
+      guarded_online) run guarded_online "$task" $(guarded) --variant online --dcor "${DCOR:-0.5}" ;;
+      guarded_gradfree) run guarded_gradfree "$task" $(guarded) --variant gradfree --dcor "${DCOR:-0.5}" ;;
+      guarded_offline) run guarded_offline "$task" $(guarded) --variant offline --dcor "${DCOR:-0.5}" ;;
+      *) echo "unknown column $col" >&2; exit 2 ;;
+    esac
+  done
+done
+$PY -m secptune compare --privacy $(for t in $TASKS; do for c in $ONLY; do
+  [ -f "$OUT/$t/$c/report.json" ] && echo "$OUT/$t/$c"; done; done) --out "$OUT"

@@ -1,0 +1,121 @@
+"""The attacks issue 25 adds to the suite: ROUGE-L in the scorer, the white-box optimisation
+inversion, gradient label inference; and `compare --privacy`'s table and plot."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import prepared_inputs
+from secptune.checkpoints import load_hf_model
+from secptune.guarded import GuardedClient, GuardedServer
+from secptune.privacy.compare import compare_privacy, rows
+from secptune.privacy.scorer import Scorer
+from secptune.privacy.whitebox import GuardedPipeline, OptimisedInversion, simulated_gradients
+from secptune.privacy import attacks
+from secptune.server.prepare import prepare_server_model
+
+
+def _item(ids, start=0):
+    ids = torch.tensor(ids)
+    return {"ids": ids, "length": len(ids), "label": 0, "text": "t", "start": start, "private": len(ids) - start}
+
+
+def test_rouge_l_is_the_lcs_f1_over_the_private_span():
+    scorer = Scorer(items=[_item([9, 1, 2, 3, 4], start=1), _item([5, 6, 7, 8, 0], start=1)])
+    guesses = [torch.tensor([0, 1, 3, 2, 4]), torch.tensor([0, 6, 7, 8, 0])]
+    got = scorer.rouge_l(guesses)
+    assert got[0] == pytest.approx(0.75)  # LCS 3 of 4 both ways (1, 3|2, 4); row 0 is public
+    assert got[1] == pytest.approx(1.0)
+    assert scorer.rouge_l(guesses, shuffled=True)[1] == 0.0  # against the other text's 1 2 3 4
+    assert scorer.subset([1]).rouge_l(guesses[1:]) == got[1:]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    _, prep = prepared_inputs("tiny-llama", prompt_len=0, batch_size=4)
+    server = prepare_server_model(load_hf_model(prep.model_dir))
+    client = GuardedClient(server, prep.verbalizer, 1, 0, torch.float32)
+    for w in client.inp.parameters() + client.out.parameters():
+        w.requires_grad_(False)
+    return prep, server, client
+
+
+def test_whitebox_inversion_recovers_split0_rows_and_not_random_ones(tiny):
+    """Through an identity bottom (split layer 0, no noise) the relaxed embeddings converge on the
+    received rows themselves: every token comes back; rows that no text produced give nothing."""
+    prep, server, _ = tiny
+    table = server.weights["emb.word"].float()
+    ids = prep.batches[0].token_onehot.ids
+    positions = torch.arange(ids.size(1))
+    rows = list(table[ids])
+    attack = OptimisedInversion(lambda e, p: e, table, steps=100, seed=0)
+    guesses = attack.on_items(rows, [positions] * len(rows))
+    assert float(torch.cat([(g == i).double() for g, i in zip(guesses, ids)]).mean()) >= 0.95
+    noise = [torch.randn(r.shape, generator=torch.Generator().manual_seed(i)) * r.std() for i, r in enumerate(rows)]
+    null = float(torch.cat([(g == i).double() for g, i in zip(attack.on_items(noise, [positions] * 4), ids)]).mean())
+    assert null <= 0.1
+
+
+def test_causal_rounding_finds_the_text_among_its_candidates(tiny):
+    """The rounding pass through the real first layer is exact when the candidates hold the truth
+    (planted among random tokens), and wrong when they do not (positive control)."""
+    prep, server, client = tiny
+    pipe = GuardedPipeline(client, 32)
+    ids = prep.batches[0].token_onehot.ids
+    positions = torch.arange(ids.size(1))
+    target = pipe.release(pipe.clean(ids, positions), 0).hidden.float()
+    attack = OptimisedInversion(pipe.function, server.weights["emb.word"])
+    gen = torch.Generator().manual_seed(0)
+    cand = torch.randint(0, server.arch.vocab_size, (*ids.shape, 8), generator=gen)
+    cand[..., 5] = ids
+    assert torch.equal(attack._verify(target, positions, cand), ids)
+    cand[..., 5] = (ids + 1) % server.arch.vocab_size
+    assert float((attack._verify(target, positions, cand) == ids).double().mean()) < 0.2
+
+
+def test_gradients_carry_the_label_and_shuffled_labels_do_not(tiny):
+    prep, server, client = tiny
+    backbone = GuardedServer(server, 1, 0, torch.float32)
+    batch = prep.batches[0]
+    labels = torch.tensor([1, 0, 1, 0])
+    data = [(batch.token_onehot.ids, batch.pred_onehot, labels)] * 3
+    feats, y = simulated_gradients(client, backbone, data, 8)
+    probe = attacks.LogisticProbe(feats[:4], y[:4], 2)
+    assert float((probe(feats[4:]) == y[4:]).double().mean()) == 1.0
+    # the gradient of CE is linear in softmax − one-hot: flipping the labels moves every feature
+    flipped, _ = simulated_gradients(client, backbone, [(batch.token_onehot.ids, batch.pred_onehot, 1 - labels)], 8)
+    assert float((probe(flipped) == labels).double().mean()) == 0.0
+
+
+def _run(tmp, name, mode, tuned, extra=None, attacks_json=None, per_call=None):
+    d = tmp / name
+    d.mkdir()
+    config = {"mode": mode, "task": "sst2", "model": "tiny-llama", **(extra or {})}
+    report = {"config": config, "final": {"metric": "accuracy", "test": {"tuned": tuned, "zero_shot": 0.5}},
+              "per_call": per_call or {"latency_s": 0.1, "bytes": 2000.0, "server_bytes": 1000.0, "rounds": 2}}
+    (d / "report.json").write_text(json.dumps(report))
+    if attacks_json:
+        (d / "attacks.json").write_text(json.dumps(attacks_json))
+    return str(d)
+
+
+def _attacks(recovery, rouge):
+    tokens = {"best": {"recovery": recovery}, "best_rouge_l": {"rouge_l": rouge}}
+    v = {"tokens": tokens, "label_aia": {"accuracy": 0.6, "chance_majority": 0.5}, "game": {"advantage": 0.9}}
+    return {"variants": {"releases_1": v}, "positive_control": {"tokens": {"best": {"recovery": 1.0}}},
+            "gradient_label": {"accuracy": 0.95}}
+
+
+def test_compare_privacy_rows_and_plot(tmp_path):
+    paths = [_run(tmp_path, "plain", "plain", 0.80, {"exact": True}),
+             _run(tmp_path, "g", "guarded", 0.78, {"variant": "online", "dcor": 0.5, "quant_bits": 8},
+                  _attacks(0.3, 0.4))]
+    table = rows(paths)
+    assert table[1]["delta_vs_plain"] == pytest.approx(-0.02)
+    assert table[1]["inversion"] == 0.3 and table[1]["rouge_l"] == 0.4 and table[1]["gradient_label"] == 0.95
+    assert "inversion" not in table[0]  # no view, no attack figure (not a zero)
+    assert table[1]["bytes"] == 3000.0 and table[1]["LAN_s"] > 0.1
+    text = compare_privacy(paths, str(tmp_path / "out"))
+    assert "guarded online dcor=0.5 8-bit" in text and "| – |" in text
+    assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
