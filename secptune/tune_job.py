@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from secptune.checkpoints import load_config, load_tokenizer, resolve_model
 from secptune.devices import resolve_device
 from secptune.errors import InputError
 from secptune.fewshot import held_out, sample_k_shot
+from secptune.guarded_job import run_guarded
 from secptune.hf_session import HFSession
 from secptune.infer import attention_for, check_mode, check_precision, pad_token
 from secptune.inputs import (
@@ -201,10 +203,6 @@ def run_tune(cfg: TuneConfig, out_dir: str, resume: bool = False, show_progress:
 
 def _run_guarded(cfg: TuneConfig, out_dir: str, show_progress: bool) -> dict:
     """``--mode guarded`` (secptune.guarded): adapters tuned by gradient descent, no prompt."""
-    from dataclasses import replace
-
-    from secptune.guarded_job import run_guarded
-
     if cfg.exact or cfg.precision == "float64" or cfg.check_oracle:
         raise InputError("--exact, --check-oracle and --precision float64 are for --mode plain; --mode guarded runs "
                          "the original non-linearities in float32")

@@ -75,6 +75,7 @@ _MPC_STATE = {
     (opened, "_DEALER_MASKS"): dict,
     (fixed_weights, "_HANDLES"): itertools.count,
     (fixed_weights, "_DEALER_MASKS"): dict,
+    (transport, "_TAPS"): list,  # a view recorder taps its own process's arrivals
 }
 _ENV = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")  # what mpc.session sets per party
 
