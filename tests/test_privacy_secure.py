@@ -111,8 +111,13 @@ def test_view_is_bounded_and_in_the_view_format(honest):
 
 def test_honest_secure_view_is_at_chance(honest):
     s = honest["report"]["summary"]
-    assert s["tokens_at_chance"] and s["label_aia_at_chance"] and s["games_within_3se"]
+    assert s["tokens_at_chance"] and s["label_aia_at_chance"]
     assert s["best_recovery"] < 0.05 and s["recorded_text_tokens"] > 200
+    # every game within 4 of the null's standard errors (1/sqrt(N) for the advantage): ~10 games of
+    # 32 pairs at 3 plug-in SEs each fail together by chance in a few % of runs (seen once in CI);
+    # at 4 null SEs, under 1e-4 — and the broken control's advantage (>= 0.9) is still far outside
+    games = [g for c in honest["report"]["channels"].values() for g in c["game"].values()]
+    assert games and all(abs(g["advantage"]) <= 4 / g["pairs"] ** 0.5 for g in games), games
 
 
 def test_broken_mask_is_caught(broken):
