@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from secptune.bench.common import git_revision
+
 CALL = ["infer", "--task", "sst2", "--model", "smollm2", "--limit", "32", "--batch-size", "32", "--prompt-len", "10",
         "--json"]
 
@@ -99,9 +101,7 @@ def main() -> None:
     for name, tree, mode in plan:
         rows.append(_run(name, tree, mode, out, args.timeout if "secure" in name else 900))
         report = {"question": "one SmolLM2 API call (32 SST-2 texts, prompt 10): secure new vs old vs plain exact",
-                  "commit_new": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-                  "commit_old": subprocess.run(["git", "-C", str(old_tree), "rev-parse", "HEAD"], capture_output=True,
-                                               text=True).stdout.strip(),
+                  "commit_new": git_revision(new_tree)[0], "commit_old": git_revision(old_tree)[0],
                   "machine": {"cpu_count": os.cpu_count()}, "runs": rows}
         (out / "call_speed.json").write_text(json.dumps(report, indent=1))
         (out / "call_speed.md").write_text(_summary(rows))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 from mpc import approx
 from rfa.config import DEFAULT_RFA
 from rfa.fit import FitOptions, attention_error, fit_layer
+from secptune.bench.common import provenance
 from secptune.checkpoints import load_hf_model, resolve_model
 from secptune.nonlinear import ExactNonlinear
 from secptune.server.calibrate import run_public_text
@@ -56,10 +55,7 @@ def main() -> None:
                                                 "rel_err": round(attention_error(check, maps, acfg, cfg), 4)}
             print(i, name, out[str(i)][name], flush=True)
     report = {"question": "RFA fit, every sequence per step vs 4: seconds per layer and held-out attention error",
-              "command": f"python -m research.fit_sequences --layers {args.layers}",
-              "git_revision": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                             text=True).stdout.strip(),
-              "machine": {"cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}, "layers": out}
+              **provenance(f"python -m research.fit_sequences --layers {args.layers}"), "layers": out}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 

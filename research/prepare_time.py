@@ -21,11 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from secptune.bench.common import git_revision
 from secptune.checkpoints import cache_dir
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
 
 
 def measure(model: str, attention: str) -> dict:
@@ -41,11 +38,12 @@ def measure(model: str, attention: str) -> dict:
             raise SystemExit(f"secptune prepare failed:\n{done.stderr[-4000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         left = sorted(str(p.relative_to(fresh)) for p in Path(fresh).iterdir() if p.name != "models")
+    commit, dirty = git_revision()
     return {
         "question": f"the server's preparation of {model} ({attention}) from a cold cache (issue 26: <= 10 min)",
         "command": f"python -m research.prepare_time --model {model} --attention {attention}",
-        "git_revision": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_revision": commit,
+        "git_dirty": dirty,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.machine(), "load_avg_1m_before": round(load, 2),
                     "load_avg_1m_after": round(os.getloadavg()[0], 2)},
         "command_wall_s": round(wall, 1),
