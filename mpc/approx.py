@@ -33,13 +33,18 @@ class ApproxConfig:
     norm_range:      variance / mean-square range accepted by LayerNorm / RMSNorm
                      (power-of-4 range reduction, so a wide range is cheap).
     rfa_exp:         RFA feature exponentials: "fourier" (exp(a/2) from one
-                     opening, then squared; on [rfa_exp_low, rfa_exp_high]) or
+                     opening, then squared; on [rfa_exp_low, rfa_exp_reach]) or
                      "limit" (exp_iters squarings).
     rfa_exp_low:     smallest RFA feature exponent.  The series is periodic, so an
                      argument below it wraps round to a large, wrong feature; a
                      wide low end costs harmonics (dealer shares, offline) but no
                      online bytes, and every exp below ~e^-11 is 0 in fixed point.
-    rfa_exp_high:    largest RFA feature exponent (exp is accurate up to ~4).
+    rfa_exp_high:    the knee of the RFA feature exponential: below it the feature is
+                     ~e^a, above it e^a / (1 + e^(a − high)) levels off at e^high, so
+                     features and their products stay bounded in fixed point.
+    rfa_exp_reach:   largest RFA feature exponent the series covers (the range check's
+                     top): arguments in (high, reach], which text the server never saw
+                     produces now and then, saturate instead of wrapping round.
     rfa_den_range:   range of RFA's attention denominators (power-of-4 reduction).
     activation:      "fourier": GeLU/SiLU as x/2 + a cosine series on [-bound, bound]
                      (one opening, mpc.fourier; bound per layer from the model's
@@ -62,6 +67,7 @@ class ApproxConfig:
     rfa_exp: str = "fourier"
     rfa_exp_low: float = -64.0
     rfa_exp_high: float = 4.0
+    rfa_exp_reach: float = 16.0
     rfa_den_range: tuple[float, float] = (2.0**-10, 2.0**20)
     activation: str = "fourier"
     range_check: bool = True
@@ -146,13 +152,19 @@ def feature_exp(arg, cfg: ApproxConfig, monitor: RangeMonitor = NO_MONITOR):
     if cfg.rfa_exp == "fourier":
         # exp(a) = exp(a/2)^2: the half-range series has 15x smaller coefficients, hence
         # 15x less fixed-point error, for one more opening (8 bytes per element)
-        monitor.check("rfa_exp_argument", arg, cfg.rfa_exp_low, cfg.rfa_exp_high)
-        half = fourier.evaluate(arg * 0.5, fourier.exp_series(cfg.rfa_exp_low / 2, cfg.rfa_exp_high / 2))
+        monitor.check("rfa_exp_argument", arg, cfg.rfa_exp_low, cfg.rfa_exp_reach)
+        half = fourier.evaluate(arg * 0.5, feature_exp_series(cfg))
         return open_once(half).square(last=True)
     if cfg.rfa_exp != "limit":
         raise ValueError(f"unknown RFA exponential {cfg.rfa_exp!r}: fourier or limit")
     monitor.check("rfa_exp_argument", arg, -(2.0**cfg.exp_iters), cfg.rfa_exp_high)
     return exp(arg, cfg.exp_iters)
+
+
+def feature_exp_series(cfg: ApproxConfig) -> fourier.FourierSeries:
+    """The half-argument series whose square is the RFA feature exponential (saturating
+    above ``rfa_exp_high``, valid up to ``rfa_exp_reach``)."""
+    return fourier.half_saturating_exp_series(cfg.rfa_exp_low / 2, cfg.rfa_exp_high / 2, cfg.rfa_exp_reach / 2)
 
 
 def newton_iterations(low: float, high: float, shrink: float) -> int:

@@ -263,3 +263,25 @@ def exp_series(low: float, high: float) -> FourierSeries:
     """exp on [low, high] (RFA feature maps): its steep end needs a lighter smoothing,
     a longer bridge and a tolerance relative to its largest value e^high."""
     return fit_series(np.exp, low, high, tol=3e-5 * math.exp(high), ridge=1e-10, ratio=1.5, reference=torch.exp)
+
+
+@lru_cache(maxsize=16)
+def half_saturating_exp_series(low: float, knee: float, reach: float) -> FourierSeries:
+    """h ↦ e^h / sqrt(1 + e^(2h − 2·knee)) on [low, reach]: squared, e^a / (1 + e^(a − 2·knee))
+    at a = 2h, i.e. exp below the knee and a plateau at e^(2·knee) above it.
+
+    Why: an RFA feature argument past the range the server fitted on (task text, a
+    tuned prompt) must give a large feature, not the periodic series' wrap-round to a
+    tiny one; the plateau also keeps every feature, hence every product, below e^(2·knee)
+    in fixed point.  The same tolerance as :func:`exp_series` relative to the top value."""
+    if not low < knee < reach:
+        raise ValueError(f"saturating exp needs low < knee < reach, not {low}, {knee}, {reach}")
+    return fit_series(
+        lambda h: np.exp(h - 0.5 * np.logaddexp(0.0, 2 * h - 2 * knee)),
+        low,
+        reach,
+        tol=3e-5 * math.exp(knee),
+        ridge=1e-10,
+        ratio=1.5,
+        reference=lambda t: torch.exp(t - 0.5 * torch.nn.functional.softplus(2 * t - 2 * knee)),
+    )

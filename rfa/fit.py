@@ -10,9 +10,9 @@ on public text (attention distillation, as in Hedgehog, Zhang et al. 2024).
 
 The fit evaluates exp with the secure run's own kind of approximation (a Fourier
 series on the fit's range, read from a table: see :class:`SeriesTable`) and penalises
-exponent arguments outside [exp_low, rfa_exp_high] (narrower than the secure
-run's exp range: below e^-16 a feature is 0 in fixed point anyway) and
-denominators near the edges of their range, so what is fitted is what runs
+exponent arguments outside [exp_low, rfa_exp_high] (the knee above which the secure
+exp levels off; narrower than the secure run's exp range: below e^-16 a feature is 0
+in fixed point anyway) and denominators near the edges of their range, so what is fitted is what runs
 under MPC.
 """
 
@@ -49,8 +49,8 @@ class FitOptions:
 
 
 class SeriesTable:
-    """The fit's exp approximation (``approx.feature_exp``: a 42-harmonic Fourier series,
-    then a square) as a table of its values on a fine grid, read by linear interpolation.
+    """The fit's exp approximation (``approx.feature_exp``: a 50-harmonic Fourier series of
+    the saturating exp, then a square) as a table of its values on a fine grid, read by linear interpolation.
 
     Why: evaluating the series costs 84 transcendental evaluations per feature element and
     its backward pass as much again: ~20x an exact exp, and most of the server's
@@ -60,7 +60,7 @@ class SeriesTable:
     at the default size, far under the series' own error."""
 
     def __init__(self, acfg: approx.ApproxConfig, points: int = 1 << 16):
-        self.low, self.high = float(acfg.rfa_exp_low), float(acfg.rfa_exp_high)
+        self.low, self.high = float(acfg.rfa_exp_low), float(acfg.rfa_exp_reach)
         grid = torch.linspace(self.low, self.high, points, dtype=torch.float64)
         self.step = (self.high - self.low) / (points - 1)
         self.values = approx.feature_exp(grid, acfg).float()

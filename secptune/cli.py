@@ -44,7 +44,7 @@ def _add_infer(sub) -> None:
     p.add_argument("--verbalizer", help="comma-separated label words, index = label id")
     p.add_argument("--mode", choices=["plain", "secure", "privtune"], default="plain")
     p.add_argument("--attention", choices=["softmax", "rfa"],
-                   help="softmax (default) or rfa (the server's prepared RFA layers; not with --exact)")
+                   help="rfa (default: the server's prepared RFA layers, softmax elsewhere; softmax with --exact and --mode privtune) or softmax")
     p.add_argument("--exact", action="store_true", help="plain only: original non-linearities")
     _add_precision(p)
     _add_split(p)
@@ -235,7 +235,7 @@ def _add_tune(sub) -> None:
     p.add_argument("--budget", type=int, help="candidate evaluations (API calls)")
     p.add_argument("--loss", choices=["ce", "hinge"])
     p.add_argument("--attention", choices=["rfa", "softmax"],
-                   help="softmax (default) or rfa (the server's prepared RFA layers; not with --exact)")
+                   help="rfa (default: the server's prepared RFA layers, softmax elsewhere; softmax with --exact and --mode privtune) or softmax")
     p.add_argument("--exact", action="store_true", default=None,
                    help="plain only: the unmodified transformers model in float32 (the non-private baseline; "
                         "without it plain mode runs the secure run's approximations, see --precision)")

@@ -113,11 +113,10 @@ def check_mode(mode: str, exact: bool) -> None:
         raise InputError(f"--exact is for --mode plain only: --mode {mode} fixes its own non-linearities")
 
 
-# The default --attention.  RFA (the server's prepared layers) is the product's aim, but not yet
-# its default: on task text its fitted feature exponents leave the secure range often enough for
-# the sampled range check to void tuning generations (tiny-roberta's secure tuning test; SmolLM2's
-# plain oracle counts ~1e-4 of feature exponents out of range with a prompt): issue 26.
-DEFAULT_ATTENTION = "softmax"
+# The default --attention: RFA, in the layers the server prepared (rfa.config.DEFAULT_RFA).  Its
+# feature exponential saturates above its knee up to a wide reach (mpc.approx.ApproxConfig), so
+# task text and prompts the fit never saw stay in the secure range (reports/prepare/rfa_range.json).
+DEFAULT_ATTENTION = "rfa"
 
 
 def attention_for(mode: str, exact: bool, attention: str | None) -> str:

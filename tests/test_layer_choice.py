@@ -155,8 +155,8 @@ def test_fitting_brings_rfa_closer_to_softmax():
     acfg, cfg = approx.ApproxConfig(), AttentionConfig(features="fitted", num_features=16)
     init = (feature_matrix(8, 16, 0) / 8**0.25).unsqueeze(0).repeat(2, 1, 1)
     start = {"q": init, "k": init, "bq": torch.full((2, 1, 16), -1.0), "bk": torch.full((2, 1, 16), -1.0)}
-    fitted = fit_layer(train, 16, 0, acfg, FitOptions(steps=150))
-    for data, gain in ((train, 0.75), (held_out, 0.95)):  # measured: 0.83 -> 0.56 and 0.87 -> 0.78
+    fitted = fit_layer(train, 16, 0, acfg, FitOptions(steps=150, sequences=0))  # every sequence, every step
+    for data, gain in ((train, 0.75), (held_out, 0.95)):  # measured: 0.81 -> 0.56 and 0.84 -> 0.77
         before, after = attention_error(data, start, acfg, cfg), attention_error(data, fitted, acfg, cfg)
         assert after < gain * before, (before, after)
 

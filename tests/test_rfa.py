@@ -91,23 +91,35 @@ def test_range_monitor_flags_out_of_range_attention():
     rfa_attention(q, q * 4, q, _params(cfg, 4), None, cfg, dataclasses.replace(ACFG, rfa_exp="limit"), monitor)
     assert monitor.violations.get("rfa_denominator", 0) > 0  # the limit exp underflows: denominators too small
     monitor = approx.RangeMonitor()
-    params = {**_params(cfg, 4), "bq": torch.full((1, 1, 8), 9.0, dtype=torch.float64)}
     fitted = AttentionConfig(features="fitted", num_features=8)
-    rfa_attention(q * 0.1, q * 0.1, q, params, None, fitted, ACFG, monitor)
-    assert monitor.violations.get("rfa_exp_argument", 0) > 0
+    for bias, flagged in ((9.0, False), (ACFG.rfa_exp_reach + 2, True)):  # saturated, then past the reach
+        monitor = approx.RangeMonitor()
+        params = {**_params(cfg, 4), "bq": torch.full((1, 1, 8), bias, dtype=torch.float64)}
+        rfa_attention(q * 0.1, q * 0.1, q, params, None, fitted, ACFG, monitor)
+        assert (monitor.violations.get("rfa_exp_argument", 0) > 0) == flagged
 
 
-def test_feature_exp_is_exp_on_its_whole_range():
-    """Below its range the periodic series wraps round to large, wrong features; task text
-    drives fitted-map arguments far below anything the fit saw (SmolLM2 on AG News: to −40),
-    so the range reaches down to where exp is 0 in 16-bit fixed point anyway."""
+def test_feature_exp_is_exp_below_its_knee_and_saturates_up_to_its_reach():
+    """Outside its range the periodic series wraps round to wrong features.  Task text drives
+    fitted-map arguments far below anything the fit saw (SmolLM2 on AG News: to −40), so the
+    range reaches down to where exp is 0 in 16-bit fixed point anyway; a random prompt drives
+    some above it (SmolLM2 on SST-2: to 14.3, reports/prepare/rfa_range.json), so above the
+    knee the feature levels off at e^knee up to the reach instead of wrapping round."""
     from mpc.fourier import exp_series
 
-    series = exp_series(ACFG.rfa_exp_low / 2, ACFG.rfa_exp_high / 2)
-    a = torch.linspace(ACFG.rfa_exp_low, ACFG.rfa_exp_high, 40001, dtype=torch.float64)
-    assert ((series.series(a / 2).square() - a.exp()).abs() / math.exp(ACFG.rfa_exp_high)).max() < 1e-3
-    assert ACFG.rfa_exp_low <= -48
-    # what a narrow range did to such arguments: [-16, 4] maps -25 onto nearly e^4
+    series = approx.feature_exp_series(ACFG)
+    knee, top = ACFG.rfa_exp_high, math.exp(ACFG.rfa_exp_high)
+    a = torch.linspace(ACFG.rfa_exp_low, ACFG.rfa_exp_reach, 80001, dtype=torch.float64)
+    got = series.series(a / 2).square()
+    assert ((got - a.exp() / (1 + (a - knee).exp())).abs() / top).max() < 1e-3
+    below = a <= knee - 3
+    assert ((got[below] - a[below].exp()).abs() / top).max() < 1e-3 + 0.05 * math.exp(knee - 3) / top
+    assert (got[a >= knee + 3] > 0.9 * top).all()  # saturated, up to the reach
+    assert ACFG.rfa_exp_low <= -48 and ACFG.rfa_exp_reach >= 16
+    # what the plain exp series on [low, knee] did past its top: at 10, neither exp nor bounded
+    at10 = exp_series(ACFG.rfa_exp_low / 2, knee / 2).series(torch.tensor(10.0 / 2)).square()
+    assert at10 < 0.1 * math.exp(10) and at10 > 10 * top
+    # and a narrow low end: [-16, 4] maps -25 onto nearly e^4
     narrow = exp_series(-8.0, 2.0).series(torch.tensor(-25.0 / 2)).square()
     assert narrow > 10 and series.series(torch.tensor(-25.0 / 2)).square() < 1e-3
 
