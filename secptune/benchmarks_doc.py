@@ -679,12 +679,10 @@ def section_prepare(reports: Reports) -> list[str]:
     ranges = reports.get("prepare/rfa_range.json")
     if ranges is not None:
         with reading(ranges):
-            rows = [[f"`{r['command']}`", r.get("accuracy", "—"),
-                     r.get("result") or ", ".join(f"{k} {num(v)}" for k, v in (r.get("range_warnings") or r.get("range_events") or {}).items())]
-                    for r in ranges["runs"]]
-        out += ["Why RFA is not the default yet (`prepare/rfa_range.json`): range warnings of the plain oracle (values "
-                "outside an approximation's range, counted) and the secure run's sampled range check.", ""] + table(
-            ["command", "accuracy", "range warnings / events"], rows) + ["", ranges["reading"], ""]
+            out += _range_table(ranges, "The secure range on task text (`prepare/rfa_range.json`, `python -m research.rfa_range`)")
+            if "before" in ranges:
+                out += _range_table(ranges["before"], "Before, with the plain exp series (FIT_VERSION 7: exp up to 4, "
+                                    "periodic beyond), the reason RFA was not the default then")
     fit = reports.get("prepare/fit_sequences.json")
     if fit is None:
         return out
@@ -695,6 +693,17 @@ def section_prepare(reports: Reports) -> list[str]:
                   "16: what that costs in attention error on held-out public text, per layer.", ""] + table(
         ["layer", "s, all sequences", "s, 4 per step", "rel. error, all", "rel. error, 4 per step"], rows) + [
         "", f"Machine: {fit['machine'].get('note', machine_text(fit))}.", "", "Sources:", ""] + sources([fit])
+
+
+def _range_table(r: dict, title: str) -> list[str]:
+    """Range warnings of the plain oracle (every input outside an approximation's range, counted)
+    and the secure run's sampled range check, one row per command."""
+    rows = [[f"`{x['command']}`", x.get("accuracy", "—"),
+             x.get("result") or ", ".join(f"{k} {num(v)}" for k, v in (x.get("range_warnings") or x.get("range_events") or {}).items())
+             or "none"] for x in r["runs"]]
+    out = [f"{title}: range warnings of the plain oracle (values outside an approximation's range, counted) and "
+           "the secure run's sampled range check.", ""] + table(["command", "accuracy", "range warnings / events"], rows)
+    return out + ["", r["reading"], ""] if r.get("reading") else out + [""]
 
 
 def _rfa_default_cost(reports: Reports) -> list[str]:

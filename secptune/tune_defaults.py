@@ -19,8 +19,8 @@ from secptune.tune import TuneConfig
 
 # the short CPU demonstration: three generations of two candidates on two examples (under
 # 10 min on 2 cores, where one secure SmolLM2 call on them costs ~10-20 s; BENCHMARKS.md).
-# Softmax attention whatever the default: RFA first needs the server's one-off preparation
-# (`secptune prepare`, minutes on 2 cores), which would not leave the demo its 10 minutes.
+# Softmax attention, not the default RFA: RFA first needs the server's one-off preparation
+# (`secptune prepare`, ~12 minutes for SmolLM2 on 2 cores), which would not leave the demo its 10 minutes.
 CPU_SHORT = dict(k=1, popsize=2, budget=6, prompt_len=2, intrinsic_dim=20, test_limit=2, batch_size=4,
                  attention="softmax")
 
@@ -62,7 +62,7 @@ def plan_runs(args) -> list[tuple[TuneConfig, str, str]]:
             f"no GPU and no --mode: a short secure run (k={secure.k}, popsize={secure.popsize}, "
             f"budget={secure.budget}, prompt_len={secure.prompt_len}, attention {secure.attention}) and the "
             "plain run at the same settings, side by side; pass --mode and --budget for a full run "
-            "(`--attention rfa` after `secptune prepare --model M`, which readies the server's RFA layers)"
+            "(with --mode, secure runs use the default RFA layers: `secptune prepare --model M` readies them ahead)"
         )
         return [(secure, out_for(secure), note), (plain, out_for(plain), "plain run at the same settings")]
     cfg = replace(base, mode="plain", exact=base.exact if "exact" in _explicit(args) else True)
