@@ -154,3 +154,28 @@ def test_tune_records_a_secure_view(tmp_path):
     truth = torch.load(out / "view" / TRUTH, weights_only=False)["items"]  # the test reads it to check the format
     assert len(truth) == 6 and all(t["start"] == 1 and int(t["ids"][0]) == -1 for t in truth)
     assert all(it["channels"]["forward_recv0"].shape[0] == len(t["ids"]) for it, t in zip(view["items"], truth))
+
+
+def test_the_family_of_figures_is_judged_against_a_bonferroni_bound():
+    """~20 figures at 3 SE each raise a false alarm in ~5 % of honest runs; the family bound keeps
+    that at one 3-SE test's rate, and a real leak (z = 8) still fails it."""
+    import math
+
+    from secptune.privacy.secure_suite import family_threshold, summarize
+
+    assert family_threshold(1) == pytest.approx(3.0, abs=1e-6)
+    z20 = family_threshold(20)
+    assert 3.7 < z20 < 3.9 and 20 * math.erfc(z20 / math.sqrt(2)) == pytest.approx(math.erfc(3 / math.sqrt(2)))
+
+    def channel(excess_se: float) -> dict:
+        token = {"recovery": 0.01 + excess_se * 0.01, "null": 0.01, "se": 0.01, "tokens": 2000}
+        token["at_chance"] = token["recovery"] <= token["null"] + 3 * token["se"]
+        aia = {"accuracy": 0.5, "chance_majority": 0.5, "null_shuffled_truth": 0.5, "se": 0.05, "at_chance": True}
+        game = {"advantage": 0.0, "se": 0.1, "within_3se": True}
+        return {"tokens": {"adaptive_1nn": token, "best": token}, "label_aia": aia, "game": {"ridge": game}}
+
+    chance = summarize({"a": channel(3.5), "b": channel(0.0)})  # one figure at 3.5 SE among 6
+    assert not chance["tokens_at_chance"] and chance["family_at_chance"]
+    assert chance["figures"] == 6 and chance["worst_figure"] == "a/adaptive_1nn" and chance["worst_z"] == pytest.approx(3.5)
+    leak = summarize({"a": channel(8.0), "b": channel(0.0)})
+    assert not leak["family_at_chance"]

@@ -264,24 +264,50 @@ def _length(guesses, pad_id: int, scorer: Scorer, prior: int, items: list[dict],
             "public_padded_exact": sum(e == 0 for e in padded) / len(err), "public_padded_mae": sum(padded) / len(err)}
 
 
+def _z(excess: float, se: float) -> float:
+    return excess / se if se else (math.inf if excess > 0 else 0.0)
+
+
+def family_threshold(tests: int, per_test: float = 3.0) -> float:
+    """The z a family of ``tests`` figures must each stay under for the family to raise a false alarm as
+    rarely as one figure does at ``per_test`` SE (Bonferroni, two-sided normal tails): with ~20 figures
+    at 3 SE each, one exceeds by chance in ~5 % of honest runs."""
+    alpha = math.erfc(per_test / math.sqrt(2)) / max(1, tests)
+    lo, hi = per_test, 10.0
+    for _ in range(60):  # bisection on the normal tail
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if math.erfc(mid / math.sqrt(2)) > alpha else (lo, mid)
+    return hi
+
+
 def summarize(channels: dict) -> dict:
-    """The acceptance view: every attack within its null + 3 SE, every game within 3 SE of 0."""
+    """The acceptance view: every attack within its null + 3 SE, every game within 3 SE of 0; and the
+    same figures as one family (``worst_z`` against ``family_z``, Bonferroni), since many figures at
+    3 SE each fail together by chance more often than one does."""
     token_ok, aia_ok, game_ok, worst_game = True, True, True, 0.0
-    recovered = {}
+    recovered, zs = {}, {}
     for name, c in channels.items():
         for attack, f in c["tokens"].items():
             if attack.startswith("best"):
                 continue
             token_ok &= bool(f["at_chance"])
             recovered[f"{name}/{attack}"] = f["recovery"]
-        aia_ok &= bool(c["label_aia"]["at_chance"])
-        for g in c["game"].values():
+            zs[f"{name}/{attack}"] = _z(f["recovery"] - f["null"], f["se"])
+        a = c["label_aia"]
+        aia_ok &= bool(a["at_chance"])
+        zs[f"{name}/label_aia"] = _z(a["accuracy"] - max(a["chance_majority"], a["null_shuffled_truth"]), a["se"])
+        for dec, g in c["game"].items():
             game_ok &= bool(g["within_3se"])
-            worst_game = max(worst_game, abs(g["advantage"]) / g["se"] if g["se"] else math.inf)
+            worst_game = max(worst_game, _z(abs(g["advantage"]), g["se"]))
+            zs[f"{name}/game/{dec}"] = _z(abs(g["advantage"]), g["se"])
     tokens = next(iter(channels.values()))["tokens"]["adaptive_1nn"]["tokens"] if channels else 0
+    worst = max(zs, key=zs.get) if zs else None
+    family = family_threshold(len(zs))
     return {"tokens_at_chance": token_ok, "label_aia_at_chance": aia_ok, "games_within_3se": game_ok,
             "worst_game_z": worst_game, "recorded_text_tokens": tokens,
-            "best_recovery": max(recovered.values()) if recovered else math.nan}
+            "best_recovery": max(recovered.values()) if recovered else math.nan,
+            "figures": len(zs), "worst_z": zs.get(worst, 0.0), "worst_figure": worst, "family_z": family,
+            "family_at_chance": all(z <= family for z in zs.values())}
 
 
 def control_figures(control: str, scorer: Scorer) -> dict:
@@ -316,6 +342,9 @@ def markdown(r: dict) -> str:
         f"**Every token attack at chance (≤ null + 3 SE): {s['tokens_at_chance']}; label inference at chance: "
         f"{s['label_aia_at_chance']}; every game within 3 SE of 0: {s['games_within_3se']} (worst |adv|/SE "
         f"{s['worst_game_z']:.2f}).** Best recovery anywhere: {_pct(s['best_recovery'])}.", "",
+        *([f"As one family of {s['figures']} figures (each z = excess over its null / SE): worst z {s['worst_z']:.2f} "
+           f"({s['worst_figure']}) against the Bonferroni bound {s['family_z']:.2f} that keeps the family's false-alarm "
+           f"rate at one 3-SE test's: **all at chance: {s['family_at_chance']}**.", ""] if "figures" in s else []),
         "| channel | kind | attack | recovery | SE | null: shuffled truth | null: Gaussian (prior) | at chance |",
         "|---|---|---|---|---|---|---|---|",
     ]
