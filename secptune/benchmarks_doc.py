@@ -1135,8 +1135,11 @@ def privacy_secure_body(r: Report) -> list[str]:
     out += ["", f"{r['header']['items']} recorded texts, {num(s['recorded_text_tokens'])} text tokens; game: "
             f"{game_pairs} pairs; every token attack at chance: {'yes' if s['tokens_at_chance'] else '**no**'}; label "
             f"inference at chance: {'yes' if s['label_aia_at_chance'] else '**no**'}; every game within 3 SE of 0: "
-            f"{'yes' if s['games_within_3se'] else '**no**'} (worst |advantage|/SE {s['worst_game_z']:.2f}). Public by "
-            "design: " + "; ".join(r["public_by_design"]) + ".", ""]
+            f"{'yes' if s['games_within_3se'] else '**no**'} (worst |advantage|/SE {s['worst_game_z']:.2f})."
+            + (f" As one family of {s['figures']} figures (z = excess over the null / SE): worst z {s['worst_z']:.2f} "
+               f"(`{s['worst_figure']}`) against the Bonferroni bound {s['family_z']:.2f} that keeps the family's "
+               f"false-alarm rate at one 3-SE figure's: {'all at chance' if s['family_at_chance'] else '**not at chance**'}."
+               if "figures" in s else "") + " Public by design: " + "; ".join(r["public_by_design"]) + ".", ""]
     return out
 
 
