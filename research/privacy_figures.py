@@ -30,6 +30,8 @@ def row(folder: Path) -> dict | None:
     if not attacks_path.is_file():
         return None
     a = json.loads(attacks_path.read_text())
+    if "variants" not in a:  # another suite's report (secure/: the secure view's)
+        return None
     h = a["header"]
     result = folder / "result.json"
     accuracy = json.loads(result.read_text())["accuracy"] if result.is_file() else None
@@ -58,7 +60,20 @@ def row(folder: Path) -> dict | None:
         "control_label_aia": a["positive_control"]["label_aia"]["accuracy"],
         "control_label_chance": a["positive_control"]["label_aia"]["chance_majority"],
         "attack_wall_s": a["wall_s"], "machine": a.get("machine"),
+        **tuned_figures(folder / "tuned.json"),
     }
+
+
+def tuned_figures(path: Path) -> dict:
+    """A prompt tuned through the same mechanism (`privacy_runs.sh tuned`): test accuracy before and
+    after tuning in that one run, its budget, and what a call cost."""
+    if not path.is_file():
+        return {}
+    t = json.loads(path.read_text())
+    c, test, pc = t["config"], t["final"]["test"], t.get("per_call", {})
+    return {"tuned_accuracy": test["tuned"], "tuned_zero_shot": test["zero_shot"], "tuned_budget": c["budget"],
+            "tuned_k": c["k"], "tuned_test_examples": c["test_limit"], "tuned_s_per_call": pc.get("latency_s"),
+            "tuned_bytes_per_call": pc.get("bytes")}
 
 
 def checks(rows: dict) -> list[dict]:
@@ -86,15 +101,28 @@ def checks(rows: dict) -> list[dict]:
 
 
 def operating_points(rows: list[dict], bar: float = 0.10) -> dict:
-    """Per noise kind (AG News, split 0): the run with the best zero-shot accuracy among those
-    whose best attack recovers at most ``bar`` of the tokens (PrivTune's headline asks for 10 %)."""
+    """Per noise kind (AG News, split 0): the run with the best accuracy among those whose best attack
+    recovers at most ``bar`` of the tokens (PrivTune's headline asks for 10 %): tuned accuracy where
+    every such run was tuned, zero-shot otherwise; with the unprotected split's tuned accuracy at the
+    same budget and the drop from it."""
+    plain = next((r for r in rows if r["task"] == "agnews" and r["split_layer"] == 0 and r["eta"] == "inf"
+                  and "tuned_accuracy" in r), None)
     out = {}
     for noise in ("dchi", "privtune"):
         ok = [r for r in rows if r["task"] == "agnews" and r["noise"] == noise and r["best_recovery"] <= bar
               and r["zero_shot_accuracy"] is not None]
-        best = max(ok, key=lambda r: r["zero_shot_accuracy"]) if ok else None
-        out[noise] = None if best is None else {k: best[k] for k in ("run", "eta", "zero_shot_accuracy", "best_recovery",
-                                                                      "label_aia", "label_chance")}
+        key = "tuned_accuracy" if ok and all("tuned_accuracy" in r for r in ok) else "zero_shot_accuracy"
+        best = max(ok, key=lambda r: r[key]) if ok else None
+        if best is None:
+            out[noise] = None
+            continue
+        point = {k: best.get(k) for k in ("run", "eta", "zero_shot_accuracy", "tuned_accuracy", "tuned_budget",
+                                          "tuned_s_per_call", "best_recovery", "label_aia", "label_chance")}
+        point["chosen_by"] = key
+        if plain is not None and "tuned_accuracy" in best and plain["tuned_budget"] == best["tuned_budget"]:
+            point["plain_tuned_accuracy"] = plain["tuned_accuracy"]
+            point["drop_vs_plain"] = plain["tuned_accuracy"] - best["tuned_accuracy"]
+        out[noise] = point
     return out
 
 
@@ -106,8 +134,10 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [r["eta"] if isinstance(r["eta"], str) else f"{r['eta']:g}" for r in sweep]
     for key, name in (("best_recovery", "token recovery (best attack)"), ("label_aia", "topic AIA"),
-                      ("zero_shot_accuracy", "zero-shot accuracy")):
-        ax.plot(labels, [r[key] for r in sweep], marker="o", label=name)
+                      ("zero_shot_accuracy", "zero-shot accuracy"), ("tuned_accuracy", "tuned accuracy")):
+        if all(key in r for r in sweep):
+            budget = f" ({sweep[0]['tuned_budget']} calls)" if key == "tuned_accuracy" else ""
+            ax.plot(labels, [r[key] for r in sweep], marker="o", label=name + budget)
     ax.axhline(0.25, color="grey", lw=0.8, ls="--", label="chance (4 topics)")
     ax.set_xlabel("η (isotropic dχ, split layer 0; inf = no noise)")
     ax.set_ylim(0, 1.02)

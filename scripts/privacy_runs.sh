@@ -2,7 +2,9 @@
 # The privacy figures of issue 24 (reports/privacy/): SmolLM2 split runs with a recorded
 # server view, then `secptune attack` on each.  Views stay in $RUNS (tens of MB each); the
 # reports (result/report.json, attacks.json, attacks.md) are copied into reports/privacy/NAME.
-# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | attack NAME...)
+# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | tuned | attack NAME...)
+# `tuned` tunes a prompt through each AG News mechanism of `sweep` and `privtune` at one budget (env: K BUDGET
+# POPSIZE TEST_LIMIT JOBS; JOBS runs in parallel, one thread each) and keeps its report as NAME/tuned.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/tmp/secptune-privacy-runs}
@@ -50,6 +52,29 @@ case ${1:?chain} in
       infer "agnews_split0_privtune_eta$eta" agnews 200 --split-layer 0 --noise privtune --eta "$eta"
       attack "agnews_split0_privtune_eta$eta"
     done
+    ;;
+  tuned)  # tuned accuracy at one budget through each mechanism (η = inf: the plain split, i.e. no noise)
+    tune_one() {  # NAME NOISE ETA
+      local name=$1 noise=$2 eta=$3 dir="$RUNS/tuned_$1"
+      rm -rf "${dir:?}"
+      $PY -m secptune tune --mode privtune --model smollm2 --task agnews --split-layer 0 --noise "$noise" --eta "$eta" \
+        --k "${K:-4}" --budget "${BUDGET:-60}" --popsize "${POPSIZE:-6}" --prompt-len 10 --intrinsic-dim 100 \
+        --test-limit "${TEST_LIMIT:-200}" --out "$dir" --quiet > "$dir.log" 2>&1
+      mkdir -p "reports/privacy/$name"
+      cp "$dir/report.json" "reports/privacy/$name/tuned.json"
+      cp "$dir/report.md" "reports/privacy/$name/tuned.md"
+    }
+    export -f tune_one; export PY RUNS K BUDGET POPSIZE TEST_LIMIT
+    # one "NAME NOISE ETA" per line; SPECS replaces the list (η = inf with either noise is the same plain split)
+    printf '%s\n' "${SPECS:-agnews_split0_dchi_etainf dchi inf
+agnews_split0_privtune_eta25 privtune 25
+agnews_split0_dchi_eta200 dchi 200
+agnews_split0_dchi_eta100 dchi 100
+agnews_split0_dchi_eta50 dchi 50
+agnews_split0_dchi_eta25 dchi 25
+agnews_split0_privtune_eta50 privtune 50
+agnews_split0_privtune_eta100 privtune 100}" \
+      | xargs -P "${JOBS:-2}" -I{} bash -c 'tune_one {}'
     ;;
   attack)  # re-run the suite on recorded views: bash scripts/privacy_runs.sh attack NAME...
     for name in "${@:2}"; do attack "$name"; done
