@@ -53,6 +53,10 @@ def test_secure_and_plain_tuning_agree(model, data, tmp_path):
     plain = run_tune(small_config(model, "plain", data), str(tmp_path / "plain"), show_progress=False)
     secure = run_tune(small_config(model, "secure", data), str(tmp_path / "secure"), show_progress=False)
     assert len(plain["generations"]) == len(secure["generations"]) == 2
+    # no --attention: both ran the default, RFA in the layers the server chose (the tiny models' choice under
+    # the default's budget may keep softmax everywhere; test_layer_choice runs a hybrid secure), none voided
+    assert secure["final"]["attention"]["kind"] == plain["final"]["attention"]["kind"] == "rfa"
+    assert secure["final"]["attention"]["auto_kl"] is None and secure["final"]["invalid_generations"] == 0
     for p, s in zip(plain["generations"], secure["generations"]):
         for key in ("best_loss", "mean_loss"):
             assert abs(p[key] - s[key]) <= 1e-2 * max(1.0, abs(p[key])), (key, p, s)
