@@ -699,8 +699,8 @@ def _range_table(r: dict, title: str) -> list[str]:
     """Range warnings of the plain oracle (every input outside an approximation's range, counted)
     and the secure run's sampled range check, one row per command."""
     rows = [[f"`{x['command']}`", x.get("accuracy", "—"),
-             x.get("result") or ", ".join(f"{k} {num(v)}" for k, v in (x.get("range_warnings") or x.get("range_events") or {}).items())
-             or "none"] for x in r["runs"]]
+             x.get("result") or ", ".join(f"{k} {num(v)}" for k, v in (x.get("range_warnings") or x.get("range_events") or {}).items()
+                                          if not isinstance(v, list)) or "none"] for x in r["runs"]]
     out = [f"{title}: range warnings of the plain oracle (values outside an approximation's range, counted) and "
            "the secure run's sampled range check.", ""] + table(["command", "accuracy", "range warnings / events"], rows)
     return out + ["", r["reading"], ""] if r.get("reading") else out + [""]
@@ -708,6 +708,7 @@ def _range_table(r: dict, title: str) -> list[str]:
 
 def _rfa_default_cost(reports: Reports) -> list[str]:
     runs = [reports.get(f"speed/rfa_default/bench_forward_smollm2_seq32_{n}.json") for n in ("softmax", "rfa")]
+    runs += [reports.get(f"speed/rfa_saturating/bench_forward_smollm2_seq32_rfa_{n}.json") for n in ("old", "new")]
     runs = [r for r in runs if r is not None]
     if not runs:
         return []
@@ -715,13 +716,15 @@ def _rfa_default_cost(reports: Reports) -> list[str]:
     for r in runs:
         with reading(r):
             c = r["comm"]
-            rows.append([f"`{stem(r, 'speed/rfa_default/bench_forward_smollm2_seq32_')}`", mb(c["server"]["online"]["bytes"]),
+            rows.append([f"`{r.name.removeprefix('speed/').removesuffix('.json')}`", mb(c["server"]["online"]["bytes"]),
                          num(c["server"]["online"]["rounds"]), mb(r["ops"]["attention"]["dealer_bytes"]),
                          mb(c["dealer"]["bytes"]), mb(all_wires(c)), sec(r["wall_s"]), f"{r['rel_err']:.1e}",
                          "yes" if r.get("range_event") else "no", r["machine"].get("load_avg_1m", NOT_RECORDED)])
     return ["What the default costs in a secure SmolLM2 forward of one 32-token sequence (`secptune bench forward "
             "--model smollm2 --seq 32 --batch 1 --attention rfa --features fitted`, i.e. the server's RFA layers, "
-            "against `--attention softmax`; random token ids):", ""] + table(
+            "against `--attention softmax`; random token ids). `rfa_saturating/…_old` / `…_new`: the same command at "
+            "b2c9d7e (plain exp series, FIT_VERSION 7, 10 RFA layers) and with the saturating feature exp (50 harmonics "
+            "instead of 42, FIT_VERSION 8, 11 RFA layers), one after the other on the same loaded machine:", ""] + table(
         ["attention", "online MB / party", "online rounds", "attention: dealer MB", "dealer MB", "all wires MB",
          "secure wall s", "rel. error vs oracle", "range check fired", "load"], rows) + ["", "Sources:", ""] + sources(runs)
 

@@ -105,10 +105,14 @@ class Transformer:
         pooled = (h * batch.pred_onehot.unsqueeze(-1)).sum(1)
         return self.score(pooled, head)
 
-    def hidden_of_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Plaintext last hidden states [b, n, H] for token ids [b, n] (no prompt, no padding):
-        how the server runs its own model on its public text."""
+    def hidden_of_ids(self, ids: torch.Tensor, prompt: torch.Tensor | None = None, lead: int = 0) -> torch.Tensor:
+        """Plaintext last hidden states [b, n, H] for token ids [b, n] (no padding): how the server
+        runs its own model on its public text; ``prompt`` [P, H] rows go in after the first ``lead``
+        tokens, where a tuned prompt sits (then n grows by P)."""
         h = self.w["emb.word"][ids]
+        if prompt is not None:
+            rows = prompt.to(h.dtype).unsqueeze(0).expand(h.size(0), -1, -1)
+            h = torch.cat([h[:, :lead], rows, h[:, lead:]], dim=1)
         if self.arch.family == "causal":
             return self.causal(h)
         if "emb.type" in self.w:

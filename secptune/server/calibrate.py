@@ -26,16 +26,34 @@ from secptune.transformer import Transformer
 log = logging.getLogger(__name__)
 MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
 STEP = 8.0
+# Prompts the calibration also runs with: the tuner's candidates have coordinates of the embedding
+# table's std (BBT's projection at alpha 1, secptune.tune.projection), and a prompt unlike any token
+# drives some MLP inputs far past what text alone reaches (SmolLM2: ~5,000 inputs of 64 SST-2 texts
+# past their bounds with a 10-token prompt, reports/prepare/rfa_range.json).
+PROMPT_LEN = 10
+PROMPT_DRAWS = 2
+PROMPT_SEED = 1234
 
 
-def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False):
-    """The model on each public sequence (exactly as a forward pass would run it);
-    ``capture``: the returned model's ``capture`` lists every layer's attention inputs."""
+def calibration_prompts(arch, weights) -> list[torch.Tensor]:
+    """Random prompts [P, H] at the tuner's scale (public randomness: they mask nothing)."""
+    gen = torch.Generator().manual_seed(PROMPT_SEED)
+    std = float(weights["emb.word"].double().std())
+    return [torch.randn(PROMPT_LEN, arch.hidden, generator=gen, dtype=torch.float64) * std for _ in range(PROMPT_DRAWS)]
+
+
+def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False, prompts=()):
+    """The model on each public sequence (exactly as a forward pass would run it), then again with
+    each of ``prompts`` where a tuned prompt sits; ``capture``: the returned model's ``capture``
+    lists every layer's attention inputs."""
     model = Transformer(arch, weights, nonlinear)
     model.capture = [] if capture else None
+    lead = 1 if arch.family == "encoder" else 0  # after CLS; causal models' BOS is the fixed prefix
     with torch.no_grad():
-        for ids in batches(sequences, arch):
-            model.hidden_of_ids(ids)
+        for prompt in (None, *prompts):
+            room = arch.max_positions - len(arch.prefix_tokens) - (0 if prompt is None else prompt.size(0))
+            for ids in batches(sequences, arch):
+                model.hidden_of_ids(ids[:, :room], prompt, lead)
     return model
 
 
@@ -50,6 +68,7 @@ def with_activation_bounds(model, arch, weights, sequences=None, attention=None)
     Given ``sequences`` and an RFA ``attention`` (the server's fitted hybrid), the model
     runs with that attention and the bounds only grow: RFA's small errors shift the
     activations a little, and a bound is only right if it covers what the secure run sees.
+    Each pass also runs with random prompts at the tuner's scale (:func:`calibration_prompts`).
     """
     seen: list[torch.Tensor] = []
 
@@ -59,7 +78,8 @@ def with_activation_bounds(model, arch, weights, sequences=None, attention=None)
             return super()._act(x, name, bound)
 
     sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
-    run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX))
+    run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX),
+                    prompts=calibration_prompts(arch, weights))
     channels = [
         [_bound(float(v)) for v in torch.stack(seen[i :: arch.layers]).amax(0)] for i in range(arch.layers)
     ]
