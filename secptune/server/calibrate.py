@@ -32,6 +32,7 @@ STEP = 8.0
 # past their bounds with a 10-token prompt, reports/prepare/rfa_range.json).
 PROMPT_LEN = 10
 PROMPT_DRAWS = 2
+PROMPT_TEXTS = 8  # public sequences each prompt runs with (the first ones): the prompt's rows are what is new
 PROMPT_SEED = 1234
 
 
@@ -52,7 +53,7 @@ def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False, 
     with torch.no_grad():
         for prompt in (None, *prompts):
             room = arch.max_positions - len(arch.prefix_tokens) - (0 if prompt is None else prompt.size(0))
-            for ids in batches(sequences, arch):
+            for ids in batches(sequences if prompt is None else sequences[:PROMPT_TEXTS], arch):
                 model.hidden_of_ids(ids[:, :room], prompt, lead)
     return model
 
