@@ -2,7 +2,7 @@
 # The privacy figures of issue 24 (reports/privacy/): SmolLM2 split runs with a recorded
 # server view, then `secptune attack` on each.  Views stay in $RUNS (tens of MB each); the
 # reports (result/report.json, attacks.json, attacks.md) are copied into reports/privacy/NAME.
-# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | tuned | attack NAME...)
+# Usage: bash scripts/privacy_runs.sh CHAIN   (CHAIN: controls | perCall | sweep | privtune | tuned | tunedSecure | attack NAME...)
 # `tuned` tunes a prompt through each AG News mechanism of `sweep` and `privtune` at one budget (env: K BUDGET
 # POPSIZE TEST_LIMIT JOBS; JOBS runs in parallel, one thread each) and keeps its report as NAME/tuned.json.
 set -euo pipefail
@@ -75,6 +75,16 @@ agnews_split0_dchi_eta25 dchi 25
 agnews_split0_privtune_eta50 privtune 50
 agnews_split0_privtune_eta100 privtune 100}" \
       | xargs -P "${JOBS:-2}" -I{} bash -c 'tune_one {}'
+    ;;
+  tunedSecure)  # the secure mode's tuned accuracy at the same budget: its plain oracle (float32, the secure run's
+    # approximations, default attention), which the secure run equals within the tested fixed-point tolerance
+    dir="$RUNS/tuned_agnews_secure_oracle"; rm -rf "${dir:?}"
+    $PY -m secptune tune --mode plain --precision float32 --model smollm2 --task agnews --k "${K:-4}" \
+      --budget "${BUDGET:-60}" --popsize "${POPSIZE:-6}" --prompt-len 10 --intrinsic-dim 100 \
+      --test-limit "${TEST_LIMIT:-200}" --out "$dir" --quiet
+    mkdir -p reports/privacy/secure
+    cp "$dir/report.json" reports/privacy/secure/tuned_agnews_oracle.json
+    cp "$dir/report.md" reports/privacy/secure/tuned_agnews_oracle.md
     ;;
   attack)  # re-run the suite on recorded views: bash scripts/privacy_runs.sh attack NAME...
     for name in "${@:2}"; do attack "$name"; done

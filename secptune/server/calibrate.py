@@ -26,21 +26,22 @@ from secptune.transformer import Transformer
 log = logging.getLogger(__name__)
 MARGIN = 2.0  # bound = margin x the largest |input| seen on public text, rounded up to 8
 STEP = 8.0
-# Prompts the calibration also runs with: the tuner's candidates have coordinates of the embedding
-# table's std (BBT's projection at alpha 1, secptune.tune.projection), and a prompt unlike any token
-# drives some MLP inputs far past what text alone reaches (SmolLM2: ~5,000 inputs of 64 SST-2 texts
-# past their bounds with a 10-token prompt, reports/prepare/rfa_range.json).
+# Prompts the calibration also runs with: the tuner's candidates have coordinates of alpha times the
+# embedding table's std (BBT's projection, secptune.tune.projection; alpha 1 by default, 0.1 in the
+# best H100 runs), and a prompt unlike any token drives some MLP inputs far past what text alone
+# reaches (SmolLM2: ~5,000 inputs of 64 SST-2 texts past their bounds with a 10-token prompt of std
+# 0.02, more than at the table's 0.136: reports/prepare/rfa_range.json).  One draw per scale.
 PROMPT_LEN = 10
-PROMPT_DRAWS = 2
+PROMPT_SCALES = (0.1, 1.0)
 PROMPT_TEXTS = 8  # public sequences each prompt runs with (the first ones): the prompt's rows are what is new
 PROMPT_SEED = 1234
 
 
 def calibration_prompts(arch, weights) -> list[torch.Tensor]:
-    """Random prompts [P, H] at the tuner's scale (public randomness: they mask nothing)."""
+    """Random prompts [P, H] at the tuner's scales (public randomness: they mask nothing)."""
     gen = torch.Generator().manual_seed(PROMPT_SEED)
     std = float(weights["emb.word"].double().std())
-    return [torch.randn(PROMPT_LEN, arch.hidden, generator=gen, dtype=torch.float64) * std for _ in range(PROMPT_DRAWS)]
+    return [torch.randn(PROMPT_LEN, arch.hidden, generator=gen, dtype=torch.float64) * std * s for s in PROMPT_SCALES]
 
 
 def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False, prompts=()):
@@ -69,7 +70,7 @@ def with_activation_bounds(model, arch, weights, sequences=None, attention=None)
     Given ``sequences`` and an RFA ``attention`` (the server's fitted hybrid), the model
     runs with that attention and the bounds only grow: RFA's small errors shift the
     activations a little, and a bound is only right if it covers what the secure run sees.
-    Each pass also runs with random prompts at the tuner's scale (:func:`calibration_prompts`).
+    Each pass also runs with random prompts at the tuner's scales (:func:`calibration_prompts`).
     """
     seen: list[torch.Tensor] = []
 
