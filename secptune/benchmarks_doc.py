@@ -1128,7 +1128,37 @@ def section_privacy(reports: Reports) -> list[str]:
                     "within the larger null (shuffled truth, Gaussian prior view) + 3 bootstrap SE; the game's "
                     "theoretical advantage is 0. Beside it: the unprotected split (η = ∞, layer 0) on the same texts.",
                     ""]
-    return out + one_report(reports, "privacy/secure/attacks.json", secure_intro, privacy_secure_body)
+    return out + one_report(reports, "privacy/secure/attacks.json", secure_intro, privacy_secure_body) + _secure_column(reports)
+
+
+def _secure_column(reports: Reports) -> list[str]:
+    """The secure mode beside PrivTune's operating point: its tuned accuracy at the same budget (its
+    plain oracle, which it equals within the tested tolerance), its attack figures and a call's cost."""
+    tuned, view = reports.get("privacy/secure/tuned_agnews_oracle.json"), reports.get("privacy/secure/attacks.json")
+    call = reports.get("speed/call_acceptance/attempt4/secure_new.json")
+    if tuned is None or view is None:
+        return []
+    with reading(tuned):
+        c, test = tuned["config"], tuned["final"]["test"]
+        att = tuned["final"]["attention"]
+        line = (f"The secure mode at the same budget (AG News, k = {c['k']}, {c['budget']} calls, first {c['test_limit']} "
+                f"test examples; `bash scripts/privacy_runs.sh tunedSecure`): its plain oracle (the secure run's "
+                f"approximations in float32, {att['kind']} attention, {len(att['softmax_layers'])} softmax layers), which "
+                f"the secure run equals within the tested fixed-point tolerance, {score(test['zero_shot'])} → "
+                f"{score(test['tuned'])}")
+    with reading(view):
+        sm = view["summary"]
+        line += (f"; attacks on its server view (SST-2, {view['header']['attention']} attention, "
+                 f"{num(sm['recorded_text_tokens'])} tokens): best token recovery "
+                 f"{score(sm['best_recovery'])}, all {sm['figures']} figures at chance: "
+                 f"{'yes' if sm['family_at_chance'] else '**no**'}")
+    if call is not None:
+        with reading(call):
+            cm = call["comm"]
+            line += (f"; one secure call on the 2-core CPU (SST-2, {call['examples']} texts, `speed/call_acceptance/"
+                     f"attempt4`): {sec(call['wall_s'])} s, {gb(cm['owner']['online']['bytes'])} GB online per party, "
+                     f"{gb(cm['dealer']['bytes'])} GB from the dealer")
+    return [line + ".", "", "Sources:", ""] + sources([r for r in (tuned, view, call) if r is not None])
 
 
 def privacy_secure_body(r: Report) -> list[str]:
