@@ -572,6 +572,9 @@ def markdown(r: dict) -> str:
         f"on {r['public_texts']} public texts; {r['wall_s']:.0f} s.",
         "",
     ]
+    for add in r.get("added", []):
+        lines += [f"Added afterwards by `secptune attack --search-only` (the other figures as first measured): "
+                  f"{', '.join(add['attacks'])} on the first {add['search_texts']} texts, {add['wall_s']:.0f} s.", ""]
     if h.get("guarded"):
         g = h["guarded"]
         lines += [f"GuardedTuning {g['variant']}: dcor {g['dcor']}, {g['quant_bits']}-bit wire, adapters "
