@@ -114,6 +114,21 @@ def test_search_degrades_when_the_view_is_noised_or_made_by_another_bottom(split
     assert _recovery(search, theirs, positions, ids, keep) <= 0.2
 
 
+def test_walk_caps_the_candidates_and_guesses_go_first(split):
+    """A capped walk tries at most ``walk`` tokens per position (plus the proposer's guesses,
+    tried first): a text of tokens outside the walk is lost unless the proposer names them."""
+    _, client, ids, keep = split
+    rows, positions = _release(client, ids[:2])
+    order = torch.arange(client.inp.model.w["emb.word"].size(0))
+    outside = order[~torch.isin(order, ids[:2])][:50]  # a walk that holds none of the text's tokens
+    capped = _search(client, order=outside, walk=50)
+    assert _recovery(capped, rows, positions, ids[:2], keep[:2]) == 0.0
+    assert capped.rows_run <= 50 * rows.size(0) * rows.size(1)
+    for r, i, n in zip(rows, ids, keep.tolist()):  # a proposer that names the truth: found, walk or not
+        named = _search(client, order=outside, walk=50, proposer=lambda q, k, i=i: i.unsqueeze(1))
+        assert torch.equal(named.on_items([r], [positions])[0][:n], i[:n])
+
+
 def test_frequency_order_puts_public_tokens_first():
     order = frequency_order(torch.tensor([5, 5, 5, 2, 2, 7]), 8)
     assert order[:3].tolist() == [5, 2, 7] and sorted(order.tolist()) == list(range(8))

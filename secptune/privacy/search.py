@@ -47,12 +47,15 @@ class CausalSearch:
     ``emb.word`` is the candidates' embedding table); ``bits``: the wire's quantisation (32:
     none) for the early-exit bound; ``order``: the public walk order of the vocabulary;
     ``proposer(rows, k)``: optional per-row first guesses [n, k]; ``chunk``: candidate rows
-    per forward (memory: chunk × H per layer); ``limit``: texts attacked (the first ones)."""
+    per forward (memory: chunk × H per layer); ``limit``: texts attacked (the first ones);
+    ``walk``: at most this many tokens walked per position (None: the whole vocabulary; the
+    suite caps large vocabularies at the tokens public text contains, as the learned attacks)."""
 
     per_item = True
 
     def __init__(self, model: Transformer, layers, bits: int = 32, order: torch.Tensor | None = None,
-                 proposer=None, top: int = 64, chunk: int = 4096, limit: int = 64, progress: bool = True):
+                 proposer=None, top: int = 64, chunk: int = 4096, limit: int = 64, progress: bool = True,
+                 walk: int | None = None):
         self.model, self.layers = model, list(layers)
         # the model's fixed prefix (keys/values every sequence starts from, e.g. BOS) opens the cache
         self.prefix = {k: v for k, v in model.w.items() if k.endswith((".pk", ".pv"))}
@@ -61,7 +64,7 @@ class CausalSearch:
         V = self.table.size(0)
         self.order = torch.arange(V) if order is None else order.long()
         self.bits, self.proposer, self.top, self.chunk, self.limit = bits, proposer, top, chunk, limit
-        self.progress = progress
+        self.progress, self.walk = progress, walk
         self.rows_run = 0  # candidate rows pushed through the bottom (the attack's cost)
 
     # -- the bound a true token's row meets --------------------------------------
@@ -98,11 +101,11 @@ class CausalSearch:
         return {k: torch.cat([cache[k], v], dim=1) if k in cache else v for k, v in new.items()}
 
     def _walk(self, row_guesses: torch.Tensor | None) -> torch.Tensor:
+        order = self.order if self.walk is None else self.order[: self.walk]
         if row_guesses is None:
-            return self.order
+            return order
         first = row_guesses.long()  # a top-k: distinct already
-        rest = self.order[~torch.isin(self.order, first)]
-        return torch.cat([first, rest])
+        return torch.cat([first, order[~torch.isin(order, first)]])
 
     @torch.no_grad()
     def invert(self, target: torch.Tensor, positions: torch.Tensor, guesses: torch.Tensor | None = None) -> torch.Tensor:

@@ -246,10 +246,13 @@ def search_attacks(attacker: Attacker, public_ids: torch.Tensor, opts: SuiteOpti
     where that is a tuned private adapter, with the pretrained one (``public_search``); the
     vocabulary walked in public token frequency (``public_ids``), ``proposer``'s guesses first."""
     order = frequency_order(public_ids, attacker.table.size(0))
+    # large vocabularies (SmolLM2's 49,152): walk the tokens public text contains (and the proposer's
+    # guesses), as the learned attacks name only those; small ones (tiny-llama's 1,024): all of it
+    walk = None if attacker.table.size(0) <= 4096 else len(torch.unique(public_ids))
     stacks = {"whitebox_search": attacker.bottom_stack()}
     if getattr(attacker, "tuned_adapter", False):  # the pretrained adapter differs from the white box
         stacks["public_search"] = attacker.bottom_stack(public=True)
-    return {name: CausalSearch(model, layers, bits, order, proposer=proposer, limit=opts.search_texts)
+    return {name: CausalSearch(model, layers, bits, order, proposer=proposer, limit=opts.search_texts, walk=walk)
             for name, (model, layers, bits) in stacks.items()}
 
 
