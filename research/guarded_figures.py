@@ -51,6 +51,7 @@ def row(folder: Path) -> dict | None:
         "control_rouge_l": att["positive_control"]["tokens"]["best_rouge_l"]["rouge_l"],
         "bytes_per_call": pc.get("bytes", 0) + pc.get("server_bytes", 0), "rounds_per_call": pc.get("rounds"),
         "seconds_per_call": pc.get("latency_s"), "texts": first["tokens"]["best"].get("texts"),
+        "search_added_afterwards": bool(att.get("added")),
     }
 
 
@@ -78,12 +79,16 @@ def checks(rows: list[dict]) -> tuple[list[dict], dict | None]:
                     "the undefended split", "value": point["accuracy_loss_vs_undefended"],
                     "bar": "<= 0.015 (GuardedTuning's claim), with the positive control >= 0.5",
                     "passed": point["accuracy_loss_vs_undefended"] <= 0.015 and control_ok})
-    public = [r for r in defended if r["attack_rouge_l"].get("public_search") is not None]
+    public = [r for r in rows if r["variant"] in ("online", "gradfree") and "public_search" in r["attack_rouge_l"]]
     if UNDEFENDED in by and "public_search" in by[UNDEFENDED]["attack_rouge_l"]:
         u = by[UNDEFENDED]["attack_rouge_l"]["public_search"]
         out.append({"check": "public-weights attacker (pretrained adapter) on the undefended split: ROUGE-L",
                     "value": u, "bar": ">= 0.5 (informational: the realistic server)", "passed": u >= EFFECTIVE})
     low = [r for r in public if r["attack_rouge_l"]["public_search"] < EFFECTIVE]
+    if not low and public:
+        out.append({"check": "public-weights attacker only: a setting with its ROUGE-L < 0.5", "value":
+                    min(r["attack_rouge_l"]["public_search"] for r in public), "bar": "< 0.5 (informational)",
+                    "passed": False})
     if low and UNDEFENDED in by:
         best = max(low, key=lambda r: r["tuned"])
         out.append({"check": f"public-weights attacker only: accuracy loss of {best['run']} (its ROUGE-L "
@@ -147,6 +152,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def command(rows: list[dict]) -> str:
+    """How the runs were made: the sweep, and, for runs attacked before the search existed, its addition."""
+    added = [r["run"] for r in rows if r["search_added_afterwards"]]
+    return "bash scripts/guarded_sweep.sh" + (f"; then SEARCH_ONLY=1 bash scripts/guarded_sweep.sh {' '.join(added)}"
+                                               if added else "")
+
+
 def main(out: str) -> None:
     root = Path(out)
     rows = [r for r in (row(f) for f in sorted(root.iterdir()) if f.is_dir()) if r is not None]
@@ -154,7 +166,7 @@ def main(out: str) -> None:
         raise SystemExit(f"{root}: no runs with report.json and attacks.json")
     found, point = checks(rows)
     (root / "sweep.json").write_text(json.dumps({"rows": rows, "checks": found, "operating_point": point, "machine": machine(),
-                                                 "command": "bash scripts/guarded_sweep.sh"}, indent=1))
+                                                 "command": command(rows)}, indent=1))
     (root / "sweep.md").write_text(markdown(rows, found, point))
     plot(rows, root / "sweep.png")
     compare_privacy([str(root / r["run"]) for r in rows], str(root))
