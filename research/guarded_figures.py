@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from secptune.privacy.compare import compare_privacy, machine  # noqa: E402
 
+ATTACKS = ("whitebox_opt", "whitebox_search", "public_search")  # reported one by one (ROUGE-L, recovery)
 UNDEFENDED = "online_d0_b32"  # the undefended split: no regulariser, 32-bit (the positive control)
 EFFECTIVE = 0.5  # GuardedTuning's bar: reconstruction effectiveness below 50 %
 
@@ -39,6 +40,8 @@ def row(folder: Path) -> dict | None:
         "effectiveness_attack": first["tokens"]["best_rouge_l"]["attack"],
         "recovery": max(v["tokens"]["best"]["recovery"] for v in variants),
         "whitebox_recovery": first["tokens"].get("whitebox_opt", {}).get("recovery"),
+        "attack_rouge_l": {a: max(v["tokens"][a]["rouge_l"] for v in variants) for a in ATTACKS if a in first["tokens"]},
+        "attack_recovery": {a: max(v["tokens"][a]["recovery"] for v in variants) for a in ATTACKS if a in first["tokens"]},
         "random_view_max": max(f.get("null_random_view", 0.0) for k, f in first["tokens"].items() if not k.startswith("best")),
         "label_aia": first["label_aia"]["accuracy"], "label_majority": first["label_aia"]["chance_majority"],
         "gradient_label": att.get("gradient_label", {}).get("accuracy"),
@@ -48,6 +51,7 @@ def row(folder: Path) -> dict | None:
         "control_rouge_l": att["positive_control"]["tokens"]["best_rouge_l"]["rouge_l"],
         "bytes_per_call": pc.get("bytes", 0) + pc.get("server_bytes", 0), "rounds_per_call": pc.get("rounds"),
         "seconds_per_call": pc.get("latency_s"), "texts": first["tokens"]["best"].get("texts"),
+        "search_added_afterwards": bool(att.get("added")),
     }
 
 
@@ -75,22 +79,46 @@ def checks(rows: list[dict]) -> tuple[list[dict], dict | None]:
                     "the undefended split", "value": point["accuracy_loss_vs_undefended"],
                     "bar": "<= 0.015 (GuardedTuning's claim), with the positive control >= 0.5",
                     "passed": point["accuracy_loss_vs_undefended"] <= 0.015 and control_ok})
+    public = [r for r in rows if r["variant"] in ("online", "gradfree") and "public_search" in r["attack_rouge_l"]]
+    if UNDEFENDED in by and "public_search" in by[UNDEFENDED]["attack_rouge_l"]:
+        u = by[UNDEFENDED]["attack_rouge_l"]["public_search"]
+        out.append({"check": "public-weights attacker (pretrained adapter) on the undefended split: ROUGE-L",
+                    "value": u, "bar": ">= 0.5 (informational: the realistic server)", "passed": u >= EFFECTIVE})
+    low = [r for r in public if r["attack_rouge_l"]["public_search"] < EFFECTIVE]
+    if not low and public:
+        out.append({"check": "public-weights attacker only: a setting with its ROUGE-L < 0.5", "value":
+                    min(r["attack_rouge_l"]["public_search"] for r in public), "bar": "< 0.5 (informational)",
+                    "passed": False})
+    if low and UNDEFENDED in by:
+        best = max(low, key=lambda r: r["tuned"])
+        out.append({"check": f"public-weights attacker only: accuracy loss of {best['run']} (its ROUGE-L "
+                    f"{best['attack_rouge_l']['public_search']:.3f} < 0.5; the white box's {best['effectiveness']:.3f})",
+                    "value": by[UNDEFENDED]["tuned"] - best["tuned"], "bar": "<= 0.015 (informational)",
+                    "passed": by[UNDEFENDED]["tuned"] - best["tuned"] <= 0.015})
     return out, point
+
+
+def _attack_cells(r: dict) -> str:
+    return " / ".join("–" if a not in r["attack_rouge_l"] else
+                      f"{r['attack_rouge_l'][a]:.3f} ({r['attack_recovery'][a]:.3f})" for a in ATTACKS)
 
 
 def markdown(rows: list[dict], found: list[dict], point: dict | None) -> str:
     lines = ["# GuardedTuning: the --dcor sweep (issue 25)", "",
              f"Model {rows[0]['model']}, task {rows[0]['task']}; reconstruction effectiveness = the best attack's "
-             "token-level ROUGE-L F1 on each text's last release (white-box input adapter); undefended split = "
-             f"`{UNDEFENDED}`.", "",
-             "| run | variant | dcor | bits | zero-shot | tuned | effectiveness (attack) | token recovery | white-box opt | "
-             "random view max | label AIA (majority) | gradient label (control) | game adv. | KB/call | rounds/call |",
+             "token-level ROUGE-L F1 on each text's last release (the strongest attack: white-box input adapter); "
+             f"undefended split = `{UNDEFENDED}`. Per attack, ROUGE-L (token recovery): `whitebox_opt` (relaxed "
+             "embeddings + causal rounding, client's final adapter), `whitebox_search` (left-to-right exhaustive "
+             "search, client's final adapter), `public_search` (the same search with the pretrained adapter: what a "
+             "server that never sees the client's private adapter knows).", "",
+             "| run | variant | dcor | bits | zero-shot | tuned | effectiveness (attack) | token recovery | "
+             "opt / search / public search | random view max | label AIA (majority) | gradient label (control) | "
+             "game adv. | KB/call | rounds/call |",
              "|" + "---|" * 15]
     for r in rows:
         grad = "–" if r["gradient_label"] is None else f"{r['gradient_label']:.3f} ({r['gradient_label_control']:.3f})"
-        wb = "–" if r["whitebox_recovery"] is None else f"{r['whitebox_recovery']:.3f}"
         lines.append(f"| {r['run']} | {r['variant']} | {r['dcor']} | {r['bits']} | {r['zero_shot']:.3f} | {r['tuned']:.3f} | "
-                     f"{r['effectiveness']:.3f} ({r['effectiveness_attack']}) | {r['recovery']:.3f} | {wb} | "
+                     f"{r['effectiveness']:.3f} ({r['effectiveness_attack']}) | {r['recovery']:.3f} | {_attack_cells(r)} | "
                      f"{r['random_view_max']:.3f} | {r['label_aia']:.3f} ({r['label_majority']:.3f}) | {grad} | "
                      f"{r['game_advantage']:.2f} | {r['bytes_per_call'] / 1e3:,.1f} | {r['rounds_per_call']:.1f} |")
     lines += ["", "| check | value | bar | passed |", "|---|---|---|---|"]
@@ -106,8 +134,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for variant, marker in (("online", "o"), ("gradfree", "s")):
         rs = sorted((r for r in rows if r["variant"] == variant and r["bits"] == 8), key=lambda r: r["dcor"])
+        a.set_xscale("symlog", linthresh=1.0)
+        b.set_xscale("symlog", linthresh=1.0)
         if rs:
-            a.plot([r["dcor"] for r in rs], [r["effectiveness"] for r in rs], marker=marker, label=variant)
+            a.plot([r["dcor"] for r in rs], [r["effectiveness"] for r in rs], marker=marker, label=f"{variant}: strongest")
+            pub = [(r["dcor"], r["attack_rouge_l"]["public_search"]) for r in rs if "public_search" in r["attack_rouge_l"]]
+            if pub:
+                a.plot(*zip(*pub), marker=marker, ls=":", label=f"{variant}: public weights")
             b.plot([r["dcor"] for r in rs], [r["tuned"] for r in rs], marker=marker, label=variant)
     a.axhline(EFFECTIVE, ls="--", c="grey")
     a.set(xlabel="--dcor", ylabel="reconstruction effectiveness (ROUGE-L)", title="attack (8-bit wire)")
@@ -119,6 +152,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def command(rows: list[dict]) -> str:
+    """How the runs were made: the sweep, and, for runs attacked before the search existed, its addition."""
+    added = [r["run"] for r in rows if r["search_added_afterwards"]]
+    return "bash scripts/guarded_sweep.sh" + (f"; then SEARCH_ONLY=1 bash scripts/guarded_sweep.sh {' '.join(added)}"
+                                               if added else "")
+
+
 def main(out: str) -> None:
     root = Path(out)
     rows = [r for r in (row(f) for f in sorted(root.iterdir()) if f.is_dir()) if r is not None]
@@ -126,7 +166,7 @@ def main(out: str) -> None:
         raise SystemExit(f"{root}: no runs with report.json and attacks.json")
     found, point = checks(rows)
     (root / "sweep.json").write_text(json.dumps({"rows": rows, "checks": found, "operating_point": point, "machine": machine(),
-                                                 "command": "bash scripts/guarded_sweep.sh"}, indent=1))
+                                                 "command": command(rows)}, indent=1))
     (root / "sweep.md").write_text(markdown(rows, found, point))
     plot(rows, root / "sweep.png")
     compare_privacy([str(root / r["run"]) for r in rows], str(root))

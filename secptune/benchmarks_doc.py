@@ -1193,13 +1193,16 @@ def privacy_secure_body(r: Report) -> list[str]:
 
 
 def guarded_body(r: Report) -> list[str]:
+    attacks = ("whitebox_opt", "whitebox_search", "public_search")
     rows = [[x["run"], x["variant"], x["dcor"], x["bits"], score(x["tuned"]),
              f"{score(x['effectiveness'])} ({x['effectiveness_attack']})", score(x["recovery"]),
+             " / ".join(score(x.get("attack_rouge_l", {}).get(a)) for a in attacks),
              f"{score(x['label_aia'])} / {score(x['label_majority'])}", score(x["gradient_label"]),
              f"{x['game_advantage']:.2f}", f"{x['bytes_per_call'] / 1e3:,.1f}", f"{x['rounds_per_call']:.1f}"]
             for x in r["rows"]]
     out = table(["run", "variant", "dcor", "bits", "tuned acc.", "effectiveness (attack)", "token recovery",
-                 "label AIA / majority", "gradient label", "game adv.", "KB/call", "rounds/call"], rows)
+                 "ROUGE-L: opt / search / public search", "label AIA / majority", "gradient label", "game adv.",
+                 "KB/call", "rounds/call"], rows)
     out += ["", "Acceptance checks:", ""]
     out += table(["check", "value", "bar", "passed"],
                  [[c["check"], score(c["value"]), c["bar"], "yes" if c["passed"] else "**no**"] for c in r["checks"]])
@@ -1217,8 +1220,10 @@ def section_guarded(reports: Reports) -> list[str]:
              "`--mode guarded` (client adapters around the server's backbone, distance-correlation regulariser "
              "`--dcor`, `--quant-bits` on every tensor that crosses; docs/privacy.md) tuned by gradient descent and "
              "attacked with `secptune attack` (`scripts/guarded_sweep.sh`, assembled by `research/guarded_figures.py`). "
-             "Effectiveness: the best attack's token-level ROUGE-L F1 on each text's last release, the white-box "
-             "optimisation attack given the client's final input adapter; an API call is one tuning step on a "
+             "Effectiveness: the best attack's token-level ROUGE-L F1 on each text's last release; the white-box "
+             "attacks (`whitebox_opt`: relaxed embeddings + causal rounding; `whitebox_search`: left-to-right "
+             "exhaustive search over the vocabulary) are given the client's final input adapter, `public_search` "
+             "only the pretrained one (the realistic server: the adapter is private); an API call is one tuning step on a "
              "mini-batch of 8 texts. The undefended split (online, dcor 0, 32-bit) is the positive control.", ""]
     return one_report(reports, "privacy/guarded/sweep/sweep.json", intro, guarded_body)
 

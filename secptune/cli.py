@@ -26,7 +26,7 @@ from secptune.infer import InferOptions, run_infer
 from secptune.party import keygen, make_network, serve
 from secptune.privacy.compare import compare_privacy
 from secptune.privacy.secure_suite import run_attacks, write_reports
-from secptune.privacy.suite import SuiteOptions
+from secptune.privacy.suite import SuiteOptions, add_search
 from secptune.report import compare
 from secptune.server import prepare_job
 from secptune.split_job import SplitOptions
@@ -394,14 +394,32 @@ def _add_attack(sub) -> None:
     p.add_argument("--opt-steps", type=int, default=150,
                    help="Adam steps of the white-box optimisation attack (150; 0: not run)")
     p.add_argument("--opt-texts", type=int, default=64, help="recorded texts the white-box attack runs on (64)")
+    p.add_argument("--search-texts", type=int, default=64,
+                   help="recorded texts the left-to-right exhaustive search runs on (64; 0: not run)")
+    p.add_argument("--search-only", action="store_true",
+                   help="split/guarded views: add the exhaustive search's figures to the run's existing attacks.json "
+                        "(its other figures kept as measured) instead of running the whole suite")
 
 
 def cmd_attack(args) -> int:
     opts = SuiteOptions(train_texts=args.train_texts, game_pairs=args.game_pairs, mlp_seconds=args.mlp_seconds,
-                        opt_steps=args.opt_steps, opt_texts=args.opt_texts)
+                        opt_steps=args.opt_steps, opt_texts=args.opt_texts, search_texts=args.search_texts)
+    if args.search_only:
+        result = add_search(args.run, opts)
+        result.setdefault("commands_added", []).append(command_line(
+            ["attack", args.run, "--train-texts", str(args.train_texts), "--search-texts", str(args.search_texts),
+             "--search-only"]))
+        paths = write_reports(result, args.report_dir or args.run)
+        for key, v in result["variants"].items():
+            print(f"{key}: reconstruction effectiveness (best ROUGE-L) {v['tokens']['best_rouge_l']['rouge_l']:.3f} "
+                  f"({v['tokens']['best_rouge_l']['attack']})")
+        pc = result["positive_control"]["tokens"]["best"]
+        print(f"positive control: best recovery {pc['recovery']:.3f} ({pc['attack']}); reports: {paths[0]}, {paths[1]}")
+        return 0
     result = run_attacks(args.run, opts, args.control)
     argv = ["attack", args.run, "--train-texts", str(args.train_texts), "--game-pairs", str(args.game_pairs),
-            "--mlp-seconds", str(args.mlp_seconds), "--opt-steps", str(args.opt_steps), "--opt-texts", str(args.opt_texts)]
+            "--mlp-seconds", str(args.mlp_seconds), "--opt-steps", str(args.opt_steps), "--opt-texts", str(args.opt_texts),
+            "--search-texts", str(args.search_texts)]
     argv += (["--control", args.control] if args.control else []) + (["--report-dir", args.report_dir] if args.report_dir else [])
     result["command"] = command_line(argv)
     paths = write_reports(result, args.report_dir or args.run)

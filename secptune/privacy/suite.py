@@ -9,7 +9,11 @@ without the owner's recorded texts).  It rebuilds the owner's mechanism from the
   public outputs, ridge map to the embedding, and MLP to the vocabulary; the best
   adaptive one is the figure that counts; plus the white-box optimisation attack
   (:mod:`secptune.privacy.whitebox`: relaxed embeddings through the bottom model, the
-  first ``opt_texts`` texts); each with its token recovery and token-level ROUGE-L F1
+  first ``opt_texts`` texts), and the left-to-right exhaustive search
+  (:mod:`secptune.privacy.search`: every vocabulary token through the causal bottom, position
+  by position; ``whitebox_search`` with the run's own bottom, ``public_search`` — guarded
+  runs — with the pretrained input adapter, all a server knows of the client's private one;
+  the first ``search_texts`` texts); each with its token recovery and token-level ROUGE-L F1
   (the reconstruction effectiveness: the best attack's ROUGE-L);
 * gradient label inference — where the view holds gradients (``--mode guarded
   --variant online``): a probe fitted on the gradients the attacker simulates for
@@ -47,6 +51,7 @@ from secptune.errors import InputError
 from secptune.infer import pad_token
 from secptune.inputs import Template, build_batch, encode, verbalizer_ids, verbalizer_onehot
 from secptune.privacy import attacks, whitebox
+from secptune.privacy.search import CausalSearch, frequency_order
 from secptune.privacy.mechanisms import MechanismParams, crafted_mean, distinguish_bound
 from secptune.privacy.neighbours import NeighbourGraph
 from secptune.privacy.sampling import NoiseSource
@@ -56,7 +61,7 @@ from secptune.arch import arch_from_config
 from secptune.server.prepare import prepare_server_model
 from secptune.split import BottomModel, SplitOwner, layout
 from secptune.split_job import importance_table, public_pool, text_token_counter
-from secptune.guarded import GuardedClient, GuardedServer
+from secptune.guarded import GuardedClient, GuardedServer, Piece
 from secptune.guarded_job import WHITEBOX
 
 BATCH = 8  # public texts per padded batch (the owner's `infer` default)
@@ -70,6 +75,7 @@ class SuiteOptions:
     mlp_seconds: float = 90.0
     opt_steps: int = 150  # white-box optimisation attack: Adam steps (0: not run)
     opt_texts: int = 64  # ... on this many recorded texts
+    search_texts: int = 64  # left-to-right exhaustive search (secptune.privacy.search) on this many (0: not run)
     bootstrap: int = 1000
     seed: int = 1
 
@@ -130,6 +136,7 @@ class Attacker:
         """The guarded owner: its input adapter as the run left it (view/whitebox.pt: the
         white-box assumption) or as pretrained (the positive control), and its wire's bits."""
         g = self.header["guarded"]
+        self.tuned_adapter = whitebox_state  # the white box is the client's own (private) adapter
         self.bits = g["quant_bits"] if bits is None else bits
         words = self.header["verbalizer"]
         verbalizer = verbalizer_onehot(verbalizer_ids(self.tokenizer, words, self.template), self.arch.vocab_size)
@@ -163,6 +170,16 @@ class Attacker:
         if bottom.K == 0:
             return lambda e, positions: e
         return lambda e, positions: bottom.model.causal(e.to(bottom.dtype), layers=range(bottom.K), positions=positions)
+
+    def bottom_stack(self, public: bool = False) -> tuple:
+        """The bottom as (Transformer, layers, wire bits) for the exhaustive search: the run's own
+        (white box) or, ``public``, the pretrained one (guarded: the input adapter before tuning)."""
+        if self.header["mode"] == "guarded":
+            inp = self.client.inp
+            if public:
+                inp = Piece(self.server, inp.layers, torch.float32, False, embed=True)
+            return inp.model, inp.layers, self.bits
+        return self.owner.bottom.model, list(range(self.owner.bottom.K)), 32
 
     def states(self, examples) -> list[tuple[dict, list]]:
         """Clean owner states of public texts, in padded batches laid out like the owner's."""
@@ -219,7 +236,24 @@ def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: floa
         fitted["whitebox_opt"] = whitebox.OptimisedInversion(attacker.bottom_function(), attacker.table, vocab,
                                                              opts.opt_steps, limit=opts.opt_texts, seed=seed,
                                                              proposer=mlp.top)
+    if opts is not None and opts.search_texts > 0:
+        fitted.update(search_attacks(attacker, ids, opts, mlp.top))
     return fitted
+
+
+def search_attacks(attacker: Attacker, public_ids: torch.Tensor, opts: SuiteOptions, proposer=None) -> dict:
+    """The left-to-right exhaustive search with the run's own bottom (``whitebox_search``) and,
+    where that is a tuned private adapter, with the pretrained one (``public_search``); the
+    vocabulary walked in public token frequency (``public_ids``), ``proposer``'s guesses first."""
+    order = frequency_order(public_ids, attacker.table.size(0))
+    # large vocabularies (SmolLM2's 49,152): walk the tokens public text contains (and the proposer's
+    # guesses), as the learned attacks name only those; small ones (tiny-llama's 1,024): all of it
+    walk = None if attacker.table.size(0) <= 4096 else len(torch.unique(public_ids))
+    stacks = {"whitebox_search": attacker.bottom_stack()}
+    if getattr(attacker, "tuned_adapter", False):  # the pretrained adapter differs from the white box
+        stacks["public_search"] = attacker.bottom_stack(public=True)
+    return {name: CausalSearch(model, layers, bits, order, proposer=proposer, limit=opts.search_texts, walk=walk)
+            for name, (model, layers, bits) in stacks.items()}
 
 
 def _guess(attack, rows: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -257,13 +291,20 @@ def _token_figures(fitted: dict, rows: list[torch.Tensor], scorer: Scorer, opts:
             fig[null] = sum(h for h, _ in nh) / max(1, sum(n for _, n in nh))
             fig["rouge_l_" + null] = sum(sc.rouge_l(ng)) / max(1, len(ng))
         figures[name] = fig
+    return _with_bests(figures), guesses
+
+
+def _with_bests(figures: dict) -> dict:
+    """``figures`` (attack name -> figures) with the best attacks' entries (re)computed."""
+    figures = {k: v for k, v in figures.items() if not k.startswith("best")}
     every = {k: v["recovery"] for k, v in figures.items()}
     adaptive = {k: v for k, v in every.items() if k.startswith("adaptive")}
     rouge = {k: v["rouge_l"] for k, v in figures.items()}
-    figures["best_adaptive"] = {"attack": max(adaptive, key=adaptive.get), "recovery": max(adaptive.values())}
+    if adaptive:
+        figures["best_adaptive"] = {"attack": max(adaptive, key=adaptive.get), "recovery": max(adaptive.values())}
     figures["best"] = {"attack": max(every, key=every.get), "recovery": max(every.values())}
     figures["best_rouge_l"] = {"attack": max(rouge, key=rouge.get), "rouge_l": max(rouge.values())}
-    return figures, guesses
+    return figures
 
 
 def _gaussian_view(rows: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -359,12 +400,9 @@ def open_run(run_dir: str | Path) -> tuple[dict, dict, Scorer]:
     return view, view["header"], Scorer(run_dir)
 
 
-def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
-    """The catalogue on a split or guarded run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
-    started = time.perf_counter()
-    view, header, scorer = open_run(run_dir)
-    attacker = Attacker(header, run_dir=run_dir)
-    classes = len(header["verbalizer"])
+def _public_split(header: dict, scorer: Scorer, opts: SuiteOptions) -> tuple[list, list, list]:
+    """The attacker's public texts (the task's train split without the recorded ones): to fit
+    on, for the positive control, for the game."""
     need = opts.train_texts + opts.control_texts + opts.game_pairs
     pool = scorer.disjoint(public_pool(header["task"], header.get("data"), limit=need + 200, seed=opts.seed))
     if len(pool) < 100:
@@ -375,6 +413,49 @@ def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
     train_ex = pool[: len(pool) - n_control - n_game][: opts.train_texts]
     control_ex = pool[len(train_ex) : len(train_ex) + n_control]
     game_ex = pool[len(train_ex) + n_control : len(train_ex) + n_control + n_game]
+    return train_ex, control_ex, game_ex
+
+
+def add_search(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
+    """The exhaustive search attacks added to a run's existing ``attacks.json`` (its other
+    figures kept as measured): the same view, nulls, public texts and positive control as
+    :func:`run_suite`, only the search run (``secptune attack RUN --search-only``)."""
+    path = Path(run_dir) / "attacks.json"
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no attacks.json to add to: run `secptune attack {run_dir}` first")
+    result = json.loads(path.read_text())
+    started = time.perf_counter()
+    view, header, scorer = open_run(run_dir)
+    attacker = Attacker(header, run_dir=run_dir)
+    train_ex, control_ex, _ = _public_split(header, scorer, opts)
+    _, train_truth, _ = attacker.released(attacker.states(train_ex), 1)
+    public_ids = _flat([], train_truth)[1]
+    positions = [it["positions"] for it in view["items"]]
+    for v in result["variants"].values():
+        r = v["releases_averaged"]
+        rows = _view_rows(view, r)
+        nulls = {"null_random_view": _random_text_view(attacker, view, r, opts.seed),
+                 "null_gaussian_view": _gaussian_view(rows, opts.seed)}
+        figures, _ = _token_figures(search_attacks(attacker, public_ids, opts), rows, scorer, opts, nulls, positions)
+        v["tokens"] = _with_bests({**v["tokens"], **figures})
+    clean = attacker.with_params(MechanismParams(noise="dchi", eta=math.inf))
+    rows, truth, positions = clean.released(clean.states(control_ex[: opts.search_texts]), 1)
+    figures, _ = _token_figures(search_attacks(clean, public_ids, opts), rows, Scorer(items=truth), opts,
+                                positions=positions)
+    pc = result["positive_control"]
+    pc["tokens"] = _with_bests({**pc["tokens"], **figures})
+    result.setdefault("added", []).append({"attacks": sorted(figures), "search_texts": opts.search_texts,
+                                           "wall_s": time.perf_counter() - started})
+    return result
+
+
+def run_suite(run_dir: str | Path, opts: SuiteOptions = SuiteOptions()) -> dict:
+    """The catalogue on a split or guarded run's view (a secure view: :mod:`secptune.privacy.secure_suite`)."""
+    started = time.perf_counter()
+    view, header, scorer = open_run(run_dir)
+    attacker = Attacker(header, run_dir=run_dir)
+    classes = len(header["verbalizer"])
+    train_ex, control_ex, game_ex = _public_split(header, scorer, opts)
     max_releases = max(header["releases"])
     variants = [1] + ([max_releases] if max_releases > 1 else [])
     train_states = attacker.states(train_ex)
@@ -494,6 +575,9 @@ def markdown(r: dict) -> str:
         f"on {r['public_texts']} public texts; {r['wall_s']:.0f} s.",
         "",
     ]
+    for add in r.get("added", []):
+        lines += [f"Added afterwards by `secptune attack --search-only` (the other figures as first measured): "
+                  f"{', '.join(add['attacks'])} on the first {add['search_texts']} texts, {add['wall_s']:.0f} s.", ""]
     if h.get("guarded"):
         g = h["guarded"]
         lines += [f"GuardedTuning {g['variant']}: dcor {g['dcor']}, {g['quant_bits']}-bit wire, adapters "
