@@ -1225,7 +1225,27 @@ def section_guarded(reports: Reports) -> list[str]:
              "exhaustive search over the vocabulary) are given the client's final input adapter, `public_search` "
              "only the pretrained one (the realistic server: the adapter is private); an API call is one tuning step on a "
              "mini-batch of 8 texts. The undefended split (online, dcor 0, 32-bit) is the positive control.", ""]
-    return one_report(reports, "privacy/guarded/sweep/sweep.json", intro, guarded_body)
+    return one_report(reports, "privacy/guarded/sweep/sweep.json", intro, guarded_body) + _search_cost(reports)
+
+
+def _search_cost(reports: Reports) -> list[str]:
+    """What the exhaustive search costs per model (`python -m research.search_timing --model M`)."""
+    runs = [r for r in (reports.get(f"privacy/guarded/search_timing_{m}.json") for m in ("tiny-llama", "smollm2"))
+            if r is not None]
+    if not runs:
+        return []
+    rows = []
+    for r in runs:
+        with reading(r):
+            texts = r["per_text"]
+            rows.append([r["model"], num(r["vocab"]), r["in_layers"], len(texts), sum(t["tokens"] for t in texts),
+                         sec(sum(t["seconds"] for t in texts)), score(min(t["recovered"] for t in texts)),
+                         num(round(r["full_walk_rows_per_s"])), sec(r["full_walk_seconds_per_text_estimate"])])
+    return ["The exhaustive search's cost (`python -m research.search_timing --model M`: undefended 32-bit views of "
+            "public SST-2 texts, early exit within the quantiser's bound; the full walk is what a noised or "
+            "regularised view costs):", ""] + table(
+        ["model", "vocabulary", "bottom layers", "texts", "tokens", "s, early exit", "lowest recovery",
+         "full walk: rows / s", "full walk: s per median text"], rows) + ["", "Sources:", ""] + sources(runs)
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
