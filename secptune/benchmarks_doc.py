@@ -716,7 +716,7 @@ def _rfa_default_cost(reports: Reports) -> list[str]:
     for r in runs:
         with reading(r):
             c = r["comm"]
-            rows.append([f"`{r.name.removeprefix('speed/').removesuffix('.json')}`", mb(c["server"]["online"]["bytes"]),
+            rows.append([f"`{r.name.removeprefix('reports/speed/').removesuffix('.json')}`", mb(c["server"]["online"]["bytes"]),
                          num(c["server"]["online"]["rounds"]), mb(r["ops"]["attention"]["dealer_bytes"]),
                          mb(c["dealer"]["bytes"]), mb(all_wires(c)), sec(r["wall_s"]), f"{r['rel_err']:.1e}",
                          "yes" if r.get("range_event") else "no", r["machine"].get("load_avg_1m", NOT_RECORDED)])

@@ -32,6 +32,7 @@ import math
 import os
 import tempfile
 import time
+from statistics import NormalDist
 from dataclasses import asdict
 from pathlib import Path
 
@@ -273,18 +274,14 @@ def family_threshold(tests: int, per_test: float = 3.0) -> float:
     rarely as one figure does at ``per_test`` SE (Bonferroni, two-sided normal tails): with ~20 figures
     at 3 SE each, one exceeds by chance in ~5 % of honest runs."""
     alpha = math.erfc(per_test / math.sqrt(2)) / max(1, tests)
-    lo, hi = per_test, 10.0
-    for _ in range(60):  # bisection on the normal tail
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if math.erfc(mid / math.sqrt(2)) > alpha else (lo, mid)
-    return hi
+    return NormalDist().inv_cdf(1 - alpha / 2)
 
 
 def summarize(channels: dict) -> dict:
     """The acceptance view: every attack within its null + 3 SE, every game within 3 SE of 0; and the
     same figures as one family (``worst_z`` against ``family_z``, Bonferroni), since many figures at
     3 SE each fail together by chance more often than one does."""
-    token_ok, aia_ok, game_ok, worst_game = True, True, True, 0.0
+    token_ok, aia_ok, game_ok = True, True, True
     recovered, zs = {}, {}
     for name, c in channels.items():
         for attack, f in c["tokens"].items():
@@ -298,13 +295,12 @@ def summarize(channels: dict) -> dict:
         zs[f"{name}/label_aia"] = _z(a["accuracy"] - max(a["chance_majority"], a["null_shuffled_truth"]), a["se"])
         for dec, g in c["game"].items():
             game_ok &= bool(g["within_3se"])
-            worst_game = max(worst_game, _z(abs(g["advantage"]), g["se"]))
             zs[f"{name}/game/{dec}"] = _z(abs(g["advantage"]), g["se"])
     tokens = next(iter(channels.values()))["tokens"]["adaptive_1nn"]["tokens"] if channels else 0
     worst = max(zs, key=zs.get) if zs else None
     family = family_threshold(len(zs))
     return {"tokens_at_chance": token_ok, "label_aia_at_chance": aia_ok, "games_within_3se": game_ok,
-            "worst_game_z": worst_game, "recorded_text_tokens": tokens,
+            "worst_game_z": max((z for k, z in zs.items() if "/game/" in k), default=0.0), "recorded_text_tokens": tokens,
             "best_recovery": max(recovered.values()) if recovered else math.nan,
             "figures": len(zs), "worst_z": zs.get(worst, 0.0), "worst_figure": worst, "family_z": family,
             "family_at_chance": all(z <= family for z in zs.values())}

@@ -65,6 +65,9 @@ from secptune.guarded import GuardedClient, GuardedServer, Piece
 from secptune.guarded_job import WHITEBOX
 
 BATCH = 8  # public texts per padded batch (the owner's `infer` default)
+# Above this many tokens (SmolLM2's 49,152) the white-box attacks consider only the tokens public text
+# contains, as the learned attacks name only those; below it (tiny-llama's 1,024) the whole vocabulary.
+WHOLE_VOCAB = 4096
 
 
 @dataclass
@@ -231,8 +234,7 @@ def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: floa
         "adaptive_mlp": mlp,
     }
     if opts is not None and opts.opt_steps > 0:
-        # large vocabularies: the candidates are the tokens public text contains (as the MLP's)
-        vocab = None if attacker.table.size(0) <= 4096 else torch.unique(ids)
+        vocab = None if attacker.table.size(0) <= WHOLE_VOCAB else torch.unique(ids)
         fitted["whitebox_opt"] = whitebox.OptimisedInversion(attacker.bottom_function(), attacker.table, vocab,
                                                              opts.opt_steps, limit=opts.opt_texts, seed=seed,
                                                              proposer=mlp.top)
@@ -246,9 +248,8 @@ def search_attacks(attacker: Attacker, public_ids: torch.Tensor, opts: SuiteOpti
     where that is a tuned private adapter, with the pretrained one (``public_search``); the
     vocabulary walked in public token frequency (``public_ids``), ``proposer``'s guesses first."""
     order = frequency_order(public_ids, attacker.table.size(0))
-    # large vocabularies (SmolLM2's 49,152): walk the tokens public text contains (and the proposer's
-    # guesses), as the learned attacks name only those; small ones (tiny-llama's 1,024): all of it
-    walk = None if attacker.table.size(0) <= 4096 else len(torch.unique(public_ids))
+    # (and the proposer's guesses, walked first)
+    walk = None if attacker.table.size(0) <= WHOLE_VOCAB else len(torch.unique(public_ids))
     stacks = {"whitebox_search": attacker.bottom_stack()}
     if getattr(attacker, "tuned_adapter", False):  # the pretrained adapter differs from the white box
         stacks["public_search"] = attacker.bottom_stack(public=True)
