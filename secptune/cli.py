@@ -277,14 +277,18 @@ def _add_compare(sub) -> None:
                    help="one row per run: mode and parameters, tuned metric and its change vs plain, the best attacks "
                         "(attacks.json beside a run), bytes/rounds/seconds and LAN/WAN time per call")
     p.add_argument("--out", help="--privacy: write compare.json, compare.md and tradeoff.png here")
+    p.add_argument("--secure-view", metavar="ATTACKS_JSON",
+                   help="--privacy: the secure suite's attacks.json (`secptune attack` on a recorded secure view), "
+                        "for rows whose run directory holds secure_call.json (a measured secure call beside a tuning "
+                        "of the secure run's plain oracle)")
 
 
 def cmd_compare(args) -> int:
     if args.privacy:
-        print(compare_privacy(args.runs, args.out))
+        print(compare_privacy(args.runs, args.out, args.secure_view))
         return 0
-    if args.out:
-        raise SecptuneError("--out goes with --privacy (the plain comparison writes --plot only)")
+    if args.out or args.secure_view:
+        raise SecptuneError("--out and --secure-view go with --privacy (the plain comparison writes --plot only)")
     print(compare(args.runs, plot=args.plot))
     return 0
 

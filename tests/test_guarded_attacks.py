@@ -2,11 +2,14 @@
 inversion, gradient label inference; and `compare --privacy`'s table and plot."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import prepared_inputs
+from mpc import costmodel
+from secptune.errors import InputError
 from secptune.checkpoints import load_hf_model
 from secptune.guarded import GuardedClient, GuardedServer
 from secptune.privacy.compare import compare_privacy, rows
@@ -119,3 +122,42 @@ def test_compare_privacy_rows_and_plot(tmp_path):
     text = compare_privacy(paths, str(tmp_path / "out"))
     assert "guarded online dcor=0.5 8-bit" in text and "| – |" in text
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
+
+
+def _secure_call(online: int, dealer: int) -> dict:
+    party = {"online": {"bytes": online, "rounds": 100}, "dealer": {"bytes": 10, "rounds": 30}, "bytes": online + 10}
+    return {"examples": 8, "forward_s": 50.0,
+            "comm": {"owner": party, "server": party,
+                     "dealer": {"online": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": dealer, "rounds": 30},
+                                "bytes": dealer, "rounds": 30}}}
+
+
+def _secure_view(recovery: float) -> dict:
+    channel = {"label_aia": {"accuracy": 0.55, "chance_majority": 0.53},
+               "game": {"ridge": {"advantage": -0.2}, "direct": {"advantage": 0.1}}}
+    return {"channels": {"share_embed": channel, "texts_recv0@E": channel},
+            "summary": {"best_recovery": recovery, "recorded_text_tokens": 2000},
+            "control": {"best": {"recovery": 1.0}}}
+
+
+def test_compare_privacy_secure_row_from_its_oracle_and_a_measured_call(tmp_path):
+    exact = _run(tmp_path, "plain", "plain", 0.80, {"exact": True})
+    oracle = Path(_run(tmp_path, "secure_rfa", "plain", 0.79, {"precision": "float32", "attention": "rfa"}))
+    (oracle / "secure_call.json").write_text(json.dumps(_secure_call(online=10**6, dealer=5 * 10**6)))
+    view = tmp_path / "secure_attacks.json"
+    view.write_text(json.dumps(_secure_view(0.009)))
+    table = rows([exact, str(oracle)], str(view))
+    secure = table[1]
+    assert secure["mode"] == "secure" and "secure rfa" in secure["describe"]
+    assert secure["delta_vs_plain"] == pytest.approx(-0.01)
+    # every wire: both parties' online and dealer-channel bytes plus the dealer's
+    assert secure["bytes"] == 2 * (10**6 + 10) + 5 * 10**6 and secure["seconds"] == 50.0
+    lan = costmodel.LAN
+    assert secure["LAN_s"] == pytest.approx(50.0 + lan.added_s(10**6, 100) + costmodel.dealer_added_s(5 * 10**6, 10, lan))
+    assert secure["inversion"] == 0.009 and secure["game_advantage"] == 0.2 and secure["aia"] == 0.55
+    assert "secure_rfa on sst2: 8 texts" in compare_privacy([exact, str(oracle)], None, str(view))
+    # a measured call beside anything but the oracle's tuning is refused, not silently mixed
+    noisy = Path(_run(tmp_path, "privtune", "privtune", 0.7, {"eta": 50}))
+    (noisy / "secure_call.json").write_text(json.dumps(_secure_call(1, 1)))
+    with pytest.raises(InputError, match="secure_call.json"):
+        rows([str(noisy)])

@@ -7,9 +7,15 @@ and attacked, attacks.json beside it.  An API call is what each mode's report ca
 one candidate prompt scored on the training texts (plain, secure, privtune) or one tuning
 step on a mini-batch (guarded).  Link times are the cost model's (mpc.costmodel): the
 busier direction's bytes and the rounds of one call on each modelled link, plus the
-measured compute seconds.  Runs without attacks.json show "–" in the attack columns
-(the secure mode's view is shares and masked openings: argued to be at chance, not
-measured by this command).
+measured compute seconds.  Runs without attacks.json show "–" in the attack columns.
+
+A secure row may stand in for a secure tuning run a 2-core CPU cannot finish at the grid's budget
+(hundreds of seconds per call): the run directory holds the tuning of the secure run's plain
+oracle (the same approximations in float32, which the secure run equals within the tested
+fixed-point tolerance) and ``secure_call.json``, a measured `secptune infer --mode secure` of one
+call's worth of texts.  The row then takes its cost from that measurement, every wire counted
+(owner, server and the dealer as a third host), and its attack figures from the secure suite's
+report (``--secure-view``: an attacks.json of `secptune attack` on a recorded secure view).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import math
 from pathlib import Path
 
 from mpc import costmodel
+from mpc.roles import COMPUTING, ROLES
+from secptune.errors import InputError
 from secptune.report import load_run
 
 MARKERS = {"plain": "s", "secure": "D", "privtune": "^", "guarded": "o"}
@@ -29,9 +37,14 @@ def _attacks(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def describe_mode(config: dict) -> str:
+SECURE_CALL = "secure_call.json"
+
+
+def describe_mode(config: dict, secure_stand_in: bool = False) -> str:
     """Mode and the parameters that set its privacy."""
     mode = config["mode"]
+    if secure_stand_in:
+        return f"secure {config.get('attention', 'softmax')} (tuned via its f32 oracle)"
     if mode == "privtune":
         return f"privtune {config.get('noise')} η={config.get('eta')} K={config.get('split_layer')}"
     if mode == "guarded":
@@ -62,6 +75,31 @@ def attack_figures(att: dict | None) -> dict:
     return out
 
 
+def secure_attack_figures(att: dict | None) -> dict:
+    """The secure suite's figures (secptune.privacy.secure_suite): best token recovery over every
+    channel and attack, best label AIA, the largest game advantage, and the control's recovery."""
+    if att is None:
+        return {}
+    channels = att["channels"].values()
+    return {"inversion": att["summary"]["best_recovery"], "inversion_first_release": att["summary"]["best_recovery"],
+            "aia": max(c["label_aia"]["accuracy"] for c in channels),
+            "aia_majority": max(c["label_aia"]["chance_majority"] for c in channels),
+            "game_advantage": max(abs(g["advantage"]) for c in channels for g in c["game"].values()),
+            "control_inversion": att["control"]["best"]["recovery"], "attack_texts": att["summary"]["recorded_text_tokens"]}
+
+
+def secure_call_cost(call: dict) -> dict:
+    """Cost of one measured secure call (an infer result.json): bytes on every wire, the owner's
+    online rounds, the secure forward's seconds, and the links with the dealer as a third host."""
+    comm = call["comm"]
+    online = {p: comm[p]["online"] for p in COMPUTING}
+    links = costmodel.link_times_with_dealer({**online, "dealer": comm["dealer"]})
+    seconds = call["forward_s"]
+    return {"bytes": sum(comm[p]["bytes"] for p in ROLES), "dealer_bytes": comm["dealer"]["bytes"],
+            "rounds": online[COMPUTING[0]]["rounds"], "seconds": seconds, "call_texts": call["examples"],
+            **{f"{name}_s": seconds + added for name, added in links.items()}}
+
+
 def cost_figures(report: dict) -> dict:
     pc = report.get("per_call") or {}
     if not pc:
@@ -77,17 +115,29 @@ def cost_figures(report: dict) -> dict:
     return out
 
 
-def rows(paths: list[str]) -> list[dict]:
+def rows(paths: list[str], secure_view: str | None = None) -> list[dict]:
     out = []
+    secure_att = json.loads(Path(secure_view).read_text()) if secure_view else None
     for p in paths:
         report = load_run(p)
         c, f = report["config"], report["final"]
-        out.append({"run": Path(p).name, "task": c["task"], "model": c["model"], "mode": c["mode"],
-                    "describe": describe_mode(c), "metric": f["metric"], "tuned": f["test"]["tuned"],
-                    "zero_shot": f["test"]["zero_shot"], **attack_figures(_attacks(Path(p))),
-                    **cost_figures(report)})
+        call = Path(p) / SECURE_CALL
+        row = {"run": Path(p).name, "task": c["task"], "model": c["model"], "mode": c["mode"],
+               "describe": describe_mode(c, call.is_file()), "metric": f["metric"], "tuned": f["test"]["tuned"],
+               "zero_shot": f["test"]["zero_shot"]}
+        if call.is_file():
+            if c["mode"] != "plain" or c.get("exact"):
+                raise InputError(f"{p}: {SECURE_CALL} goes with a tuning of the secure run's plain oracle "
+                                 f"(--mode plain without --exact), not --mode {c['mode']}")
+            row.update(mode="secure", accuracy_from="plain oracle, " + str(c.get("precision") or "float64"),
+                       **secure_attack_figures(secure_att), **secure_call_cost(json.loads(call.read_text())))
+        else:
+            row.update(**attack_figures(_attacks(Path(p))), **cost_figures(report))
+        out.append(row)
     for r in out:  # change vs the plain run of the same task and model, where one is given
-        plain = [q for q in out if q["mode"] == "plain" and q["task"] == r["task"] and q["model"] == r["model"]]
+        plain = [q for q in out if q["mode"] == "plain" and q["task"] == r["task"] and q["model"] == r["model"]
+                 and "exact" in q["describe"]] or [q for q in out if q["mode"] == "plain" and q["task"] == r["task"]
+                                                   and q["model"] == r["model"]]
         r["delta_vs_plain"] = r["tuned"] - plain[0]["tuned"] if plain else None
     return out
 
@@ -110,6 +160,13 @@ def markdown(table: list[dict]) -> str:
             f"{_fmt(r.get('inversion'))} | {_fmt(r.get('rouge_l'))} | {aia} | {_fmt(r.get('game_advantage'))} | "
             f"{_fmt(r.get('gradient_label'))} | {_fmt(r.get('bytes', 0) / 1e3, ',.1f')} | {_fmt(r.get('rounds'), '.1f')} | "
             f"{_fmt(r.get('seconds'), '.3f')} | " + " | ".join(_fmt(r.get(f'{n}_s'), '.3f') for n in links) + " |")
+    stand_ins = [r for r in table if "accuracy_from" in r]
+    if stand_ins:
+        calls = ", ".join(f"{r['run']} on {r['task']}: {r['call_texts']} texts" for r in stand_ins)
+        lines += ["", "Secure rows: tuned accuracy from the secure run's plain oracle at the same budget; bytes (every "
+                      "wire, the dealer's included), rounds and seconds from one measured secure call "
+                      f"({calls}); attack figures from the secure suite's recorded view (--secure-view), '–' where none "
+                      "was given."]
     return "\n".join(lines)
 
 
@@ -150,8 +207,8 @@ def machine() -> dict:
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": list(os.getloadavg())}
 
 
-def compare_privacy(paths: list[str], out_dir: str | None = None) -> str:
-    table = rows(paths)
+def compare_privacy(paths: list[str], out_dir: str | None = None, secure_view: str | None = None) -> str:
+    table = rows(paths, secure_view)
     text = markdown(table)
     if out_dir:
         out = Path(out_dir)
