@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from secptune.privacy.compare import compare_privacy, machine  # noqa: E402
+from secptune.bench.common import machine_info  # noqa: E402
+from secptune.privacy.compare import compare_privacy  # noqa: E402
 
 ATTACKS = ("whitebox_opt", "whitebox_search", "public_search")  # reported one by one (ROUGE-L, recovery)
 UNDEFENDED = "online_d0_b32"  # the undefended split: no regulariser, 32-bit (the positive control)
@@ -165,7 +166,7 @@ def main(out: str) -> None:
     if not rows:
         raise SystemExit(f"{root}: no runs with report.json and attacks.json")
     found, point = checks(rows)
-    (root / "sweep.json").write_text(json.dumps({"rows": rows, "checks": found, "operating_point": point, "machine": machine(),
+    (root / "sweep.json").write_text(json.dumps({"rows": rows, "checks": found, "operating_point": point, "machine": machine_info(),
                                                  "command": command(rows)}, indent=1))
     (root / "sweep.md").write_text(markdown(rows, found, point))
     plot(rows, root / "sweep.png")

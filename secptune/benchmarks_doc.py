@@ -1248,10 +1248,30 @@ def _search_cost(reports: Reports) -> list[str]:
          "full walk: rows / s", "full walk: s per median text"], rows) + ["", "Sources:", ""] + sources(runs)
 
 
+GRID = "privacy/guarded/grid_smollm2/compare.json"
+
+
+def grid_body(r: Report) -> list[str]:
+    from secptune.privacy.compare import markdown
+
+    return markdown(r["rows"]).splitlines() + ["", f"![trade-off]({Path(r.name).parent / 'tradeoff.png'})", ""]
+
+
+def section_grid(reports: Reports) -> list[str]:
+    intro = ["### Every mode at one budget (`" + GRID + "`)", "",
+             "`bash scripts/privacy_grid.sh` on SmolLM2 (settings in the run directories' report.json): the CMA-ES "
+             "modes tune a 10-token prompt (intrinsic dimension 100) at one budget of API calls, the guarded variants "
+             "train their adapters by gradient descent for a number of epochs over the same k-shot texts; each tuned "
+             "prompt or adapter is scored on the same test examples. Attack columns come from `secptune attack` on "
+             "each run's recorded view (best over the catalogue; the game's advantage is the first release's). "
+             "KB/call counts every wire the mode uses. Δ vs plain: against the plain exact run of the same task.", ""]
+    return one_report(reports, GRID, intro, grid_body)
+
+
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
             section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
             section_prepare,
-            section_deployment, section_baselines, section_privacy, section_guarded)
+            section_deployment, section_baselines, section_privacy, section_guarded, section_grid)
 
 
 def render(reports_dir: Path = DEFAULT_REPORTS) -> str:

@@ -3,9 +3,11 @@ the white box, and `secptune attack`'s suite runs every attack on it with nulls 
 
 from dataclasses import replace
 
+import torch
+
 from secptune.cli import main
 from secptune.privacy.compare import rows
-from secptune.privacy.suite import add_search, run_suite, write_reports
+from secptune.privacy.suite import Attacker, add_search, run_suite, write_reports
 from secptune.privacy.view import load_view
 from test_privacy_attacks import FAST
 
@@ -20,6 +22,11 @@ def test_guarded_online_view_is_attacked_end_to_end(tmp_path):
     assert header["mode"] == "guarded" and header["guarded"]["variant"] == "online"
     assert (out / "view" / "whitebox.pt").is_file()
     assert sum("grads" in it for it in view["items"]) == 4  # the 4 training texts (k = 2 per class)
+    # Online tunes the client's embedding table: the white-box inversion reads rows back through it
+    attacker = Attacker(header, run_dir=out)
+    tuned_table = torch.load(out / "view" / "whitebox.pt", weights_only=False)["input_adapter"]["emb.word"].float()
+    assert not torch.equal(tuned_table, attacker.table)
+    assert torch.equal(attacker.input_table(), tuned_table)
     result = run_suite(out, replace(FAST, train_texts=120, control_texts=30, game_pairs=20, opt_steps=100, search_texts=4))
     tokens = result["variants"]["releases_1"]["tokens"]
     best = tokens[tokens["best"]["attack"]]

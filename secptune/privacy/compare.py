@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mpc import costmodel
 from mpc.roles import COMPUTING, ROLES
+from secptune.bench.common import provenance
 from secptune.errors import InputError
 from secptune.report import load_run
 
@@ -199,21 +200,15 @@ def plot(table: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def machine() -> dict:
-    import os
-
-    import torch
-
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": list(os.getloadavg())}
-
-
 def compare_privacy(paths: list[str], out_dir: str | None = None, secure_view: str | None = None) -> str:
     table = rows(paths, secure_view)
     text = markdown(table)
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps({"rows": table, "machine": machine()}, indent=1))
+        command = "secptune compare --privacy " + " ".join(paths) + (f" --secure-view {secure_view}" if secure_view else "")
+        (out / "compare.json").write_text(json.dumps({"rows": table, "secure_view": secure_view,
+                                                      **provenance(command)}, indent=1))
         (out / "compare.md").write_text("# secptune compare --privacy\n\n" + text + "\n")
         plot(table, out / "tradeoff.png")
     return text

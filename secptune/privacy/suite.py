@@ -165,6 +165,14 @@ class Attacker:
             twin.owner = SplitOwner(self.owner.bottom, params, NoiseSource(), self.owner.graph, self.owner.importance)
         return twin
 
+    def input_table(self) -> torch.Tensor:
+        """The embedding table the owner's bottom starts from: a guarded client's own input
+        adapter's (tuned in the Online variant; the white box or the pretrained one), else the
+        server's. The white-box inversion reads its relaxed embeddings back through it."""
+        if self.header["mode"] == "guarded":
+            return self.client.inp.w["emb.word"].detach().float()
+        return self.table
+
     def bottom_function(self):
         """The owner's bottom model as a differentiable map (embeddings, positions) -> rows."""
         if self.header["mode"] == "guarded":
@@ -235,7 +243,7 @@ def token_attacks(attacker: Attacker, train_rows, train_truth, mlp_seconds: floa
     }
     if opts is not None and opts.opt_steps > 0:
         vocab = None if attacker.table.size(0) <= WHOLE_VOCAB else torch.unique(ids)
-        fitted["whitebox_opt"] = whitebox.OptimisedInversion(attacker.bottom_function(), attacker.table, vocab,
+        fitted["whitebox_opt"] = whitebox.OptimisedInversion(attacker.bottom_function(), attacker.input_table(), vocab,
                                                              opts.opt_steps, limit=opts.opt_texts, seed=seed,
                                                              proposer=mlp.top)
     if opts is not None and opts.search_texts > 0:
