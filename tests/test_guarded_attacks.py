@@ -126,7 +126,7 @@ def test_compare_privacy_rows_and_plot(tmp_path):
 
 def _secure_call(online: int, dealer: int) -> dict:
     party = {"online": {"bytes": online, "rounds": 100}, "dealer": {"bytes": 10, "rounds": 30}, "bytes": online + 10}
-    return {"examples": 8, "forward_s": 50.0,
+    return {"examples": 8, "forward_s": 50.0, "range_events": {"forwards": 1, "out_of_range": 1},
             "comm": {"owner": party, "server": party,
                      "dealer": {"online": {"bytes": 0, "rounds": 0}, "dealer": {"bytes": dealer, "rounds": 30},
                                 "bytes": dealer, "rounds": 30}}}
@@ -155,7 +155,9 @@ def test_compare_privacy_secure_row_from_its_oracle_and_a_measured_call(tmp_path
     lan = costmodel.LAN
     assert secure["LAN_s"] == pytest.approx(50.0 + lan.added_s(10**6, 100) + costmodel.dealer_added_s(5 * 10**6, 10, lan))
     assert secure["inversion"] == 0.009 and secure["game_advantage"] == 0.2 and secure["aia"] == 0.55
-    assert "secure_rfa on sst2: 8 texts" in compare_privacy([exact, str(oracle)], None, str(view))
+    # the measured call's range check is reported with the row (a call out of range is not a clean figure)
+    assert "secure_rfa on sst2: 8 texts, range check 1 of 1 forwards out of range" in compare_privacy(
+        [exact, str(oracle)], None, str(view))
     # a measured call beside anything but the oracle's tuning is refused, not silently mixed
     noisy = Path(_run(tmp_path, "privtune", "privtune", 0.7, {"eta": 50}))
     (noisy / "secure_call.json").write_text(json.dumps(_secure_call(1, 1)))

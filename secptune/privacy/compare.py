@@ -96,8 +96,10 @@ def secure_call_cost(call: dict) -> dict:
     online = {p: comm[p]["online"] for p in COMPUTING}
     links = costmodel.link_times_with_dealer({**online, "dealer": comm["dealer"]})
     seconds = call["forward_s"]
+    events = call.get("range_events") or {}
     return {"bytes": sum(comm[p]["bytes"] for p in ROLES), "dealer_bytes": comm["dealer"]["bytes"],
             "rounds": online[COMPUTING[0]]["rounds"], "seconds": seconds, "call_texts": call["examples"],
+            "range_check": f"{events.get('out_of_range', 0)} of {events.get('forwards', 0)} forwards out of range",
             **{f"{name}_s": seconds + added for name, added in links.items()}}
 
 
@@ -163,7 +165,8 @@ def markdown(table: list[dict]) -> str:
             f"{_fmt(r.get('seconds'), '.3f')} | " + " | ".join(_fmt(r.get(f'{n}_s'), '.3f') for n in links) + " |")
     stand_ins = [r for r in table if "accuracy_from" in r]
     if stand_ins:
-        calls = ", ".join(f"{r['run']} on {r['task']}: {r['call_texts']} texts" for r in stand_ins)
+        calls = ", ".join(f"{r['run']} on {r['task']}: {r['call_texts']} texts, range check {r['range_check']}"
+                          for r in stand_ins)
         lines += ["", "Secure rows: tuned accuracy from the secure run's plain oracle at the same budget; bytes (every "
                       "wire, the dealer's included), rounds and seconds from one measured secure call "
                       f"({calls}); attack figures from the secure suite's recorded view (--secure-view), '–' where none "
