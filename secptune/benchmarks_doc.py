@@ -662,6 +662,41 @@ def f32_oracle_body(r: Report) -> list[str]:
             f"after the first (popsize × 2k sequences each), both precisions in the same run.", ""]
 
 
+def rfa_accuracy_body(r: Report) -> list[str]:
+    rows = []
+    for task, t in r["tasks"].items():
+        for config, run in t["runs"].items():
+            if run is None:
+                rows.append([task, config, "not run", "", "", "", "", ""])
+                continue
+            versus = t.get(f"{config}_vs_exact")
+            rows.append([task, config, f"{num(run['api_calls'])} of {num(run['budget'])}" + ("" if run["complete"] else " (cut off)"),
+                         num(run["test_examples"]), score(run["zero_shot"]), score(run["tuned"]),
+                         f"{run['gain'] * 100:+.1f}", "—" if versus is None else f"{versus * 100:+.1f}"])
+    out = table(["task", "configuration", "API calls", "test examples", "zero-shot", "tuned", "gain (points)",
+                 "vs exact (points)"], rows)
+    verdicts = [f"{task}: exact gains {'yes' if t.get('exact_gains') else '**no**'}; approximations within 1 point: "
+                + ", ".join(f"{c} {'yes' if t.get(f'{c}_within') else '**no**'}" for c in ("softmax", "rfa"))
+                for task, t in r["tasks"].items() if t["runs"]["exact"] is not None]
+    chk = r.get("secure_check")
+    out += ["", "; ".join(verdicts) + "." if verdicts else "No exact run yet.", ""]
+    out += [("Secure check (SST-2 rfa prompt): not run yet." if chk is None else
+             f"Secure check (SST-2 rfa prompt, first {chk['examples']} test sentences): the secure run gives the float64 "
+             f"oracle's prediction on {chk['same_prediction']} of {chk['examples']} (bar: 99 of 100): "
+             f"{'yes' if chk['meets_bar'] else '**no**'}; accuracy secure {score(chk['secure_accuracy'])}, oracle "
+             f"{score(chk['oracle_accuracy'])}."), ""]
+    return out
+
+
+def section_rfa_accuracy(reports: Reports) -> list[str]:
+    intro = ["### SmolLM2: tuned accuracy of exact softmax, its approximations and the default RFA (`rfa_accuracy.json`)", "",
+             "`bash scripts/rfa_accuracy.sh WORK MINUTES [cpu|cuda]` (resumable pieces), then "
+             "`python -m research.rfa_accuracy WORK`: k = 16, seed 42, prompt 50, d 500, popsize 20, α 1, one budget per "
+             "task; the approximations run in float32 (checked against the float64 oracle above). Bar: exact tuning gains "
+             "(SST-2: ≥ 5 points), both approximations' tuned accuracy within 1 point of exact's.", ""]
+    return one_report(reports, "rfa_accuracy.json", intro, rfa_accuracy_body)
+
+
 def section_f32_oracle(reports: Reports) -> list[str]:
     intro = ["### SmolLM2: float32 approximations vs the float64 oracle (`f32_oracle.json`)", "",
              "`--precision float32` runs the secure run's approximations in float32; each call of a float32 tuning "
@@ -1269,7 +1304,7 @@ def section_grid(reports: Reports) -> list[str]:
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
-            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle,
+            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle, section_rfa_accuracy,
             section_prepare,
             section_deployment, section_baselines, section_privacy, section_guarded, section_grid)
 
