@@ -86,7 +86,7 @@ def secure_attack_figures(att: dict | None) -> dict:
             "aia": max(c["label_aia"]["accuracy"] for c in channels),
             "aia_majority": max(c["label_aia"]["chance_majority"] for c in channels),
             "game_advantage": max(abs(g["advantage"]) for c in channels for g in c["game"].values()),
-            "control_inversion": att["control"]["best"]["recovery"], "attack_texts": att["summary"]["recorded_text_tokens"]}
+            "control_inversion": att["control"]["best"]["recovery"], "attack_tokens": att["summary"]["recorded_text_tokens"]}
 
 
 def secure_call_cost(call: dict) -> dict:
@@ -138,9 +138,8 @@ def rows(paths: list[str], secure_view: str | None = None) -> list[dict]:
             row.update(**attack_figures(_attacks(Path(p))), **cost_figures(report))
         out.append(row)
     for r in out:  # change vs the plain run of the same task and model, where one is given
-        plain = [q for q in out if q["mode"] == "plain" and q["task"] == r["task"] and q["model"] == r["model"]
-                 and "exact" in q["describe"]] or [q for q in out if q["mode"] == "plain" and q["task"] == r["task"]
-                                                   and q["model"] == r["model"]]
+        plain = [q for q in out if q["mode"] == "plain" and (q["task"], q["model"]) == (r["task"], r["model"])]
+        plain.sort(key=lambda q: "exact" not in q["describe"])  # the exact model first, where one ran
         r["delta_vs_plain"] = r["tuned"] - plain[0]["tuned"] if plain else None
     return out
 
