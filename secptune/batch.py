@@ -47,6 +47,8 @@ class Batch:
     pred_onehot   [B, n]     1 at the position whose output is scored
     key_penalty   [B, n]     1 at padding positions (encoder only; causal: None)
     type_onehot   [B, n, T]  token types (BERT pairs; None otherwise)
+    shared_prompt [R, P, H]  a population's distinct prompts (row r*B + b has prompt r), so a
+                             causal model with the prompt first runs each one once (None: no such structure)
     """
 
     token_onehot: object
@@ -55,6 +57,7 @@ class Batch:
     key_penalty: object = None
     type_onehot: object = None
     prompt_start: int = 0
+    shared_prompt: object = None
 
 
 def population_inputs(text_embeds, text_batch: Batch, prompts):
@@ -68,5 +71,6 @@ def population_inputs(text_embeds, text_batch: Batch, prompts):
         pred_onehot=text_batch.pred_onehot.repeat(R, 1),
         key_penalty=None if penalty is None else penalty.repeat(R, 1),
         prompt_start=text_batch.prompt_start,
+        shared_prompt=prompts,
     )
     return text_embeds.repeat(R, 1, 1), batch
