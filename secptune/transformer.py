@@ -46,8 +46,7 @@ def rope_tables(arch: Arch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def prompt_first(arch: Arch, prompt_start: int, prompt_len: int, texts_per_prompt: int) -> bool:
     """Whether a forward runs each prompt once (:meth:`Transformer._forward_prompt_first`): a causal
-    model whose prompt comes first, shared by more than one text (with one there is nothing to save).
-    Public: the server's view recorder reads the same layout from it."""
+    model whose prompt comes first, shared by more than one text (with one there is nothing to save)."""
     return arch.family == "causal" and prompt_start == 0 and prompt_len > 0 and texts_per_prompt > 1
 
 
@@ -126,7 +125,8 @@ class Transformer:
         rows never see the text, so each of the R candidates' prompts runs once (a batch of R,
         not R·B) and every text attends to its keys/values as to the fixed prefix's.  The same
         outputs with P of each sequence's P + n rows computed once per candidate instead of
-        once per text (SmolLM2, SST-2, prompt 10: ~30 % fewer rows per call; prompt 50: ~65 %)."""
+        once per text (SmolLM2, SST-2, prompt 10: ~30 % fewer rows per call; prompt 50: ~65 %).
+        Plain sessions only: under MPC the second pass doubles the online rounds (secure.py)."""
         prompts = batch.shared_prompt
         P, n = prompts.size(1), token_embeds.size(1)
         kept: dict = {}

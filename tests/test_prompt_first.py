@@ -1,8 +1,7 @@
 """A causal model's prompt comes first (right after the fixed prefix), so its rows never see the
-text: each candidate's prompt runs once and the texts attend to its keys/values
+text: a plain session runs each candidate's prompt once and the texts attend to its keys/values
 (``Transformer._forward_prompt_first``).  The scores must be those of the full sequences, with every
-attention and approximation, and on secret shares the secure run must still equal its oracle
-(tests/test_secure.py runs that path now)."""
+attention and approximation: the secure run (every row in one pass) is tested against this oracle."""
 
 from dataclasses import replace
 

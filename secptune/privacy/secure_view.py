@@ -26,9 +26,7 @@ Per item it stores, per token (``[m, W]``, W ≤ ``cap`` ring elements):
 * ``forward_recv{k}``, k < ``openings``: the first token-axis arrivals of the text set's
   first ``forward``, candidate 0 (the layer-0 input — input embedding + prompt — minus a
   mask, then the first norm's openings): the part of a forward nearest the input; later
-  openings are functions of these and of more fresh masks.  Where the forward runs each
-  prompt once apart from the texts (``secptune.transformer.prompt_first``), the arrivals
-  are the text rows' and the prompt slots are stored as zeros (the truth marks them -1).
+  openings are functions of these and of more fresh masks.
 
 Openings are stored as opened (the owner's half plus the server's), i.e. as the server
 learns them.  Nothing is re-derived from plaintext.  The owner's side
@@ -49,7 +47,6 @@ import torch
 from secptune.errors import InputError
 from secptune.privacy.view import FORMAT, HEADER, TRUTH, VIEW, truth_item, view_dir
 from secptune.split_job import text_token_counter
-from secptune.transformer import prompt_first
 
 OPENINGS = 3  # token-axis arrivals kept per text set's first forward
 WIDTH_CAP = 1024  # ring elements per token and channel (SmolLM2's H = 576 fits whole)
@@ -99,7 +96,6 @@ class _Capture:
     prefix: str
     left: int  # token-axis arrivals still to keep
     index: int = 0
-    skip: int = 0  # leading slots the arrivals lack (a prompt-first forward's prompt rows: run once, apart)
 
 
 @dataclass
@@ -141,11 +137,9 @@ class ServerViewRecorder:
         cap = self._capture
         if cap is None or cap.left <= 0 or kind == "reduce_part" or tensor.dtype.is_floating_point:
             return
-        rows = token_rows(tensor, cap.rows, cap.n - cap.skip)
+        rows = token_rows(tensor, cap.rows, cap.n)
         if rows is None:
             return
-        if cap.skip:  # back in the text set's layout: the absent prompt slots (never scored: truth -1) as zeros
-            rows = torch.cat([rows.new_zeros(rows.size(0), cap.skip, rows.size(2)), rows], dim=1)
         name = f"{cap.prefix}_recv{cap.index}"
         cap.index += 1
         cap.left -= 1
@@ -179,16 +173,14 @@ class ServerViewRecorder:
                 rows.append((b, len(self.items)))
                 self.items.append({"channels": {}, "positions": torch.arange(cmd.n), "prompt_start": cmd.start,
                                    "text_set": set_id, "row": b, "bytes": 0})
-            self.sets[set_id] = {"B": cmd.B, "n": cmd.n, "start": cmd.start, "rows": rows, "forwarded": False}
+            self.sets[set_id] = {"B": cmd.B, "n": cmd.n, "rows": rows, "forwarded": False}
             return _Capture(set_id, cmd.B, cmd.n, "texts", self.spec.openings) if rows else None
         if cmd.op == "forward":
             meta = self.sets.get(cmd.texts)
             if meta is None or not meta["rows"] or meta["forwarded"]:
                 return None
             meta["forwarded"] = True  # the first forward of a text set (later ones: fresh masks, same kind)
-            first = self.session is not None and prompt_first(self.session.arch, meta["start"], cmd.P, meta["B"])
-            return _Capture(cmd.texts, cmd.R * meta["B"], meta["n"], "forward", self.spec.openings,
-                            skip=cmd.P if first else 0)
+            return _Capture(cmd.texts, cmd.R * meta["B"], meta["n"], "forward", self.spec.openings)
         return None
 
     def _keep_shares(self, set_id: int) -> None:
