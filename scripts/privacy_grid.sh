@@ -10,7 +10,7 @@
 # secure run within the tested tolerance) at BUDGET, measures one secure call of the same number
 # of texts (K per class, test texts) for bytes/rounds/seconds, and takes its attack figures from
 # the secure suite's recorded view (SECURE_VIEW; see scripts/privacy_secure_run.sh).
-# Usage: bash scripts/privacy_grid.sh          (env: MODEL TASKS BUDGET POPSIZE EPOCHS K TEST_LIMIT VIEW ONLY)
+# Usage: bash scripts/privacy_grid.sh   (env: MODEL TASKS BUDGET POPSIZE EPOCHS K TEST_LIMIT VIEW ONLY CALL_BATCH)
 #   ONLY="plain guarded_online" runs a subset of the grid's columns (names below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,9 @@ OUT=${OUT:-reports/privacy/guarded/grid_$MODEL}
 PY=${PY:-python}
 ATTACK=${ATTACK:---train-texts 500 --game-pairs 100 --mlp-seconds 30 --opt-steps 150 --opt-texts 32 --search-texts $VIEW}
 SECURE_VIEW=${SECURE_VIEW:-reports/privacy/secure/attacks.json}
+# texts per secure forward in the measured call: SmolLM2's three processes need ~7.7 GB each for 16 AG News
+# texts at once (the server was killed for memory beside other jobs on 24 GB), so 8 by default
+CALL_BATCH=${CALL_BATCH:-8}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH=$PWD
 mkdir -p "$RUNS" "$OUT"
 COLUMNS_ALL="plain secure_softmax secure_rfa $(for e in $ETAS; do echo privtune_eta$e; done) guarded_online guarded_gradfree guarded_offline"
@@ -55,7 +58,7 @@ secure_call() {  # NAME TASK ATTENTION: one call's worth of texts through the MP
   local name=$1 task=$2 n
   n=$(( K * $($PY -c "from secptune.tasks import get_task; print(len(get_task('$task').verbalizers['causal']))") ))
   rm -rf "${RUNS:?}/$task/${name}_call"
-  $PY -m secptune infer --mode secure --attention "$3" --model "$MODEL" --task "$task" --limit "$n" --batch-size "$n" \
+  $PY -m secptune infer --mode secure --attention "$3" --model "$MODEL" --task "$task" --limit "$n" --batch-size "$CALL_BATCH" \
     --prompt-len 10 --peer-timeout 1800 --out "$RUNS/$task/${name}_call" > /dev/null
   cp "$RUNS/$task/${name}_call/result.json" "$OUT/$task/$name/secure_call.json"
 }
