@@ -20,6 +20,7 @@ from pathlib import Path
 from mpc import costmodel
 from mpc.roles import COMPUTING, ROLES
 from secptune.errors import SecptuneError
+from secptune.privacy.compare import markdown as privacy_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORTS = ROOT / "reports"
@@ -1307,9 +1308,7 @@ GRID = "privacy/guarded/grid_smollm2/compare.json"
 
 
 def grid_body(r: Report) -> list[str]:
-    from secptune.privacy.compare import markdown
-
-    return markdown(r["rows"]).splitlines() + ["", f"![trade-off]({Path(r.name).parent / 'tradeoff.png'})", ""]
+    return privacy_markdown(r["rows"]).splitlines() + ["", f"![trade-off]({Path(r.name).parent / 'tradeoff.png'})", ""]
 
 
 def section_grid(reports: Reports) -> list[str]:
