@@ -127,7 +127,7 @@ def rows(paths: list[str], secure_view: str | None = None) -> list[dict]:
         call = Path(p) / SECURE_CALL
         row = {"run": Path(p).name, "task": c["task"], "model": c["model"], "mode": c["mode"],
                "describe": describe_mode(c, call.is_file()), "metric": f["metric"], "tuned": f["test"]["tuned"],
-               "zero_shot": f["test"]["zero_shot"]}
+               "zero_shot": f["test"]["zero_shot"], "k": c.get("k"), "calls": (report.get("totals") or {}).get("api_calls")}
         if call.is_file():
             if c["mode"] != "plain" or c.get("exact"):
                 raise InputError(f"{p}: {SECURE_CALL} goes with a tuning of the secure run's plain oracle "
@@ -152,13 +152,13 @@ def _fmt(x, spec: str = ".3f") -> str:
 
 def markdown(table: list[dict]) -> str:
     links = [link.name for link in costmodel.LINKS]
-    head = ("| run | task | mode | tuned | Δ vs plain | best inversion | ROUGE-L | best AIA (majority) | game adv. | "
+    head = ("| run | task | mode | k | calls | tuned | Δ vs plain | best inversion | ROUGE-L | best AIA (majority) | game adv. | "
             "grad. label | KB/call | rounds/call | s/call | " + " | ".join(f"{n} s/call" for n in links) + " |")
-    lines = [head, "|" + "---|" * (13 + len(links))]
+    lines = [head, "|" + "---|" * (15 + len(links))]
     for r in table:
         aia = f"{_fmt(r.get('aia'))} ({_fmt(r.get('aia_majority'))})" if "aia" in r else "–"
         lines.append(
-            f"| {r['run']} | {r['task']} | {r['describe']} | {r['tuned']:.3f} | {_fmt(r['delta_vs_plain'], '+.3f')} | "
+            f"| {r['run']} | {r['task']} | {r['describe']} | {_fmt(r.get('k'), 'd')} | {_fmt(r.get('calls'), ',d')} | {r['tuned']:.3f} | {_fmt(r['delta_vs_plain'], '+.3f')} | "
             f"{_fmt(r.get('inversion'))} | {_fmt(r.get('rouge_l'))} | {aia} | {_fmt(r.get('game_advantage'))} | "
             f"{_fmt(r.get('gradient_label'))} | {_fmt(r.get('bytes', 0) / 1e3, ',.1f')} | {_fmt(r.get('rounds'), '.1f')} | "
             f"{_fmt(r.get('seconds'), '.3f')} | " + " | ".join(_fmt(r.get(f'{n}_s'), '.3f') for n in links) + " |")
