@@ -60,8 +60,10 @@ class Batch:
     shared_prompt: object = None
 
 
-def population_inputs(text_embeds, text_batch: Batch, prompts):
-    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r."""
+def population_inputs(text_embeds, text_batch: Batch, prompts, prompt_once: bool = True):
+    """Inputs for R prompts [R, P, H] on B texts: row r*B + b is text b with prompt r.
+    ``prompt_once``: keep the R distinct prompts (``shared_prompt``) so a causal model whose
+    prompt comes first runs each one once (secptune.transformer.prompt_first)."""
     R, P, H = prompts.size(0), prompts.size(1), prompts.size(2)
     B = text_embeds.size(0)
     penalty = text_batch.key_penalty
@@ -71,6 +73,6 @@ def population_inputs(text_embeds, text_batch: Batch, prompts):
         pred_onehot=text_batch.pred_onehot.repeat(R, 1),
         key_penalty=None if penalty is None else penalty.repeat(R, 1),
         prompt_start=text_batch.prompt_start,
-        shared_prompt=prompts,
+        shared_prompt=prompts if prompt_once else None,
     )
     return text_embeds.repeat(R, 1, 1), batch

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -298,11 +298,10 @@ class SecureSession:
         before, dealt = accounting.log().as_dict(), accounting.log().from_dealer.as_dict()
         text = self.texts[cmd.texts]
         prompt = share_input(prompts, (cmd.R, cmd.P, self.arch.hidden), OWNER_RANK)
-        embeds, batch = population_inputs(text.embeds, text.batch, prompt)
         # every row through every layer in one pass: running each prompt once (as the plain session
         # does) cut SmolLM2's bytes (8 SST-2 texts, prompt 10: online 2.89 -> 2.57 GB per party, dealer
         # 6.35 -> 5.00 GB) but nearly doubled the online rounds (3,789 -> 7,101), a loss on the paper's WAN
-        batch = replace(batch, shared_prompt=None)
+        embeds, batch = population_inputs(text.embeds, text.batch, prompt, prompt_once=False)
         monitor = self.model.nl.monitor
         monitor.pending.clear()
         out = self.model.forward(embeds, batch, self.head)
