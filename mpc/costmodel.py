@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpc.roles import COMPUTING
+from mpc.roles import COMPUTING, ROLES
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,15 @@ def link_times_with_dealer(comm: dict, links=LINKS) -> dict[str, float]:
     dealer = comm.get("dealer", {"bytes": 0, "rounds": 0})
     requests = dealer["rounds"] / REQUEST_ROUNDS
     return {link.name: online[link.name] + dealer_added_s(dealer["bytes"], requests, link) for link in links}
+
+
+def session_link_times(comm: dict, links=LINKS) -> dict[str, float]:
+    """:func:`link_times_with_dealer` from a session's transport counts
+    (``{role: {"bytes", "rounds", "online": {...}}}``, as the benches and ``infer`` record them)."""
+    online = {p: comm[p]["online"] for p in COMPUTING}
+    return link_times_with_dealer({**online, "dealer": comm["dealer"]}, links)
+
+
+def all_wires_bytes(comm: dict) -> int:
+    """Bytes on every wire of a session: what owner, server (online + dealer requests) and dealer sent."""
+    return sum(comm[p]["bytes"] for p in ROLES)

@@ -24,3 +24,15 @@ def test_the_dealer_adds_a_round_trip_per_request_and_its_bytes():
     assert both - online == pytest.approx(5 * 2 * 0.01 + 3.0)
     # without dealer traffic the two models agree (the control: the difference is the dealer's)
     assert costmodel.link_times_with_dealer({**comm, "dealer": {"bytes": 0, "rounds": 0}}, [LINK])["test"] == online
+
+
+def test_a_sessions_counts_give_every_wire_and_the_online_part_to_the_links():
+    """A transport record: each computing party's total includes its dealer requests; only the
+    online part goes on the online link, the dealer's bytes on its own."""
+    comm = {
+        "owner": {"bytes": 1_000_500, "rounds": 4 + 3, "online": {"bytes": 1_000_000, "rounds": 4}},
+        "server": {"bytes": 1_000_000, "rounds": 4, "online": {"bytes": 1_000_000, "rounds": 4}},
+        "dealer": {"bytes": 3_000_000, "rounds": costmodel.REQUEST_ROUNDS},
+    }
+    assert costmodel.all_wires_bytes(comm) == 5_000_500
+    assert costmodel.session_link_times(comm, [LINK])["test"] == pytest.approx(4 * 0.01 + 1.0 + 2 * 0.01 + 3.0)

@@ -372,14 +372,7 @@ def _links(comm: dict) -> dict:
 
 
 def _links_with_dealer(comm: dict) -> dict:
-    online = {p: comm[p]["online"] for p in COMPUTING}
-    both = costmodel.link_times_with_dealer({**online, "dealer": comm["dealer"]})
-    return {name: round(s, 4) for name, s in both.items()}
-
-
-def _all_wires(comm: dict) -> int:
-    """Bytes on every wire: what owner, server (online + dealer requests) and dealer sent."""
-    return sum(comm[p]["bytes"] for p in ROLES)
+    return {name: round(s, 4) for name, s in costmodel.session_link_times(comm).items()}
 
 
 def extrapolate_layers(full: dict, zero: dict, n: int, total_layers: int) -> dict:
@@ -485,7 +478,7 @@ def run(args) -> dict:
         wan_s=links["WAN"],
         links_s=links,
         links_with_dealer_s=_links_with_dealer(comm),
-        all_wires_bytes=_all_wires(comm),
+        all_wires_bytes=costmodel.all_wires_bytes(comm),
         max_abs_err=float((secure_scores - plain_scores).abs().max()),
         rel_err=float((secure_scores - plain_scores).abs().max() / plain_scores.abs().max()),
         setup={
@@ -517,7 +510,7 @@ def run(args) -> dict:
             c = _party_comm(f, fs)
             flat = {p: {"bytes": c[p]["bytes"], "rounds": c[p]["rounds"]} for p in c}
             return {"comm": flat, "ops": _op_table(f), "links_s": _links(c), "links_with_dealer_s": _links_with_dealer(c),
-                    "all_wires_bytes": _all_wires(c), "wall_s": f["wall_s"]}
+                    "all_wires_bytes": costmodel.all_wires_bytes(c), "wall_s": f["wall_s"]}
 
         ext = extrapolate_layers(measures(forward, server_forward), measures(zero, zero_server), layers, total_layers)
         ext.update(

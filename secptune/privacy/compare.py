@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 
 from mpc import costmodel
-from mpc.roles import COMPUTING, ROLES
+from mpc.roles import COMPUTING
 from secptune.bench.common import provenance
 from secptune.errors import InputError
 from secptune.report import load_run
@@ -93,12 +93,11 @@ def secure_call_cost(call: dict) -> dict:
     """Cost of one measured secure call (an infer result.json): bytes on every wire, the owner's
     online rounds, the secure forward's seconds, and the links with the dealer as a third host."""
     comm = call["comm"]
-    online = {p: comm[p]["online"] for p in COMPUTING}
-    links = costmodel.link_times_with_dealer({**online, "dealer": comm["dealer"]})
+    links = costmodel.session_link_times(comm)
     seconds = call["forward_s"]
     events = call.get("range_events") or {}
-    return {"bytes": sum(comm[p]["bytes"] for p in ROLES), "dealer_bytes": comm["dealer"]["bytes"],
-            "rounds": online[COMPUTING[0]]["rounds"], "seconds": seconds, "call_texts": call["examples"],
+    return {"bytes": costmodel.all_wires_bytes(comm), "dealer_bytes": comm["dealer"]["bytes"],
+            "rounds": comm[COMPUTING[0]]["online"]["rounds"], "seconds": seconds, "call_texts": call["examples"],
             "range_check": f"{events.get('out_of_range', 0)} of {events.get('forwards', 0)} forwards out of range",
             **{f"{name}_s": seconds + added for name, added in links.items()}}
 
