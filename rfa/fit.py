@@ -8,8 +8,8 @@ relative error.  Instead the server learns, per layer and key/value head, maps
 φ(q)φ(k)ᵀ, normalised, matches the softmax attention weights of its own model
 on public text (attention distillation, as in Hedgehog, Zhang et al. 2024).
 
-The fit evaluates exp with the secure run's own kind of approximation (a Fourier
-series on the fit's range, read from a table: see :class:`SeriesTable`) and penalises
+The fit evaluates exp as the secure run's approximation defines it (the saturating exp
+its Fourier series stands for, in closed form: see :func:`saturating_exp`) and penalises
 exponent arguments outside [exp_low, rfa_exp_high] (the knee above which the secure
 exp levels off; narrower than the secure run's exp range: below e^-16 a feature is 0
 in fixed point anyway) and denominators near the edges of their range, so what is fitted is what runs
@@ -48,48 +48,23 @@ class FitOptions:
     exp_low: float = -16.0
 
 
-class SeriesTable:
-    """The fit's exp approximation (``approx.feature_exp``: a 50-harmonic Fourier series of
-    the saturating exp, then a square) as a table of its values on a fine grid, read by linear interpolation.
+def saturating_exp(arg: torch.Tensor, acfg: approx.ApproxConfig) -> torch.Tensor:
+    """The RFA feature exp as the plaintext oracle computes it (``approx.feature_exp``: the
+    function e^a / (1 + e^(a − knee)) that the secure run's Fourier series stands for, on
+    [rfa_exp_low, rfa_exp_reach]), clamped to that range, in closed form.
 
-    Why: evaluating the series costs 84 transcendental evaluations per feature element and
-    its backward pass as much again: ~20x an exact exp, and most of the server's
-    preparation time (SmolLM2: 14 of 23 minutes).  The series is a fixed function of one
-    scalar, so a table of ``points`` values over the clamped range stands in for it; the
-    interpolation error (step^2/8 times the curvature) is below 1e-6 of the value's range
-    at the default size, far under the series' own error."""
-
-    def __init__(self, acfg: approx.ApproxConfig, points: int = 1 << 16):
-        self.low, self.high = float(acfg.rfa_exp_low), float(acfg.rfa_exp_reach)
-        grid = torch.linspace(self.low, self.high, points, dtype=torch.float64)
-        self.step = (self.high - self.low) / (points - 1)
-        self.values = approx.feature_exp(grid, acfg).float()
-        self.slopes = (self.values[1:] - self.values[:-1]) / self.step
-
-    def __call__(self, arg: torch.Tensor) -> torch.Tensor:
-        return _Interpolate.apply(arg.clamp(min=self.low, max=self.high), self)
+    Why not ``approx.feature_exp`` itself: outside its range it evaluates the periodic series
+    (84 harmonics per element) and a table of its values costs a gather per element (a quarter
+    of the fit's time on SmolLM2); one exp and one softplus take 0.7x the table's time.
+    Inside the range it equals the oracle to rounding (tests/test_rfa.py), so what is fitted is
+    what runs under MPC, to the series' tolerance."""
+    a = arg.clamp(min=float(acfg.rfa_exp_low), max=float(acfg.rfa_exp_reach))
+    return torch.exp(a - torch.nn.functional.softplus(a - acfg.rfa_exp_high))
 
 
-class _Interpolate(torch.autograd.Function):
-    """Piecewise-linear table lookup with the interpolant's own derivative."""
-
-    @staticmethod
-    def forward(ctx, x, table: SeriesTable):
-        pos = (x - table.low) / table.step
-        index = pos.detach().floor().clamp(0, table.slopes.numel() - 1).long()
-        slope = table.slopes[index]
-        ctx.save_for_backward(slope)
-        return table.values[index] + (pos - index) * table.step * slope
-
-    @staticmethod
-    def backward(ctx, grad):
-        (slope,) = ctx.saved_tensors
-        return grad * slope, None
-
-
-def _features(x, w, b, table: SeriesTable):
+def _features(x, w, b, acfg: approx.ApproxConfig):
     arg = x @ w + b
-    return table(arg), arg
+    return saturating_exp(arg, acfg), arg
 
 
 def _outside(x, low: float, high: float):
@@ -139,15 +114,14 @@ def fit_layer(samples: list[dict], num_features: int, seed: int, acfg: approx.Ap
         "bk": torch.full((heads, 1, num_features), -1.0).requires_grad_(),
     }
     optimiser = torch.optim.Adam(params.values(), lr=opts.lr)
-    table = SeriesTable(acfg)
     log_lo, log_hi = (math.log(v) for v in acfg.rfa_den_range)
     lo, hi = acfg.rfa_exp_low + opts.range_margin, acfg.rfa_exp_high - opts.range_margin
     for step in range(opts.steps):
         optimiser.zero_grad()
         for sample in data:  # one backward per sample: the graph of one at a time
             q, k, keep, target = (_part(t, step, opts.sequences) for t in sample)
-            fq, aq = _features(q, params["q"], params["bq"], table)
-            fk, ak = _features(k, params["k"], params["bk"], table)
+            fq, aq = _features(q, params["q"], params["bq"], acfg)
+            fk, ak = _features(k, params["k"], params["bk"], acfg)
             scores = (fq @ fk.transpose(-2, -1)) * keep
             den = scores.sum(-1, keepdim=True)
             share = target.numel() // target.size(-1) / rows

@@ -154,3 +154,21 @@ def test_secure_rfa_equals_plain_rfa(model, cfg, mpc_cluster):
     assert relative_error(got, plain) <= 1e-2, warnings
     assert not torch.allclose(plain, softmax)  # RFA really replaced softmax
     assert comm["owner"]["ops"]["attention"]["online"]["bytes"] > 0
+
+
+def test_the_fits_exp_is_the_oracles_feature_exp():
+    """The feature-map fit evaluates the saturating exp in closed form, not through
+    ``approx.feature_exp``: both must agree on the whole range, and the fit clamps where the
+    oracle's periodic series would wrap round."""
+    from dataclasses import replace
+
+    from rfa.fit import saturating_exp
+
+    for cfg in (ACFG, replace(ACFG, rfa_exp_low=-16.0), replace(ACFG, rfa_exp_high=2.0)):
+        a = torch.linspace(cfg.rfa_exp_low, cfg.rfa_exp_reach, 40001, dtype=torch.float64)
+        top = math.exp(cfg.rfa_exp_high)
+        assert ((saturating_exp(a, cfg) - approx.feature_exp(a, cfg)).abs() / top).max() < 1e-12
+        assert ((saturating_exp(a.float(), cfg).double() - approx.feature_exp(a, cfg)).abs() / top).max() < 1e-6
+    outside = torch.tensor([ACFG.rfa_exp_low - 5.0, ACFG.rfa_exp_reach + 5.0], dtype=torch.float64)
+    ends = torch.tensor([ACFG.rfa_exp_low, ACFG.rfa_exp_reach], dtype=torch.float64)
+    assert torch.equal(saturating_exp(outside, ACFG), saturating_exp(ends, ACFG))

@@ -36,7 +36,7 @@ from secptune.server.public_text import public_text
 from secptune.nonlinear import ExactNonlinear
 
 log = logging.getLogger(__name__)
-FIT_VERSION = 8  # 8: the feature exp saturates above its knee (rfa_exp_reach); 7: 4 sequences per batch and step; 6: the series from a table; 5: + model samples
+FIT_VERSION = 9  # 9: the saturating exp in closed form, not a table of its series; 8: the feature exp saturates above its knee (rfa_exp_reach); 7: 4 sequences per batch and step; 6: the series from a table; 5: + model samples
 
 
 def weights_fingerprint(weights: dict) -> str:
