@@ -66,11 +66,15 @@ def link_times_with_dealer(comm: dict, links=LINKS) -> dict[str, float]:
     return {link.name: online[link.name] + dealer_added_s(dealer["bytes"], requests, link) for link in links}
 
 
-def session_link_times(comm: dict, links=LINKS) -> dict[str, float]:
-    """:func:`link_times_with_dealer` from a session's transport counts
+def session_online(comm: dict) -> dict:
+    """The computing parties' online counts from a session's transport counts
     (``{role: {"bytes", "rounds", "online": {...}}}``, as the benches and ``infer`` record them)."""
-    online = {p: comm[p]["online"] for p in COMPUTING}
-    return link_times_with_dealer({**online, "dealer": comm["dealer"]}, links)
+    return {p: comm[p]["online"] for p in COMPUTING}
+
+
+def session_link_times(comm: dict, links=LINKS) -> dict[str, float]:
+    """:func:`link_times_with_dealer` from a session's transport counts (see :func:`session_online`)."""
+    return link_times_with_dealer({**session_online(comm), "dealer": comm["dealer"]}, links)
 
 
 def all_wires_bytes(comm: dict) -> int:

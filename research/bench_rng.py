@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mpc import prg
-from mpc.roles import COMPUTING
+from mpc import costmodel, prg
 from research import command
 from secptune.bench.common import SOURCE_ROOT as ROOT
 from secptune.bench.common import git_revision, provenance
@@ -88,8 +87,7 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def _online(report: dict) -> dict:
-    comm = report["comm"]
-    return {role: comm[role]["online"] for role in COMPUTING}
+    return costmodel.session_online(report["comm"])
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mpc import costmodel
-from mpc.roles import COMPUTING, ROLES
+from mpc.roles import ROLES
 from secptune.errors import SecptuneError
 from secptune.privacy.compare import markdown as privacy_markdown
 
@@ -799,7 +799,7 @@ def prepare_body(r: Report) -> list[str]:
 
 
 def busier_online(job: dict) -> tuple[int, int]:
-    online = [job["comm"][p]["online"] for p in COMPUTING]
+    online = list(costmodel.session_online(job["comm"]).values())
     return max(o["bytes"] for o in online), max(o["rounds"] for o in online)
 
 

@@ -66,7 +66,7 @@ from pathlib import Path
 import torch
 
 from mpc import accounting, approx, costmodel, launcher, profiling
-from mpc.roles import COMPUTING, ROLES
+from mpc.roles import ROLES
 from rfa.config import DEFAULT_RFA, AttentionConfig
 from secptune.arch import arch_from_config
 from secptune.batch import Batch, population_inputs
@@ -367,12 +367,15 @@ def _op_table(forward: dict) -> dict:
 
 
 def _links(comm: dict) -> dict:
-    online = {p: comm[p]["online"] for p in COMPUTING}
-    return {name: round(s, 4) for name, s in costmodel.link_times(online).items()}
+    return _rounded(costmodel.link_times(costmodel.session_online(comm)))
 
 
 def _links_with_dealer(comm: dict) -> dict:
-    return {name: round(s, 4) for name, s in costmodel.session_link_times(comm).items()}
+    return _rounded(costmodel.session_link_times(comm))
+
+
+def _rounded(times: dict) -> dict:
+    return {name: round(s, 4) for name, s in times.items()}
 
 
 def extrapolate_layers(full: dict, zero: dict, n: int, total_layers: int) -> dict:

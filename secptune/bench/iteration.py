@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mpc import approx, launcher
+from mpc import approx, costmodel, launcher
 from mpc.roles import COMPUTING
 from secptune import baseline_session
 from secptune.arch import arch_from_config
@@ -142,7 +142,7 @@ def forward_method(args) -> dict:
             "backward_s": 0.0,
         }
 
-    online = {role: f["comm"][role]["online"] for role in COMPUTING}
+    online = costmodel.session_online(f["comm"])
     out = {"method": args.method, "layers_run": f["layers_run"], "layers_full": f["layers_full"], **fields(online, f["wall_s"])}
     if "extrapolation" in f:
         # the extrapolated owner counts include its requests to the dealer; the server's are

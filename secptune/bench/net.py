@@ -115,7 +115,7 @@ def table(results: list[dict]) -> str:
         link = SETTINGS[r["setting"]]
         for i, job in enumerate(("infer", "tune")):
             j = r[job]
-            comm = {p: j["comm"][p]["online"] for p in COMPUTING}
+            comm = costmodel.session_online(j["comm"])
             mb = max(c["bytes"] for c in comm.values()) / 1e6
             rounds = max(c["rounds"] for c in comm.values())
             requests = j["comm"]["owner"]["dealer"]["rounds"] / costmodel.REQUEST_ROUNDS
