@@ -10,6 +10,9 @@
 # secure run within the tested tolerance) at BUDGET, measures one secure call of the same number
 # of texts (K per class, test texts) for bytes/rounds/seconds, and takes its attack figures from
 # the secure suite's recorded view (SECURE_VIEW; see scripts/privacy_secure_run.sh).
+# guarded_online_undefended: the online split with no regulariser and 32-bit wires, GuardedTuning's
+# reference for the defended settings' accuracy loss (accuracy only: no view recorded; the attacks'
+# positive control on an undefended split is the dcor sweep's, scripts/guarded_sweep.sh).
 # Usage: bash scripts/privacy_grid.sh   (env: MODEL TASKS BUDGET POPSIZE EPOCHS K TEST_LIMIT VIEW ONLY CALL_BATCH)
 #   ONLY="plain guarded_online" runs a subset of the grid's columns (names below).
 set -euo pipefail
@@ -34,7 +37,7 @@ SECURE_VIEW=${SECURE_VIEW:-reports/privacy/secure/attacks.json}
 CALL_BATCH=${CALL_BATCH:-8}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH=$PWD
 mkdir -p "$RUNS" "$OUT"
-COLUMNS_ALL="plain secure_softmax secure_rfa $(for e in $ETAS; do echo privtune_eta$e; done) guarded_online guarded_gradfree guarded_offline"
+COLUMNS_ALL="plain secure_softmax secure_rfa $(for e in $ETAS; do echo privtune_eta$e; done) guarded_online guarded_gradfree guarded_offline guarded_online_undefended"
 ONLY=${ONLY:-$COLUMNS_ALL}
 
 common() { echo --model "$MODEL" --task "$1" --k "$K" --test-limit "$TEST_LIMIT" --quiet; }
@@ -74,6 +77,7 @@ for task in $TASKS; do
       guarded_online) run guarded_online "$task" $(guarded) --variant online --dcor "${DCOR:-0.5}" ;;
       guarded_gradfree) run guarded_gradfree "$task" $(guarded) --variant gradfree --dcor "${DCOR:-0.5}" ;;
       guarded_offline) run guarded_offline "$task" $(guarded) --variant offline --dcor "${DCOR:-0.5}" ;;
+      guarded_online_undefended) run "$col" "$task" --mode guarded --epochs "$EPOCHS" --quant-bits 32 --variant online --dcor 0 ;;
       *) echo "unknown column $col" >&2; exit 2 ;;
     esac
   done

@@ -124,6 +124,26 @@ def test_compare_privacy_rows_and_plot(tmp_path):
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
 
 
+def test_compare_states_defended_settings_against_the_undefended_split(tmp_path):
+    """GuardedTuning's question per task: which settings keep reconstruction below 0.5, at what
+    accuracy loss vs the undefended split; a table where none does says so."""
+    undefended = {"variant": "online", "dcor": 0.0, "quant_bits": 32}
+    paths = [_run(tmp_path, "split", "guarded", 0.80, undefended, _attacks(1.0, 0.95)),
+             _run(tmp_path, "d05", "guarded", 0.77, {"variant": "online", "dcor": 0.5, "quant_bits": 8},
+                  _attacks(0.3, 0.4)),
+             _run(tmp_path, "gf", "guarded", 0.82, {"variant": "gradfree", "dcor": 0.5, "quant_bits": 8},
+                  _attacks(0.7, 0.6))]
+    table = rows(paths)
+    assert [r["undefended_split"] for r in table] == [True, False, False]
+    assert table[1]["loss_vs_undefended"] == pytest.approx(0.03) and table[2]["loss_vs_undefended"] == pytest.approx(-0.02)
+    text = compare_privacy(paths)
+    assert "guarded online dcor=0.5 8-bit — effectiveness 0.400, accuracy loss +3.0 points" in text
+    assert "gradfree dcor=0.5 8-bit —" not in text  # its 0.6 is above the bar
+    none = compare_privacy([paths[0], paths[2]])
+    assert "no setting in this table (guarded gradfree dcor=0.5 8-bit 0.600)" in none
+    assert "accuracy loss" not in compare_privacy(paths[1:])  # no undefended split given: no claim made
+
+
 def _secure_call(online: int, dealer: int) -> dict:
     party = {"online": {"bytes": online, "rounds": 100}, "dealer": {"bytes": 10, "rounds": 30}, "bytes": online + 10}
     return {"examples": 8, "forward_s": 50.0, "range_events": {"forwards": 1, "out_of_range": 1},

@@ -31,6 +31,14 @@ from secptune.errors import InputError
 from secptune.report import load_run
 
 MARKERS = {"plain": "s", "secure": "D", "privtune": "^", "guarded": "o"}
+EFFECTIVE = 0.5  # GuardedTuning's bar: data-reconstruction effectiveness (ROUGE-L) below 50 %
+
+
+def is_undefended_split(config: dict) -> bool:
+    """GuardedTuning's reference point: the online split with no regulariser and 32-bit wires
+    (accuracy losses of the defended settings are measured against it, as the paper does)."""
+    return (config["mode"] == "guarded" and config.get("variant") == "online" and not config.get("dcor")
+            and config.get("quant_bits") == 32)
 
 
 def _attacks(run: Path) -> dict | None:
@@ -128,7 +136,8 @@ def rows(paths: list[str], secure_view: str | None = None) -> list[dict]:
         call = Path(p) / SECURE_CALL
         row = {"run": Path(p).name, "task": c["task"], "model": c["model"], "mode": c["mode"],
                "describe": describe_mode(c, call.is_file()), "metric": f["metric"], "tuned": f["test"]["tuned"],
-               "zero_shot": f["test"]["zero_shot"], "k": c.get("k"), "calls": (report.get("totals") or {}).get("api_calls")}
+               "zero_shot": f["test"]["zero_shot"], "k": c.get("k"), "calls": (report.get("totals") or {}).get("api_calls"),
+               "undefended_split": is_undefended_split(c)}
         if call.is_file():
             if c["mode"] != "plain" or c.get("exact"):
                 raise InputError(f"{p}: {SECURE_CALL} goes with a tuning of the secure run's plain oracle "
@@ -142,7 +151,28 @@ def rows(paths: list[str], secure_view: str | None = None) -> list[dict]:
         plain = [q for q in out if q["mode"] == "plain" and (q["task"], q["model"]) == (r["task"], r["model"])]
         plain.sort(key=lambda q: "exact" not in q["describe"])  # the exact model first, where one ran
         r["delta_vs_plain"] = r["tuned"] - plain[0]["tuned"] if plain else None
+        split = [q for q in out if q["undefended_split"] and (q["task"], q["model"]) == (r["task"], r["model"])]
+        if r["mode"] == "guarded" and split:
+            r["loss_vs_undefended"] = split[0]["tuned"] - r["tuned"]
     return out
+
+
+def defended_settings(table: list[dict]) -> list[str]:
+    """Per task, GuardedTuning's question: the guarded settings whose reconstruction effectiveness
+    (the best attack's ROUGE-L) is below 0.5, and their accuracy loss vs the undefended split."""
+    lines = []
+    for task in sorted({r["task"] for r in table if "loss_vs_undefended" in r}):
+        guarded = [r for r in table if r["task"] == task and "loss_vs_undefended" in r and not r["undefended_split"]]
+        below = [r for r in guarded if r.get("rouge_l") is not None and not math.isnan(r["rouge_l"])
+                 and r["rouge_l"] < EFFECTIVE]
+        base = next(r for r in table if r["task"] == task and r["undefended_split"])
+        head = (f"{task}: reconstruction effectiveness (best attack's ROUGE-L) < {EFFECTIVE} vs the undefended split "
+                f"({base['describe']}, tuned {base['tuned']:.3f}; GuardedTuning claims a loss <= 1.5 points): ")
+        lines.append(head + ("; ".join(f"{r['describe']} — effectiveness {r['rouge_l']:.3f}, accuracy loss "
+                                       f"{100 * r['loss_vs_undefended']:+.1f} points" for r in below)
+                             or "no setting in this table (" + ", ".join(f"{r['describe']} {_fmt(r.get('rouge_l'))}"
+                                                                        for r in guarded) + ")"))
+    return lines
 
 
 def _fmt(x, spec: str = ".3f") -> str:
@@ -171,6 +201,9 @@ def markdown(table: list[dict]) -> str:
                       "wire, the dealer's included), rounds and seconds from one measured secure call "
                       f"({calls}); attack figures from the secure suite's recorded view (--secure-view), '–' where none "
                       "was given."]
+    defended = defended_settings(table)
+    if defended:
+        lines += [""] + [f"- {line}" for line in defended]
     return "\n".join(lines)
 
 
