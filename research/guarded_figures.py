@@ -19,11 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from secptune.bench.common import machine_info  # noqa: E402
-from secptune.privacy.compare import compare_privacy  # noqa: E402
+from secptune.privacy.compare import EFFECTIVE, compare_privacy  # noqa: E402
 
 ATTACKS = ("whitebox_opt", "whitebox_search", "public_search")  # reported one by one (ROUGE-L, recovery)
 UNDEFENDED = "online_d0_b32"  # the undefended split: no regulariser, 32-bit (the positive control)
-EFFECTIVE = 0.5  # GuardedTuning's bar: reconstruction effectiveness below 50 %
 
 
 def row(folder: Path) -> dict | None:

@@ -161,11 +161,12 @@ def defended_settings(table: list[dict]) -> list[str]:
     """Per task, GuardedTuning's question: the guarded settings whose reconstruction effectiveness
     (the best attack's ROUGE-L) is below 0.5, and their accuracy loss vs the undefended split."""
     lines = []
-    for task in sorted({r["task"] for r in table if "loss_vs_undefended" in r}):
-        guarded = [r for r in table if r["task"] == task and "loss_vs_undefended" in r and not r["undefended_split"]]
+    for task, model in sorted({(r["task"], r["model"]) for r in table if "loss_vs_undefended" in r}):
+        same = [r for r in table if (r["task"], r["model"]) == (task, model)]
+        guarded = [r for r in same if "loss_vs_undefended" in r and not r["undefended_split"]]
         below = [r for r in guarded if r.get("rouge_l") is not None and not math.isnan(r["rouge_l"])
                  and r["rouge_l"] < EFFECTIVE]
-        base = next(r for r in table if r["task"] == task and r["undefended_split"])
+        base = next(r for r in same if r["undefended_split"])
         head = (f"{task}: reconstruction effectiveness (best attack's ROUGE-L) < {EFFECTIVE} vs the undefended split "
                 f"({base['describe']}, tuned {base['tuned']:.3f}; GuardedTuning claims a loss <= 1.5 points): ")
         lines.append(head + ("; ".join(f"{r['describe']} — effectiveness {r['rouge_l']:.3f}, accuracy loss "
