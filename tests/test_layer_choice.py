@@ -185,13 +185,13 @@ def test_a_killed_fit_resumes_at_the_layer_it_was_fitting(llama, tmp_path, monke
 
     monkeypatch.setattr(feature_fit, "fit_layer", fit_layer)
     partial = tmp_path / "fit.layers"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # layers run side by side: layer 0 finishes, layer 1 is lost
         feature_fit._fit_all(arch, weights, sequences, attention, opts, partial)
-    assert fitted == [0, "killed"] and sorted(p.name for p in partial.iterdir()) == ["l0.pt"]
+    assert sorted(fitted, key=str) == [0, "killed"] and sorted(p.name for p in partial.iterdir()) == ["l0.pt"]
     resumed = feature_fit._fit_all(arch, weights, sequences, attention, opts, partial)
-    assert fitted == [0, "killed", 1]  # layer 0 came from its saved file
+    assert fitted[2:] == [1]  # layer 0 came from its saved file
     straight = feature_fit._fit_all(arch, weights, sequences, attention, opts, tmp_path / "other.layers")
-    assert fitted[-2:] == [0, 1] and straight.keys() == resumed.keys()
+    assert sorted(fitted[3:]) == [0, 1] and straight.keys() == resumed.keys()
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
 

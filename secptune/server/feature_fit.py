@@ -23,7 +23,6 @@ from dataclasses import asdict, astuple, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mpc import approx
 from rfa.config import AttentionConfig
@@ -32,6 +31,7 @@ from secptune.arch import Arch
 from secptune.checkpoints import cache_dir
 from secptune.server.calibrate import run_public_text, with_activation_bounds
 from secptune.server.layer_choice import choose_layers
+from secptune.server.parallel import map_jobs
 from secptune.server.public_text import public_text
 from secptune.nonlinear import ExactNonlinear
 
@@ -126,27 +126,25 @@ def _choice(fingerprint, arch, weights, text, attention: AttentionConfig, opts: 
 
 
 def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOptions, partial: Path) -> dict:
-    """Every layer's maps; each layer is saved under ``partial`` as it is fitted (and reused
-    from there), so a preparation killed in the fit loses one layer's work at most."""
+    """Every layer's maps, the layers fitted side by side (secptune.server.parallel); each layer is
+    saved under ``partial`` as it is fitted (and reused from there), so a preparation killed in
+    the fit loses the layers in progress at most."""
     acfg = approx.ApproxConfig()
-    out = {}
-    done = 0
-    captured = None  # the layers' attention inputs on public text: one pass, only if a layer is left to fit
-    for i in tqdm(range(arch.layers), desc="fitting RFA feature maps", unit="layer", disable=arch.layers < 4):
-        layer_path = partial / f"l{i}.pt"
-        if layer_path.is_file():
-            fitted = torch.load(layer_path, weights_only=True)
-            done += 1
-        else:
-            if captured is None:
-                captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
-            samples = [c for c in captured if c["layer"] == i]
-            fitted = fit_layer(samples, attention.num_features, attention.seed * 1000 + i, acfg, opts)
-            _save(layer_path, lambda p, fitted=fitted: torch.save(fitted, p))
-        out.update({f"l{i}.rfa.{name}": value for name, value in fitted.items()})
-    if done:
-        log.info("resumed the RFA fit: %d of %d layers were fitted before", done, arch.layers)
-    return out
+    fits = {i: torch.load(partial / f"l{i}.pt", weights_only=True) for i in range(arch.layers) if (partial / f"l{i}.pt").is_file()}
+    if fits:
+        log.info("resuming the RFA fit: %d of %d layers were fitted before", len(fits), arch.layers)
+    todo = [i for i in range(arch.layers) if i not in fits]
+    if todo:  # the layers' attention inputs on public text: one pass
+        captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
+
+        def fit(i: int) -> dict:
+            fitted = fit_layer([c for c in captured if c["layer"] == i], attention.num_features,
+                               attention.seed * 1000 + i, acfg, opts)
+            _save(partial / f"l{i}.pt", lambda p: torch.save(fitted, p))
+            return fitted
+
+        fits.update(zip(todo, map_jobs(fit, todo, "fitting RFA feature maps", "layer", show=arch.layers >= 4)))
+    return {f"l{i}.rfa.{name}": value for i in range(arch.layers) for name, value in fits[i].items()}
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mpc import approx
 from rfa.config import AttentionConfig
 from secptune.devices import flushed_subnormals
+from secptune.server.parallel import map_jobs
 from secptune.server.public_text import batches
 from secptune.nonlinear import ExactNonlinear, Nonlinear
 from secptune.transformer import Transformer
@@ -88,13 +89,18 @@ def choose_layers(arch, weights, sequences, attention: AttentionConfig, damage: 
         return value
 
     show = arch.layers >= 4
-    if damage is None:
-        progress = tqdm(layers, desc="RFA damage per layer", unit="layer", disable=not show)
+    if damage is None:  # one pass per layer, side by side (secptune.server.parallel)
         if arch.family == "causal":
             inputs = _layer_inputs(arch, weights, sequences, nonlinear(set()))
-            damage = [_kl(reference, _log_probs_from(arch, weights, inputs[i], i, nonlinear({i}))) for i in progress]
+
+            def one(i: int) -> float:
+                return _kl(reference, _log_probs_from(arch, weights, inputs[i], i, nonlinear({i})))
         else:  # an encoder's stack runs whole
-            damage = [kl_with({i}) for i in progress]
+
+            def one(i: int) -> float:
+                return kl_with({i})
+
+        damage = map_jobs(one, list(layers), "RFA damage per layer", "layer", show=show)
     order = sorted(layers, key=damage.__getitem__)
     # the longest prefix within budget: the hybrid's KL grows with the prefix (bisect)
     good, bad, kls = 0, arch.layers + 1, {}
