@@ -16,6 +16,7 @@ import math
 from dataclasses import replace
 
 import torch
+from tqdm import tqdm
 
 from mpc.approx import ChannelBounds
 from rfa.config import SOFTMAX
@@ -44,18 +45,19 @@ def calibration_prompts(arch, weights) -> list[torch.Tensor]:
     return [torch.randn(PROMPT_LEN, arch.hidden, generator=gen, dtype=torch.float64) * std * s for s in PROMPT_SCALES]
 
 
-def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False, prompts=()):
+def run_public_text(arch, weights, sequences, nonlinear, capture: bool = False, prompts=(), desc: str | None = None):
     """The model on each public sequence (exactly as a forward pass would run it), then again with
     each of ``prompts`` where a tuned prompt sits; ``capture``: the returned model's ``capture``
-    lists every layer's attention inputs."""
+    lists every layer's attention inputs.  ``desc``: a progress bar (batches) under that name."""
     model = Transformer(arch, weights, nonlinear)
     model.capture = [] if capture else None
     lead = 1 if arch.family == "encoder" else 0  # after CLS; causal models' BOS is the fixed prefix
+    runs = [(prompt, ids) for prompt in (None, *prompts)
+            for ids in batches(sequences if prompt is None else sequences[:PROMPT_TEXTS], arch)]
     with torch.no_grad():
-        for prompt in (None, *prompts):
+        for prompt, ids in tqdm(runs, desc=desc, unit="batch", disable=desc is None or arch.layers < 4):
             room = arch.max_positions - len(arch.prefix_tokens) - (0 if prompt is None else prompt.size(0))
-            for ids in batches(sequences if prompt is None else sequences[:PROMPT_TEXTS], arch):
-                model.hidden_of_ids(ids[:, :room], prompt, lead)
+            model.hidden_of_ids(ids[:, :room], prompt, lead)
     return model
 
 
@@ -81,7 +83,7 @@ def with_activation_bounds(model, arch, weights, sequences=None, attention=None)
 
     sequences = public_sequences(model, arch.vocab_size) if sequences is None else sequences
     run_public_text(arch, weights, sequences, Recorder(attention=attention or SOFTMAX),
-                    prompts=calibration_prompts(arch, weights))
+                    prompts=calibration_prompts(arch, weights), desc="activation bounds")
     channels = [
         [_bound(float(v)) for v in torch.stack(seen[i :: arch.layers]).amax(0)] for i in range(arch.layers)
     ]

@@ -135,7 +135,8 @@ def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOpti
         log.info("resuming the RFA fit: %d of %d layers were fitted before", len(fits), arch.layers)
     todo = [i for i in range(arch.layers) if i not in fits]
     if todo:  # the layers' attention inputs on public text: one pass
-        captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True).capture
+        captured = run_public_text(arch, weights, sequences, ExactNonlinear(), capture=True,
+                                   desc="attention inputs for the fit").capture
 
         def fit(i: int) -> dict:
             fitted = fit_layer([c for c in captured if c["layer"] == i], attention.num_features,
