@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, popsize=args.popsize, budget=args.generations * args.popsize,
                          prompt_len=args.prompt_len, intrinsic_dim=args.intrinsic_dim, test_limit=args.test_examples,
                          eval_every=args.eval_every, data=args.data, attention=args.attention)
+        # each task keeps its own machine: a later run for another task may run elsewhere (AVX2 vs AVX512: ~2.5x)
         report["tasks"][task] = {**measure(cfg), "command": report["command"], "git_revision": report["git_revision"],
-                                 "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+                                 "machine": report["machine"], "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")  # after each task: a cut-off run keeps its figures
         t = report["tasks"][task]

@@ -654,10 +654,11 @@ def f32_oracle_body(r: Report) -> list[str]:
         rows.append([task, f"{t['test_agreement']:.2%} of {t['test_examples']} ({t['test_flips']} flips)",
                      f"{t['max_rel_loss_diff']:.1e} ({t['candidates_scored_by_both']} candidates, {t['generations']} gens)",
                      f"{t['test_max_rel_score_diff']:.1e}", f"{ps['float32'] * 1e3:.0f} / {ps['float64'] * 1e3:.0f}",
-                     ratio(t["speedup"]), "yes" if t["meets_bar"] else "**no**"])
+                     ratio(t["speedup"]), machine_text(t),
+                     "yes" if t["meets_bar"] else "**no**"])
     bar = r["bar"]
     return table(["task", "same prediction (test)", "max relative loss difference", "max relative score difference",
-                  "ms per sequence float32 / float64", "speed-up", "meets the bar"], rows) + [
+                  "ms per sequence float32 / float64", "speed-up", "machine", "meets the bar"], rows) + [
         "", f"Bar: the same prediction on ≥ {bar['test_agreement']:.0%} of the test examples and every candidate's "
             f"loss within {bar['max_rel_loss_diff']:g} relative. Times: median per sequence over the training calls "
             f"after the first (popsize × 2k sequences each), both precisions in the same run.", ""]
