@@ -38,13 +38,15 @@ def measure(model: str, attention: str) -> dict:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         left = sorted(str(p.relative_to(fresh)) for p in Path(fresh).iterdir() if p.name != "models")
     commit, dirty = git_revision()
+    # the CPU's vector width matters here: every stage ran 2.3-2.7x slower on an AVX2 machine than on an AVX512 one
+    machine = {**machine_info(), "load_avg_1m_before": round(load, 2)}
+    machine["load_avg_1m_after"] = machine.pop("load_avg_1m")  # read once, after the run
     return {
         "question": f"the server's preparation of {model} ({attention}) from a cold cache (issue 26: <= 10 min)",
         "command": f"python -m research.prepare_time --model {model} --attention {attention}",
         "git_revision": commit,
         "git_dirty": dirty,
-        # the CPU's vector width matters here: every stage ran 2.3-2.7x slower on an AVX2 machine than on an AVX512 one
-        "machine": {**{k: v for k, v in machine_info().items() if k != "load_avg_1m"}, "load_avg_1m_before": round(load, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": machine,
         "command_wall_s": round(wall, 1),
         "cache_entries_made": left,
         **result,

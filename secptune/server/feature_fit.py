@@ -130,7 +130,8 @@ def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOpti
     saved under ``partial`` as it is fitted (and reused from there), so a preparation killed in
     the fit loses the layers in progress at most."""
     acfg = approx.ApproxConfig()
-    fits = {i: torch.load(partial / f"l{i}.pt", weights_only=True) for i in range(arch.layers) if (partial / f"l{i}.pt").is_file()}
+    saved = {i: partial / f"l{i}.pt" for i in range(arch.layers)}
+    fits = {i: torch.load(path, weights_only=True) for i, path in saved.items() if path.is_file()}
     if fits:
         log.info("resuming the RFA fit: %d of %d layers were fitted before", len(fits), arch.layers)
     todo = [i for i in range(arch.layers) if i not in fits]
@@ -141,7 +142,7 @@ def _fit_all(arch, weights, sequences, attention: AttentionConfig, opts: FitOpti
         def fit(i: int) -> dict:
             fitted = fit_layer([c for c in captured if c["layer"] == i], attention.num_features,
                                attention.seed * 1000 + i, acfg, opts)
-            _save(partial / f"l{i}.pt", lambda p: torch.save(fitted, p))
+            _save(saved[i], lambda p: torch.save(fitted, p))
             return fitted
 
         fits.update(zip(todo, map_jobs(fit, todo, "fitting RFA feature maps", "layer", show=arch.layers >= 4)))

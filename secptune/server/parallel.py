@@ -25,7 +25,8 @@ R = TypeVar("R")
 def map_jobs(job: Callable[[T], R], items: Sequence[T], desc: str, unit: str, show: bool = True) -> list[R]:
     """``[job(x) for x in items]``, as many at a time as torch has threads (each on one thread),
     with a progress bar.  The first failure stops the jobs not yet started and is raised."""
-    workers = min(torch.get_num_threads(), len(items))
+    threads = torch.get_num_threads()
+    workers = min(threads, len(items))
     with tqdm(total=len(items), desc=desc, unit=unit, disable=not show) as bar:
         if workers <= 1:
             out = []
@@ -33,7 +34,6 @@ def map_jobs(job: Callable[[T], R], items: Sequence[T], desc: str, unit: str, sh
                 out.append(job(item))
                 bar.update()
             return out
-        threads = torch.get_num_threads()
         torch.set_num_threads(1)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
         try:
@@ -42,7 +42,7 @@ def map_jobs(job: Callable[[T], R], items: Sequence[T], desc: str, unit: str, sh
                 future.add_done_callback(lambda _: bar.update())
             wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:
-                if future.done() and not future.cancelled() and future.exception() is not None:
+                if future.done() and future.exception() is not None:  # none is cancelled before `finally`
                     raise future.exception()
             return [future.result() for future in futures]
         finally:  # on a failure or an interrupt: no new job starts; those running finish theirs
