@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, texts, _ = build_texts(cfg)
         if session is None:
             session = plain_session(model_dir, texts.verbalizer, approx.ApproxConfig(), precision="float32")
-        embeds, loaded = session.texts[session.load_texts(texts.train)]  # the call's texts, with P prompt slots
+        embeds, loaded, _ = session.texts[session.load_texts(texts.train)]  # the call's texts, with P prompt slots
         gen = torch.Generator().manual_seed(0)
         prompts = torch.randn(args.popsize, P, embeds.size(-1), generator=gen).to(embeds.dtype) * 0.1
         e, b = population_inputs(embeds, loaded, prompts)

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+# texts per length group (causal models, secptune.batch.length_groups): small on a CPU, where
+# padding costs time; large on a GPU, which is busy only with large batches
+GROUP_ROWS = {"cpu": 8, "cuda": 64}
+
 
 class OneHot:
     """One-hot rows [*ids, size] kept as indices (-1: an all-zero row).
@@ -76,3 +80,19 @@ def population_inputs(text_embeds, text_batch: Batch, prompts, prompt_once: bool
         shared_prompt=prompts if prompt_once else None,
     )
     return text_embeds.repeat(R, 1, 1), batch
+
+
+def length_groups(pred: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """Text rows in groups of at most ``rows`` of similar length (ordered by scored position
+    ``pred`` [B]).  In a causal LM the tokens after the scored position never reach it, so a
+    session cuts each group at its longest scored position instead of padding every text to
+    the longest of the set (SST-2 with a 50-token prompt: ~2x fewer rows, AG News ~2x)."""
+    return list(torch.argsort(pred, stable=True).split(rows))
+
+
+def cut_rows(batch: Batch, rows: torch.Tensor, n: int) -> Batch:
+    """The texts ``rows`` of a loaded batch, each cut to its first ``n`` positions."""
+    def take(t):
+        return None if t is None else t[rows, :n]
+    return Batch(token_onehot=None, prompt=None, pred_onehot=take(batch.pred_onehot), key_penalty=take(batch.key_penalty),
+                 type_onehot=take(batch.type_onehot), prompt_start=batch.prompt_start)

@@ -23,17 +23,17 @@ from mpc import approx
 from rfa.config import SOFTMAX, AttentionConfig
 from secptune.checkpoints import load_hf_model
 from secptune.devices import batch_to, flushed_subnormals
-from secptune.batch import Batch, population_inputs
+from secptune.batch import GROUP_ROWS, Batch, cut_rows, length_groups, population_inputs
 from secptune.errors import InputError
 from secptune.server.prepare import ServerModel, prepare_server_model
 from secptune.nonlinear import ExactNonlinear, Nonlinear
 from secptune.oracle_check import OracleBounds, OracleCheckedSession
-from secptune.transformer import Transformer
+from secptune.transformer import Transformer, prompt_first
 
 
-# sequences per forward: float64 activations of 64 SmolLM2 sequences of ~100 tokens are a few
-# hundred MB of CPU memory; a GPU takes 8x more at once and is busy only with large batches
-MAX_SEQUENCES = {"cpu": 64, "cuda": 512}
+# token rows per forward: float64 activations of 6,144 SmolLM2 rows (64 sequences of ~100 tokens)
+# are a few hundred MB of CPU memory; a GPU takes 8x more at once and is busy only with large batches
+MAX_ROWS = {"cpu": 6144, "cuda": 49152}
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -73,7 +73,7 @@ class PlainSession:
         weights = {name: t.to(self.device, self.dtype if t.is_floating_point() else None) for name, t in weights.items()}
         self.model = Transformer(self.arch, weights, (ExactNonlinear if exact else Nonlinear)(cfg=cfg, attention=self.attention))
         self.head = self.model.label_head(verbalizer.to(self.device, self.dtype))
-        self.texts: list[tuple[torch.Tensor, Batch]] = []
+        self.texts: list[tuple[torch.Tensor, Batch, list]] = []  # (embeddings, layout, length groups)
         self.forward_log: list[dict] = []
 
     @property
@@ -83,23 +83,44 @@ class PlainSession:
     @torch.no_grad()
     def load_texts(self, batch: Batch) -> int:
         batch = batch_to(batch, self.device, self.dtype)
-        self.texts.append((self.model.embed_tokens(batch.token_onehot, batch.type_onehot), batch))
+        embeds = self.model.embed_tokens(batch.token_onehot, batch.type_onehot)
+        groups = []
+        if self.arch.family == "causal":  # groups of similar length, each cut at its last scored position
+            pred = batch.pred_onehot.argmax(-1).cpu()
+            for rows in length_groups(pred, GROUP_ROWS[self.device.type]):
+                n = int(pred[rows].max()) + 1
+                groups.append((rows, embeds[rows.to(self.device), :n], cut_rows(batch, rows.to(self.device), n)))
+        else:  # bidirectional: every token reaches the scored one
+            groups.append((torch.arange(len(embeds)), embeds, batch))
+        self.texts.append((embeds, batch, groups))
         return len(self.texts) - 1
 
     @torch.no_grad()
     def scores(self, text_id: int, prompts: torch.Tensor) -> torch.Tensor:
-        """Scores of every prompt on the loaded texts, in micro-batches of at most
-        MAX_SEQUENCES sequences so a whole CMA-ES population fits in memory."""
+        """Scores of every prompt on the loaded texts: per length group, as many prompts per
+        forward as MAX_ROWS rows allow (a whole CMA-ES population fits in memory); a causal
+        model whose prompt comes first runs each prompt once for all groups."""
         started = time.perf_counter()
-        text_embeds, text_batch = self.texts[text_id]
-        per_chunk = max(1, MAX_SEQUENCES[self.device.type] // text_embeds.size(0))
-        parts = []
+        embeds, batch, groups = self.texts[text_id]
+        R, P, B = prompts.size(0), prompts.size(1), embeds.size(0)
+        out = torch.zeros(R, B, self.head[0].size(0), dtype=torch.float64)
         # tensors made inside the forward (masks, RoPE tables) land on the device
         with self.device, flushed_subnormals(self.dtype):
-            for chunk in prompts.to(self.device, self.dtype).split(per_chunk):
-                embeds, batch = population_inputs(text_embeds, text_batch, chunk)
-                parts.append(self.model.forward(embeds, batch, self.head).cpu().double())
-        out = torch.cat(parts)
+            prompts = prompts.to(self.device, self.dtype)
+            kept = self.model.prompt_states(prompts) if prompt_first(self.arch, batch.prompt_start, P, B) else None
+            for rows, g_embeds, g_batch in groups:
+                b, n = g_embeds.size(0), g_embeds.size(1)
+                step = max(1, MAX_ROWS[self.device.type] // (b * (n - P if kept else n)))
+                for first in range(0, R, step):
+                    chunk = prompts[first : first + step]
+                    x, inputs = population_inputs(g_embeds, g_batch, chunk, prompt_once=False)
+                    if kept is None:
+                        got = self.model.forward(x, inputs, self.head)
+                    else:
+                        mine = {i: (k[first : first + step], v[first : first + step]) for i, (k, v) in kept.items()}
+                        got = self.model.forward_texts(mine, x, inputs, self.head)
+                    out[first : first + chunk.size(0), rows] = got.view(chunk.size(0), b, -1).cpu().double()
+        out = out.view(R * B, -1)
         self.forward_log.append(
             {"texts": text_id, "sequences": out.shape[0], "wall_s": time.perf_counter() - started, "bytes": 0, "rounds": 0}
         )

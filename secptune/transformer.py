@@ -127,11 +127,21 @@ class Transformer:
         outputs with P of each sequence's P + n rows computed once per candidate instead of
         once per text (SmolLM2, SST-2, prompt 10: ~30 % fewer rows per call; prompt 50: ~65 %).
         Plain sessions only: under MPC the second pass doubles the online rounds (secure.py)."""
-        prompts = batch.shared_prompt
-        P, n = prompts.size(1), token_embeds.size(1)
+        return self.forward_texts(self.prompt_states(batch.shared_prompt), token_embeds, batch, head)
+
+    def prompt_states(self, prompts) -> dict:
+        """The keys/values {layer: (k, v)} of R candidate prompts [R, P, H] run once, for
+        :meth:`forward_texts` (a session may serve several groups of texts from one run)."""
         kept: dict = {}
         self.causal(prompts, keep=kept)
-        h = self.causal(token_embeds.narrow(1, P, n - P), prefix=kept, repeat=token_embeds.size(0) // prompts.size(0))
+        return kept
+
+    def forward_texts(self, kept: dict, token_embeds, batch: Batch, head):
+        """Label-word scores of the R·B sequences ``token_embeds`` (row r·B + b: text b after
+        prompt r, whose P slots come first and are skipped here) attending to ``kept``."""
+        k = next(iter(kept.values()))[0]
+        P, n = k.size(2), token_embeds.size(1)
+        h = self.causal(token_embeds.narrow(1, P, n - P), prefix=kept, repeat=token_embeds.size(0) // k.size(0))
         pooled = (h * batch.pred_onehot.narrow(1, P, n - P).unsqueeze(-1)).sum(1)
         return self.score(pooled, head)
 

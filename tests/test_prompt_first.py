@@ -23,7 +23,7 @@ def _inputs(attention, candidates: int = 3, scale: float = 0.5):
     opts, prep = prepared_inputs("tiny-llama", prompt_len=4, batch_size=3)
     session = plain_session(prep.model_dir, prep.verbalizer, CFG, attention)  # the float64 oracle
     session.load_texts(prep.batches[0])
-    embeds, texts = session.texts[0]
+    embeds, texts, _ = session.texts[0]
     gen = torch.Generator().manual_seed(3)
     prompts = torch.randn(candidates, 4, embeds.size(-1), generator=gen, dtype=torch.float64) * scale
     embeds, batch = population_inputs(embeds, texts, prompts)
@@ -59,3 +59,23 @@ def test_prompt_first_keeps_each_candidates_prompt_with_its_texts():
     wrong = model.causal(text, prefix=swapped, repeat=3)
     assert float((right[:3] - wrong[:3]).abs().max()) > 1e-3  # candidate 0's texts saw candidate 1's prompt
     assert torch.equal(right[6:], wrong[6:])  # candidate 2 untouched
+
+
+@pytest.mark.parametrize("attention", [SOFTMAX, RFA_EVERYWHERE], ids=["softmax", "rfa"])
+def test_session_groups_by_length_and_runs_each_prompt_once(attention, monkeypatch):
+    """The plain session scores texts in length groups, each cut at its last scored position, a few
+    candidates per forward, all from one run of the prompts: the scores of the full padded sequences."""
+    from secptune import batch as batch_module, plain
+
+    monkeypatch.setitem(batch_module.GROUP_ROWS, "cpu", 1)  # 3 texts of 14, 15, 15 rows: 3 groups
+    monkeypatch.setitem(plain.MAX_ROWS, "cpu", 20)  # several forwards per group
+    session, embeds, batch = _inputs(attention)
+    full = session.model.forward(embeds, replace(batch, shared_prompt=None), session.head)
+    runs = []
+    monkeypatch.setattr(session.model, "prompt_states", lambda p, f=session.model.prompt_states: runs.append(p) or f(p))
+    got = session.scores(0, batch.shared_prompt)
+    assert len(runs) == 1 and runs[0].size(0) == 3  # every candidate's prompt, once
+    groups = session.texts[0][2]
+    assert [g.size(1) for _, g, _ in groups] == [14, 15, 15]  # the shortest text cut short
+    assert got.shape == full.shape
+    assert float((got - full).abs().max()) <= 1e-10 * float(full.abs().max())
