@@ -9,7 +9,9 @@
 # mode on 100 test sentences beside its float64 oracle.  Every run is resumable: call again with the
 # same WORK to continue (each call gives each unfinished run MINUTES more).  Runs go JOBS at a time.
 # Usage: bash scripts/rfa_accuracy.sh WORK MINUTES [cpu|cuda]
-#   (env: MODEL SST2_BUDGET AGNEWS_BUDGET PROMPT_LEN TEST JOBS SECURE_CHECK; each run's log: WORK/NAME.log)
+#   (env: MODEL SST2_BUDGET AGNEWS_BUDGET PROMPT_LEN TEST JOBS SECURE_CHECK; each run's log: WORK/NAME.log;
+#    RUNS: the runs to make, e.g. "sst2-rfa sst2-exact" (default: all six, SST-2 first);
+#    THREADS: torch threads per run, e.g. 1 with JOBS=2 on a 2-core machine)
 # then: python -m research.rfa_accuracy WORK   (writes reports/rfa_accuracy.json)
 set -u
 WORK=${1:?usage: rfa_accuracy.sh WORK MINUTES [cpu|cuda]}
@@ -23,6 +25,8 @@ PROMPT_LEN=${PROMPT_LEN:-50}
 TEST=${TEST:-500}
 JOBS=${JOBS:-1}
 SECURE_CHECK=${SECURE_CHECK:-100}
+RUNS=${RUNS:-sst2-exact sst2-softmax sst2-rfa agnews-exact agnews-softmax agnews-rfa}
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$WORK/tune"
 
 finished() {  # RUN_DIR: the report says the whole budget ran
@@ -40,19 +44,19 @@ tune() {  # NAME TASK BUDGET FLAGS...
 }
 
 running=0
-for task in sst2 agnews; do
+for name in $RUNS; do
+  task=${name%-*} config=${name#*-}
   budget=$SST2_BUDGET; [ "$task" = agnews ] && budget=$AGNEWS_BUDGET
-  for config in exact softmax rfa; do
-    case $config in
-      exact) flags="--mode plain --exact" ;;
-      softmax) flags="--mode plain --precision float32 --attention softmax" ;;
-      rfa) flags="--mode plain --precision float32" ;;  # no --attention: the default (the server's RFA layers)
-    esac
-    # shellcheck disable=SC2086
-    tune "$task-$config" "$task" "$budget" $flags &
-    running=$((running + 1))
-    if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
-  done
+  case $config in
+    exact) flags="--mode plain --exact" ;;
+    softmax) flags="--mode plain --precision float32 --attention softmax" ;;
+    rfa) flags="--mode plain --precision float32" ;;  # no --attention: the default (the server's RFA layers)
+    *) echo "rfa_accuracy: unknown run $name (TASK-exact|softmax|rfa)" >&2; continue ;;
+  esac
+  # shellcheck disable=SC2086
+  tune "$name" "$task" "$budget" $flags &
+  running=$((running + 1))
+  if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
 done
 wait
 
