@@ -71,6 +71,13 @@ def _in_tree(tree: Path, config: str, args, scores_out: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _commit(tree: Path) -> str:
+    from secptune.bench.common import git_revision
+
+    commit, dirty = git_revision(tree)
+    return f"{commit} with uncommitted changes" if dirty else str(commit)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", help="a checkout of the code to compare with")
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         print(json.dumps(measure(args.measure, args.task, args.popsize, args.calls, args.threads, args.scores)))
         return 0
-    from secptune.bench.common import git_revision, machine_info
+    from secptune.bench.common import machine_info
 
     trees = {"new": Path.cwd()} | ({"old": Path(args.old).resolve()} if args.old else {})
     rows = []
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     report = {"question": "seconds per tuning API call (SmolLM2, k 16, prompt 50), per configuration",
               "task": args.task, "popsize": args.popsize, "threads": args.threads,
-              "commits": {name: git_revision(tree)[0] for name, tree in trees.items()},
+              "commits": {name: _commit(tree) for name, tree in trees.items()},
               "machine": machine_info(), "rows": rows}
     out = Path(f"{args.out}_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

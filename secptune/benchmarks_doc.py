@@ -719,6 +719,25 @@ def section_prompt_once(reports: Reports) -> list[str]:
     return one_report(reports, "speed/prompt_once.json", intro, prompt_once_body)
 
 
+def tuning_call_body(r: Report) -> list[str]:
+    rows = [[x["config"], sec(x["old"]["seconds_per_call"]), sec(x["new"]["seconds_per_call"]), f"{x['speedup']:.2f}×",
+             f"{x['max_rel_score_diff']:.1e}"] for x in r["rows"]]
+    return table(["configuration", "s per call, before", "s per call, now", "speed-up", "max rel. score difference"],
+                 rows) + ["", f"Commits: before {r['commits']['old']}, now {r['commits']['new']}; "
+                          f"{r['popsize']} candidates per generation, {r['threads']} torch threads.", ""]
+
+
+def section_tuning_call(reports: Reports) -> list[str]:
+    intro = ["### One tuning call of each accuracy configuration (`speed/tuning_call_sst2.json`)", "",
+             "SmolLM2, SST-2, k = 16 (32 texts), prompt 50: one generation scored through the session interface "
+             "(`python -m research.tuning_call --old CHECKOUT`, each tree in its own process, back to back). Both "
+             "plain sessions now score texts in length groups, each cut at its last scored position (a causal LM's "
+             "later tokens never reach it), and run each prompt once for all groups; the transformers session "
+             "continues every text from its candidate's cached prompt keys/values (`tests/test_prompt_first.py`, "
+             "`tests/test_hf_session.py`).", ""]
+    return one_report(reports, "speed/tuning_call_sst2.json", intro, tuning_call_body)
+
+
 def section_f32_oracle(reports: Reports) -> list[str]:
     intro = ["### SmolLM2: float32 approximations vs the float64 oracle (`f32_oracle.json`)", "",
              "`--precision float32` runs the secure run's approximations in float32; each call of a float32 tuning "
@@ -1336,7 +1355,7 @@ def section_grid(reports: Reports) -> list[str]:
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
-            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle, section_prompt_once, section_rfa_accuracy,
+            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle, section_prompt_once, section_tuning_call, section_rfa_accuracy,
             section_prepare,
             section_deployment, section_baselines, section_privacy, section_guarded, section_grid)
 
