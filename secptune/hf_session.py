@@ -113,8 +113,8 @@ class HFSession:
         R = prompts.size(0)
         embeds = torch.cat([self.embed(self.prefix).expand(R, -1, -1), prompts], dim=1)
         step = max(1, MAX_TOKENS[self.device.type] // embeds.size(1))
-        parts = [self.model.base_model(inputs_embeds=embeds[i : i + step], use_cache=True).past_key_values
-                 for i in range(0, R, step)]
+        outs = [self.model.base_model(inputs_embeds=embeds[i : i + step], use_cache=True) for i in range(0, R, step)]
+        parts = [getattr(o, "cache", None) or o.past_key_values for o in outs]  # the field's name before 5.2x
         return [(torch.cat([c.layers[i].keys for c in parts]), torch.cat([c.layers[i].values for c in parts]))
                 for i in range(len(parts[0].layers))]
 
