@@ -41,6 +41,8 @@ class Encoded:
 
 def load_jsonl(path: str | Path, limit: int | None = None) -> list[Example]:
     path = Path(path)
+    if limit is not None and limit < 1:  # 0 would still read one example (the check follows each append)
+        raise InputError(f"an example limit must be at least 1, not {limit} (--limit / --test-limit)")
     if not path.is_file():
         raise InputError(f"data file {str(path)!r} does not exist; pass a .jsonl file with 'text' and 'label' fields")
     examples = []

@@ -94,3 +94,10 @@ def test_the_tests_insecure_generators_are_refused(capsys, data_file, monkeypatc
     code, err = run_cli(capsys, "--model", "tiny-llama", "--data", data_file, "--template", "{text} It was {mask}",
                         "--verbalizer", "bad,great")
     assert code == 2 and len(err) == 1 and "SECPTUNE_TEST_ONLY_RNG" in err[0] and "unset" in err[0]
+
+
+def test_an_example_limit_of_zero_is_refused(capsys, data_file):
+    """A limit of 0 used to read one example (and report its accuracy as the run's)."""
+    code, lines = run_cli(capsys, "--model", "tiny-llama", "--data", data_file, "--limit", "0",
+                          "--template", "{text} It was {mask}", "--verbalizer", "bad,great")
+    assert_one_line_error(code, lines, "at least 1", "--limit")
