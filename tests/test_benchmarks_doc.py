@@ -120,3 +120,21 @@ def test_revision_is_named_when_recorded(few_reports):
     edit(few_reports / TINY, lambda d: d.update(git_revision="abc1234", git_dirty=True))
     assert f"- `reports/{TINY}` — machine: 2 CPUs, x86_64, torch 2.13.0+cpu, AVX2, load 1.64; revision abc1234 " \
            "with uncommitted changes; command: `" in benchmarks_doc.render(few_reports)
+
+
+def test_accuracy_runs_cut_off_by_their_time_limit_get_no_verdict(tmp_path):
+    """Issue 26's tuned-accuracy runs go on in pieces: while a run is short of its budget the table says
+    so and the verdicts are pending; whole budgets give yes or no."""
+    root = tmp_path / "reports"
+    root.mkdir()
+    shutil.copy(REPORTS / "rfa_accuracy.json", root / "rfa_accuracy.json")
+    data = json.loads((root / "rfa_accuracy.json").read_text())
+    sst2 = data["tasks"]["sst2"]
+    sst2["runs"]["exact"]["complete"] = False
+    sst2["exact_gains"] = sst2["rfa_within"] = None
+    (root / "rfa_accuracy.json").write_text(json.dumps(data))
+    text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
+    assert "(cut off)" in text and "sst2: exact gains pending" in text and "rfa pending" in text
+    edit(root / "rfa_accuracy.json", lambda d: d["tasks"]["sst2"].update(exact_gains=False, rfa_within=True))
+    text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
+    assert "sst2: exact gains **no**" in text and "rfa yes" in text
