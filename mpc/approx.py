@@ -18,7 +18,7 @@ import torch
 from mpc import fourier
 from mpc.accounting import section
 from mpc.opened import open_once
-from mpc.tensorops import cat, gt_zero, is_secure, max_along, public_like
+from mpc.tensorops import cat, gt_zero, is_secure, max_along, public_like, within
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,7 @@ class RangeMonitor:
             if self.samples:
                 self.pending.append((name, sample_positions(x, self.samples), float(low), float(high)))
             return
-        if x.numel() == 0:
-            return
-        smallest, largest = x.aminmax()  # one pass; counting needs two more, and is rarely needed
-        if smallest >= low and largest <= high:
+        if within(x, low, high):
             return
         bad = int(((x < low) | (x > high)).sum())
         if bad:

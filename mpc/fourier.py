@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mpc.tensorops import cat, is_secure
+from mpc.tensorops import cat, is_secure, within
 from mpc.trig import combine, masked_angle
 
 PERIOD_BITS = 8  # x is rescaled so one period spans 2^8 units: 24-bit circle, 2^-24-period resolution
@@ -62,10 +62,7 @@ class FourierSeries:
         if self.reference is None:
             return self.series(x)
         out = self.reference(x)
-        if x.numel() == 0:
-            return out
-        smallest, largest = x.aminmax()  # one pass; the mask below costs several
-        if smallest >= self.low and largest <= self.high:
+        if within(x, self.low, self.high):
             return out
         outside = (x < self.low) | (x > self.high)
         if bool(outside.any()):  # the series on those elements only: it costs K harmonics each

@@ -15,6 +15,15 @@ def is_secure(x) -> bool:
     return not torch.is_tensor(x)
 
 
+def within(x: torch.Tensor, low: float, high: float) -> bool:
+    """Whether every element of a plaintext x lies in [low, high]: one min/max pass, so a
+    range check builds its (several-pass) out-of-range mask only when something is out."""
+    if x.numel() == 0:
+        return True
+    smallest, largest = x.aminmax()
+    return bool(smallest >= low and largest <= high)
+
+
 def cat(tensors, dim: int = 0):
     if is_secure(tensors[0]):
         import crypten
