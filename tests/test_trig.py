@@ -72,6 +72,31 @@ def test_per_channel_bounds_give_each_channel_group_its_own_series_and_fewer_dea
     assert per_group <= cost["from_dealer"] < per_group * 1.05 < one_bound / 2
 
 
+def test_plaintext_per_channel_activation_is_the_function_inside_every_bound_and_the_series_outside():
+    """The oracle's one-pass path (every channel inside its own bound) gives what the
+    group-by-group path gives; a narrow channel past its bound (though inside the wide one)
+    takes the group path: counted by the monitor and evaluated with its own (periodic) series."""
+    from mpc.approx import ApproxConfig, ChannelBounds, RangeMonitor, _per_channel, activation
+    from mpc.fourier import activation_series
+
+    torch.manual_seed(6)
+    x = (torch.rand(2, 5, 6, dtype=torch.float32) * 2 - 1) * 8
+    x[..., 2] *= 4
+    bounds, cfg, monitor = ChannelBounds(8.0, ((32.0, (2,)),)), ApproxConfig(), RangeMonitor()
+    assert bounds.hold(x)
+    fast = activation(x, "silu", bounds, cfg, monitor)
+    grouped = _per_channel(x, bounds, lambda part, b: activation(part, "silu", b, cfg, monitor))
+    # the same function; its vectorised and strided kernels may differ in the last bit
+    assert fast.dtype == torch.float32 and torch.allclose(fast, grouped, rtol=1e-6, atol=1e-7)
+    assert not monitor.violations
+    x[0, 0, 1] = 12.0  # channel 1's bound is 8
+    assert not bounds.hold(x)
+    out = activation(x, "silu", bounds, cfg, monitor)
+    assert monitor.violations == {"activation_input": 1}
+    assert out[0, 0, 1] == activation_series("silu", 8.0).series(x[0, 0, 1:2])[0]
+    assert abs(float(out[0, 0, 1]) - float(torch.nn.functional.silu(x[0, 0, 1]))) > 1  # control
+
+
 def test_channel_bounds_compress_and_expand_one_bound_per_channel():
     from mpc.approx import ChannelBounds
 
