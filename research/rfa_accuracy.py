@@ -28,7 +28,7 @@ AGREEMENT = 0.99  # secure vs oracle predictions on the secure check
 def run_figures(run: Path) -> dict | None:
     path = run / "report.json"
     if not path.is_file():
-        return None
+        return started_figures(run)
     r = json.loads(path.read_text())
     test = r["final"]["test"]
     return {"model": r["config"]["model"], "api_calls": r["totals"]["api_calls"], "budget": r["config"]["budget"],
@@ -38,6 +38,20 @@ def run_figures(run: Path) -> dict | None:
             "attention": r["final"].get("attention")}
 
 
+def started_figures(run: Path) -> dict | None:
+    """A run whose first piece was stopped before its test (no report yet): its calls so far,
+    from the checkpoint; None when it never started."""
+    path = run / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    return {"model": cfg["model"], "api_calls": state["gen"] * cfg["popsize"], "budget": cfg["budget"],
+            "complete": False, "tested": False, "test_examples": cfg["test_limit"], "device": cfg["device"]}
+
+
 def task_figures(work: Path, task: str) -> dict:
     runs = {c: run_figures(work / "tune" / f"{task}-{c}") for c in CONFIGS}
     out: dict = {"runs": runs}
@@ -45,7 +59,7 @@ def task_figures(work: Path, task: str) -> dict:
     if exact is not None:  # verdicts only between whole budgets (None: pending); differences as they stand
         out["exact_gains"] = exact["gain"] >= (SST2_GAIN if task == "sst2" else 0.0) if exact["complete"] else None
         for c in ("softmax", "rfa"):
-            if runs[c] is not None:
+            if runs[c] is not None and runs[c].get("tested", True):
                 out[f"{c}_vs_exact"] = runs[c]["tuned"] - exact["tuned"]
                 out[f"{c}_within"] = (abs(runs[c]["tuned"] - exact["tuned"]) <= WITHIN
                                       if exact["complete"] and runs[c]["complete"] else None)

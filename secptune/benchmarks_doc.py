@@ -671,6 +671,10 @@ def rfa_accuracy_body(r: Report) -> list[str]:
             if run is None:
                 rows.append([task, config, "not run", "", "", "", "", ""])
                 continue
+            if not run.get("tested", True):  # stopped before its first test: calls so far only
+                rows.append([task, config, f"{num(run['api_calls'])} of {num(run['budget'])} (under way, not tested yet)",
+                             "", "", "", "", ""])
+                continue
             versus = t.get(f"{config}_vs_exact")
             rows.append([task, config, f"{num(run['api_calls'])} of {num(run['budget'])}" + ("" if run["complete"] else " (cut off)"),
                          num(run["test_examples"]), score(run["zero_shot"]), score(run["tuned"]),

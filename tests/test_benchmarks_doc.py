@@ -138,3 +138,31 @@ def test_accuracy_runs_cut_off_by_their_time_limit_get_no_verdict(tmp_path):
     edit(root / "rfa_accuracy.json", lambda d: d["tasks"]["sst2"].update(exact_gains=False, rfa_within=True))
     text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
     assert "sst2: exact gains **no**" in text and "rfa yes" in text
+
+
+def test_an_accuracy_run_stopped_before_its_first_test_counts_its_calls_and_gets_no_difference(tmp_path):
+    """A piece killed before its test leaves a checkpoint and no report: the table shows the calls so
+    far, and no difference to exact is computed from it (control: a reported run gets one)."""
+    import torch
+
+    from research.rfa_accuracy import task_figures
+
+    work = tmp_path / "work"
+    for config in ("exact", "softmax"):
+        (work / "tune" / f"sst2-{config}").mkdir(parents=True)
+    cfg = {"model": "smollm2", "popsize": 20, "budget": 1500, "test_limit": 500, "device": "cpu"}
+    torch.save({"config": cfg, "gen": 13}, work / "tune" / "sst2-softmax" / "checkpoint.pt")
+    report = {"config": cfg, "totals": {"api_calls": 1500, "wall_s": 1.0},
+              "final": {"test": {"zero_shot": 0.5, "tuned": 0.6}, "stopped": "budget"}}
+    (work / "tune" / "sst2-exact" / "report.json").write_text(json.dumps(report))
+    figures = task_figures(work, "sst2")
+    assert figures["runs"]["softmax"]["api_calls"] == 260 and not figures["runs"]["softmax"]["tested"]
+    assert "softmax_vs_exact" not in figures and figures["runs"]["rfa"] is None and figures["exact_gains"]
+    (work / "tune" / "sst2-softmax" / "report.json").write_text(json.dumps(report))
+    assert task_figures(work, "sst2")["softmax_within"] is True  # control
+    root = tmp_path / "reports"
+    root.mkdir()
+    shutil.copy(REPORTS / "rfa_accuracy.json", root / "rfa_accuracy.json")
+    edit(root / "rfa_accuracy.json", lambda d: d["tasks"]["sst2"]["runs"].update(softmax=figures["runs"]["softmax"]))
+    text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
+    assert "| sst2 | softmax | 260 of 1,500 (under way, not tested yet) |" in text
