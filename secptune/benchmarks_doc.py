@@ -710,6 +710,24 @@ def section_rfa_accuracy(reports: Reports) -> list[str]:
     return one_report(reports, "rfa_accuracy.json", intro, rfa_accuracy_body)
 
 
+def prompt_transfer_body(r: Report) -> list[str]:
+    rows = [[x["attention"], "—" if x["rfa_layers"] is None else x["rfa_layers"],
+             "—" if x["layers"] is None else ", ".join(map(str, x["layers"])) or "none", score(x["test_accuracy"])]
+            for x in r["rows"]]
+    return table(["attention", "RFA layers", "which (the server's least damaging first)", "test accuracy"], rows) + [
+        "", f"Prompt `{r['prompt']}` on the first {num(r['test_examples'])} {r['task']} test examples; the server's "
+            f"own choice is {len(r['server_choice'])} layers.", ""]
+
+
+def section_prompt_transfer(reports: Reports) -> list[str]:
+    intro = ["### Does a tuned prompt survive RFA? (`rfa_accuracy/prompt_transfer.json`)", "",
+             "Exact tuning's SST-2 prompt (above: 0.630) scored, without further tuning, under the secure run's "
+             "approximations in float32 with RFA in the n layers the server ranks least damaging "
+             "(`python -m research.rfa_prompt_transfer PROMPT`). Inference only, so it separates what the "
+             "approximation does to a tuned prompt from what it does to the search.", ""]
+    return one_report(reports, "rfa_accuracy/prompt_transfer.json", intro, prompt_transfer_body)
+
+
 def prompt_once_body(r: Report) -> list[str]:
     rows = [[x["prompt_len"], f"{x['candidates']} × {x['sequences'] // x['candidates']}", x["rows_per_sequence"],
              sec(x["seconds_every_text"]), sec(x["seconds_once"]), f"{x['speedup']:.2f}×", f"{x['max_rel_score_diff']:.1e}"]
@@ -1377,7 +1395,7 @@ def section_grid(reports: Reports) -> list[str]:
 
 
 SECTIONS = (section_headline, section_forward, section_projection, section_security, section_ringmatmul,
-            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle, section_prompt_once, section_tuning_call, section_tuning_call_activation, section_rfa_accuracy,
+            section_call_speed, section_tuning, section_baseline_accuracy, section_rfa, section_smollm2_check, section_f32_oracle, section_prompt_once, section_tuning_call, section_tuning_call_activation, section_rfa_accuracy, section_prompt_transfer,
             section_prepare,
             section_deployment, section_baselines, section_privacy, section_guarded, section_grid)
 
