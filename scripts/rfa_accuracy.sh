@@ -9,7 +9,8 @@
 # mode on 100 test sentences beside its float64 oracle.  Every run is resumable: call again with the
 # same WORK to continue (each call gives each unfinished run MINUTES more).  Runs go JOBS at a time.
 # Usage: bash scripts/rfa_accuracy.sh WORK MINUTES [cpu|cuda]
-#   (env: MODEL SST2_BUDGET AGNEWS_BUDGET PROMPT_LEN TEST JOBS SECURE_CHECK; each run's log: WORK/NAME.log;
+#   (env: MODEL SST2_BUDGET AGNEWS_BUDGET PROMPT_LEN TEST JOBS SECURE_CHECK (0: no secure check, which
+#    takes both cores for ~40+ min on a 2-core CPU); each run's log: WORK/NAME.log;
 #    RUNS: the runs to make, e.g. "sst2-rfa sst2-exact" (default: all six, SST-2 first);
 #    THREADS: torch threads per run, e.g. 1 with JOBS=2 on a 2-core machine)
 # then: python -m research.rfa_accuracy WORK   (writes reports/rfa_accuracy.json)
@@ -61,7 +62,7 @@ done
 wait
 
 prompt="$WORK/tune/sst2-rfa/prompt.pt"
-if finished "$WORK/tune/sst2-rfa" && [ ! -f "$WORK/secure_check/result.json" ]; then
+if [ "$SECURE_CHECK" -gt 0 ] && finished "$WORK/tune/sst2-rfa" && [ ! -f "$WORK/secure_check/result.json" ]; then
   for mode in plain secure; do  # plain: the float64 oracle the secure run is tested against
     $PY -m secptune infer --mode "$mode" --model "$MODEL" --task sst2 --prompt "$prompt" --limit "$SECURE_CHECK" \
       --batch-size 8 --peer-timeout 1800 --out "$WORK/${mode/plain/oracle}_check" >>"$WORK/secure_check.log" 2>&1
