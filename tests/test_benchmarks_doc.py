@@ -166,3 +166,19 @@ def test_an_accuracy_run_stopped_before_its_first_test_counts_its_calls_and_gets
     edit(root / "rfa_accuracy.json", lambda d: d["tasks"]["sst2"]["runs"].update(softmax=figures["runs"]["softmax"]))
     text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
     assert "| sst2 | softmax | 260 of 1,500 (under way, not tested yet) |" in text
+
+
+def test_the_earlier_default_rfa_run_is_reported_against_exact(tmp_path):
+    """The 0.11-budget SST-2 run that moved the default to 0.03 stays in the section, its difference
+    to exact computed from both reports; without its report the paragraph is left out."""
+    root = tmp_path / "reports"
+    earlier = "rfa_accuracy/work-rfa11/tune/sst2-rfa/report.json"
+    for rel in ("rfa_accuracy.json", "rfa_accuracy/prompt_transfer.json", earlier):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPORTS / rel, root / rel)
+    edit(root / "rfa_accuracy.json", lambda d: d["tasks"]["sst2"]["runs"]["exact"].update(tuned=0.6))
+    edit(root / earlier, lambda d: d["final"]["test"].update(tuned=0.55))
+    text = "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
+    assert "to 0.550 on SST-2, -5.0 points from exact" in text and "RFA in 11 of 30 layers" in text
+    (root / earlier).unlink()
+    assert "budget was 0.11" not in "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
