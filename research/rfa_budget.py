@@ -13,7 +13,9 @@ against exact softmax on the same examples, and applies a rule stated before the
 The tolerance is half of issue 3's 1-point line: a 500-example validation sample moves by
 about a point between samples, so a budget that only just passes on validation would be a
 coin flip on test.  Writes ``reports/rfa_budget.json``; confirm the pick on the test set
-with ``python -m research.rfa_fidelity``.
+with ``python -m research.rfa_fidelity``.  Zero-shot accuracy is blind to what RFA does to a tuned
+prompt (it picked 0.11, which erased one: ``research.rfa_prompt_transfer``); the default is now
+set by that transfer (0.03).
 
 Usage: python -m research.rfa_budget [--budgets 0.08,0.11,0.15] [--limit 500] [--tolerance 0.005]
 """
