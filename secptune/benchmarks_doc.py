@@ -838,7 +838,7 @@ def _range_table(r: dict, title: str) -> list[str]:
 
 
 def _rfa_default_cost(reports: Reports) -> list[str]:
-    runs = [reports.get(f"speed/rfa_default/bench_forward_smollm2_seq32_{n}.json") for n in ("softmax", "rfa")]
+    runs = [reports.get(f"speed/rfa_default/bench_forward_smollm2_seq32_{n}.json") for n in ("softmax", "rfa", "rfa_budget003")]
     runs += [reports.get(f"speed/rfa_saturating/bench_forward_smollm2_seq32_rfa_{n}.json") for n in ("old", "new")]
     runs = [r for r in runs if r is not None]
     if not runs:
@@ -847,16 +847,20 @@ def _rfa_default_cost(reports: Reports) -> list[str]:
     for r in runs:
         with reading(r):
             c = r["comm"]
-            rows.append([f"`{r.name.removeprefix('reports/speed/').removesuffix('.json')}`", mb(c["server"]["online"]["bytes"]),
+            layers = r.get("rfa_layers")  # recorded since the default's budget 0.03
+            rows.append([f"`{r.name.removeprefix('reports/speed/').removesuffix('.json')}`",
+                         NOT_RECORDED if layers is None else len(layers), mb(c["server"]["online"]["bytes"]),
                          num(c["server"]["online"]["rounds"]), mb(r["ops"]["attention"]["dealer_bytes"]),
                          mb(c["dealer"]["bytes"]), mb(all_wires(c)), sec(r["wall_s"]), f"{r['rel_err']:.1e}",
                          "yes" if r.get("range_event") else "no", r["machine"].get("load_avg_1m", NOT_RECORDED)])
     return ["What the default costs in a secure SmolLM2 forward of one 32-token sequence (`secptune bench forward "
             "--model smollm2 --seq 32 --batch 1 --attention rfa --features fitted`, i.e. the server's RFA layers, "
-            "against `--attention softmax`; random token ids). `rfa_saturating/…_old` / `…_new`: the same command at "
+            "against `--attention softmax`; random token ids). `…_rfa`: the default before its budget went from 0.11 to "
+            "0.03; `…_rfa_budget003`: the default now. `rfa_saturating/…_old` / `…_new`: the same command at "
             "b2c9d7e (plain exp series, FIT_VERSION 7, 10 RFA layers) and with the saturating feature exp (50 harmonics "
-            "instead of 42, FIT_VERSION 8, 11 RFA layers), one after the other on the same loaded machine:", ""] + table(
-        ["attention", "online MB / party", "online rounds", "attention: dealer MB", "dealer MB", "all wires MB",
+            "instead of 42, FIT_VERSION 8, 11 RFA layers), one after the other on the same loaded machine. Seconds "
+            "follow the machine's load; the bytes and rounds do not:", ""] + table(
+        ["attention", "RFA layers", "online MB / party", "online rounds", "attention: dealer MB", "dealer MB", "all wires MB",
          "secure wall s", "rel. error vs oracle", "range check fired", "load"], rows) + ["", "Sources:", ""] + sources(runs)
 
 

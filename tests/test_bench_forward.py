@@ -26,6 +26,7 @@ def test_plain_rfa_and_bad_feature_map(capsys):
     code, out, _ = run(capsys, "--model", "tiny-roberta", "--seq", "12", "--mode", "plain", "--attention", "rfa", "--json")
     result = json.loads(out)
     assert code == 0 and result["attention"]["kind"] == "rfa" and result["plain_wall_s"] > 0
+    assert result["rfa_layers"] == [0, 1]  # random features serve every layer
     code, out, err = run(capsys, "--model", "tiny-roberta", "--seq", "12", "--attention", "rfa", "--features", "cosine")
     assert code == 2 and out == "" and "feature map" in err
 
@@ -39,7 +40,7 @@ def test_plain_mode(capsys):
     code, out, _ = run(capsys, "--model", "tiny-roberta", "--seq", "12", "--batch", "2", "--mode", "plain", "--json")
     result = json.loads(out)
     assert code == 0 and result["ratio"] == 1.0 and result["wall_s"] == result["plain_wall_s"] > 0
-    assert result["layers_run"] == result["layers_full"] == 2
+    assert result["layers_run"] == result["layers_full"] == 2 and result["rfa_layers"] == []
 
 
 @pytest.mark.mpc  # the benchmark's own local run: fresh parties

@@ -182,9 +182,9 @@ def attention_config(args):
 # --------------------------------------------------------------------------- plain
 
 
-def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 3) -> tuple[torch.Tensor, float]:
-    """Scores and wall time (best of ``repeat``) of the plaintext forward with the secure
-    run's approximations."""
+def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 3):
+    """Scores, wall time (best of ``repeat``) and the attention as the server resolved it (its
+    RFA layers chosen) of the plaintext forward with the secure run's approximations."""
     model = build_model(spec)
     server = prepare_server_model(model, attention)
     arch, weights, attention = server.arch, server.weights, server.attention
@@ -200,7 +200,7 @@ def plain_forward(spec: ModelSpec, inputs, verbalizer, attention, repeat: int = 
             x, b = population_inputs(embeds, batch, inputs.prompt[:1])
             scores = net.forward(x, b, head)
             best = min(best, time.perf_counter() - started)
-        return scores, best
+        return scores, best, attention
 
 
 # --------------------------------------------------------------------------- secure
@@ -432,7 +432,7 @@ def run(args) -> dict:
 
     arch = arch_from_config(model_config(spec))
     inputs, verbalizer = make_inputs(arch, args.seq, args.batch, args.prompt_len, args.seed)
-    plain_scores, plain_s = plain_forward(spec, inputs, verbalizer, attention, args.plain_repeat)
+    plain_scores, plain_s, resolved = plain_forward(spec, inputs, verbalizer, attention, args.plain_repeat)
     out = {
         "model": args.model,
         "arch": {k: getattr(arch, k) for k in ("family", "hidden", "heads", "head_dim", "intermediate", "vocab_size")},
@@ -443,6 +443,7 @@ def run(args) -> dict:
         "prompt_len": args.prompt_len,
         "mode": args.mode,
         "attention": attention.as_dict(),
+        "rfa_layers": [i for i in range(arch.layers) if resolved.uses_rfa(i)],  # as the server resolved them
         "device": args.device,
         "fixed_weights": bool(args.mode == "secure" and not args.no_fixed_weights),
         "plain_wall_s": round(plain_s, 6),  # tiny forwards take well under a millisecond
