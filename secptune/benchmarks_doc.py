@@ -705,7 +705,7 @@ def section_rfa_accuracy(reports: Reports) -> list[str]:
              "(SST-2: ≥ 5 points), both approximations' tuned accuracy within 1 point of exact's. The runs go on in pieces "
              "from the checkpoints in `reports/rfa_accuracy/work`; a run cut off by its time limit is tested on its best "
              "prompt so far, so its difference to exact compares unequal numbers of calls and gives no verdict. Pieces "
-             "may run on successive commits that compute the same approximations: SST-2 RFA ran its last 520 calls "
+             "may run on successive commits that compute the same approximations: SST-2 softmax ran its last 1,000 calls "
              "with the one-pass activation below (scores within 3e-6 relative of the group-by-group path).", ""]
     return one_report(reports, "rfa_accuracy.json", intro, rfa_accuracy_body) + _earlier_default_rfa(reports)
 
