@@ -182,3 +182,25 @@ def test_the_earlier_default_rfa_run_is_reported_against_exact(tmp_path):
     assert "to 0.550 on SST-2, -5.0 points from exact" in text and "RFA in 11 of 30 layers" in text
     (root / earlier).unlink()
     assert "budget was 0.11" not in "\n".join(benchmarks_doc.section_rfa_accuracy(benchmarks_doc.Reports(root)))
+
+
+def test_the_accuracy_bars_count_examples_so_a_difference_of_exactly_one_point_is_within(tmp_path):
+    """0.620 against exact's 0.630 on 500 examples is 5 examples, 1 point: within the bar, although
+    the float difference is 0.010000000000000009; 0.618 (6 examples) is not."""
+    from research.rfa_accuracy import task_figures
+
+    work = tmp_path / "work"
+    cfg = {"model": "smollm2", "popsize": 20, "budget": 1500, "test_limit": 500, "device": "cpu"}
+
+    def report(config, tuned):
+        (work / "tune" / f"sst2-{config}").mkdir(parents=True, exist_ok=True)
+        r = {"config": cfg, "totals": {"api_calls": 1500, "wall_s": 1.0},
+             "final": {"test": {"zero_shot": 0.58, "tuned": tuned}, "stopped": "budget"}}
+        (work / "tune" / f"sst2-{config}" / "report.json").write_text(json.dumps(r))
+
+    report("exact", 0.63)  # a gain of exactly 5 points: the SST-2 bar, met
+    report("rfa", 0.62)
+    figures = task_figures(work, "sst2")
+    assert figures["rfa_within"] is True and figures["exact_gains"] is True
+    report("rfa", 0.618)
+    assert task_figures(work, "sst2")["rfa_within"] is False
