@@ -731,7 +731,7 @@ def prompt_transfer_body(r: Report) -> list[str]:
             for x in r["rows"]]
     return table(["attention", "RFA layers", "which (the server's least damaging first)", "test accuracy"], rows) + [
         "", f"Prompt `{r['prompt']}` on the first {num(r['test_examples'])} {r['task']} test examples; the server's "
-            f"choice when this ran (budget 0.11) was {len(r['server_choice'])} layers.", ""]
+            f"choice when this ran was {len(r['server_choice'])} layers.", ""]
 
 
 def section_prompt_transfer(reports: Reports) -> list[str]:
