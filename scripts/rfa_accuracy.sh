@@ -11,7 +11,7 @@
 # Usage: bash scripts/rfa_accuracy.sh WORK MINUTES [cpu|cuda]
 #   (env: MODEL SST2_BUDGET AGNEWS_BUDGET PROMPT_LEN TEST JOBS SECURE_CHECK (0: no secure check, which
 #    takes both cores for ~40+ min on a 2-core CPU); each run's log: WORK/NAME.log;
-#    RUNS: the runs to make, e.g. "sst2-rfa sst2-exact" (default: all six, SST-2 first);
+#    RUNS: the runs to make, e.g. "sst2-rfa sst2-exact" (unset: all six, SST-2 first; empty: none, e.g. only the secure check);
 #    THREADS: torch threads per run, e.g. 1 with JOBS=2 on a 2-core machine)
 # then: python -m research.rfa_accuracy WORK   (writes reports/rfa_accuracy.json)
 set -u
@@ -26,7 +26,7 @@ PROMPT_LEN=${PROMPT_LEN:-50}
 TEST=${TEST:-500}
 JOBS=${JOBS:-1}
 SECURE_CHECK=${SECURE_CHECK:-100}
-RUNS=${RUNS:-sst2-exact sst2-softmax sst2-rfa agnews-exact agnews-softmax agnews-rfa}
+RUNS=${RUNS-sst2-exact sst2-softmax sst2-rfa agnews-exact agnews-softmax agnews-rfa}
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$WORK/tune"
 
