@@ -23,6 +23,7 @@ CONFIGS = ("exact", "softmax", "rfa")
 WITHIN = 0.01  # approximations vs exact, tuned test accuracy
 SST2_GAIN = 0.05  # exact tuning's gain over zero-shot that makes the budget one "that gains"
 AGREEMENT = 0.99  # secure vs oracle predictions on the secure check
+SCORE_TOLERANCE = 0.01  # relative to the row's largest oracle score (fixed point + float64 vs float32: ~2e-3 seen)
 
 
 def run_figures(run: Path) -> dict | None:
@@ -75,15 +76,21 @@ def examples(accuracy: float, n: int) -> int:
 
 
 def secure_check(work: Path) -> dict | None:
+    """The secure run's scores beside its float64 oracle's.  A sentence agrees when its label comes out
+    the same *and* its scores are within ``SCORE_TOLERANCE`` of the oracle's: a wrapped secure value can
+    give any scores, and with two labels half of those still pick the oracle's label by chance."""
     paths = [work / name / "result.json" for name in ("secure_check", "oracle_check")]
     if not all(p.is_file() for p in paths):
         return None
     secure, oracle = (json.loads(p.read_text()) for p in paths)
-    same = sum(a == b for a, b in zip(secure["pred"], oracle["pred"]))
-    return {"examples": len(secure["pred"]), "same_prediction": same, "agreement": same / len(secure["pred"]),
-            "meets_bar": same / len(secure["pred"]) >= AGREEMENT, "secure_accuracy": secure["accuracy"],
-            "oracle_accuracy": oracle["accuracy"], "secure_wall_s": secure["wall_s"],
-            "range_events": secure.get("range_events")}
+    rows = list(zip(secure["pred"], oracle["pred"], secure["scores"], oracle["scores"]))
+    off = [i for i, (_, _, s, o) in enumerate(rows) if max(abs(a - b) for a, b in zip(s, o)) > SCORE_TOLERANCE * max(map(abs, o))]
+    agree = sum(a == b for a, b, *_ in rows) - sum(rows[i][0] == rows[i][1] for i in off)
+    return {"examples": len(rows), "same_prediction": sum(a == b for a, b, *_ in rows), "scores_off": off,
+            "agree": agree, "agreement": agree / len(rows), "meets_bar": agree / len(rows) >= AGREEMENT,
+            "score_tolerance": SCORE_TOLERANCE, "secure_accuracy": secure["accuracy"], "oracle_accuracy": oracle["accuracy"],
+            "secure_wall_s": secure["wall_s"], "range_events": secure.get("range_events"),
+            "oracle_range_warnings": oracle.get("range_warnings")}
 
 
 def main(argv: list[str] | None = None) -> int:

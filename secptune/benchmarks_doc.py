@@ -689,12 +689,26 @@ def rfa_accuracy_body(r: Report) -> list[str]:
                 for task, t in r["tasks"].items() if t["runs"]["exact"] is not None]
     chk = r.get("secure_check")
     out += ["", "; ".join(verdicts) + "." if verdicts else "No exact run yet.", ""]
-    out += [("Secure check (SST-2 rfa prompt): not run yet." if chk is None else
-             f"Secure check (SST-2 rfa prompt, first {chk['examples']} test sentences): the secure run gives the float64 "
-             f"oracle's prediction on {chk['same_prediction']} of {chk['examples']} (bar: 99 of 100): "
-             f"{'yes' if chk['meets_bar'] else '**no**'}; accuracy secure {score(chk['secure_accuracy'])}, oracle "
-             f"{score(chk['oracle_accuracy'])}."), ""]
+    out += ["Secure check (SST-2 rfa prompt): not run yet." if chk is None else secure_check_text(chk), ""]
     return out
+
+
+def secure_check_text(chk: dict) -> str:
+    """The secure run beside its float64 oracle: a sentence agrees when its label and its scores (within
+    the stated tolerance) do; a wrapped row whose label matches by chance is named, not counted."""
+    events, warnings = chk.get("range_events") or {}, chk.get("oracle_range_warnings") or {}
+    off = chk["scores_off"]
+    text = (f"Secure check (SST-2 rfa prompt, first {chk['examples']} test sentences): the secure run agrees with the "
+            f"float64 oracle (same label, scores within {chk['score_tolerance']:.0%} of the row's largest) on "
+            f"{chk['agree']} of {chk['examples']} (bar: 99 of 100): {'yes' if chk['meets_bar'] else '**no**'}; "
+            f"same label on {chk['same_prediction']}; accuracy secure {score(chk['secure_accuracy'])}, oracle "
+            f"{score(chk['oracle_accuracy'])}.")
+    if off:
+        text += (f" Scores off in sentence{'s' if len(off) > 1 else ''} {', '.join(map(str, off))} (counted as "
+                 f"disagreeing whatever its label); the secure range check fired in batches {events.get('calls', [])} "
+                 "and the oracle counted " + (", ".join(f"{n} values outside the {name} range" for name, n in warnings.items())
+                                              or "no range warning") + ".")
+    return text
 
 
 def section_rfa_accuracy(reports: Reports) -> list[str]:

@@ -204,3 +204,25 @@ def test_the_accuracy_bars_count_examples_so_a_difference_of_exactly_one_point_i
     assert figures["rfa_within"] is True and figures["exact_gains"] is True
     report("rfa", 0.618)
     assert task_figures(work, "sst2")["rfa_within"] is False
+
+
+def test_the_secure_check_counts_a_wrapped_row_as_disagreeing_even_when_its_label_matches(tmp_path):
+    """Scores of 3e9 pick the oracle's label half the time by chance: a sentence agrees only when its
+    scores are within the stated tolerance too, and the section names the sentence (control: the same
+    row within tolerance agrees)."""
+    from research.rfa_accuracy import secure_check
+
+    def results(wild: list[float]):
+        for name, rows in (("oracle_check", [[20.7, 18.6], [16.0, 17.0]]), ("secure_check", [wild, [16.01, 17.02]])):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / "result.json").write_text(json.dumps(
+                {"scores": rows, "pred": [max(range(2), key=r.__getitem__) for r in rows], "accuracy": 0.5, "wall_s": 1.0,
+                 "range_events": {"calls": [0]}, "range_warnings": {"attention_logit": 188}}))
+
+    results([3.08e9, -6.3e8])
+    chk = secure_check(tmp_path)
+    assert chk["same_prediction"] == 2 and chk["agree"] == 1 and chk["scores_off"] == [0] and not chk["meets_bar"]
+    text = benchmarks_doc.secure_check_text(chk)
+    assert "on 1 of 2" in text and "Scores off in sentence 0" in text and "188 values outside the attention_logit range" in text
+    results([20.75, 18.62])  # control: 0.2 % off
+    assert secure_check(tmp_path)["agree"] == 2 and "Scores off" not in benchmarks_doc.secure_check_text(secure_check(tmp_path))
