@@ -885,7 +885,15 @@ def prepare_body(r: Report) -> list[str]:
     return table(["stage", "seconds"], rows) + [
         "", f"RFA in {len(r['rfa_layers'])} of {r['layers']} layers ({', '.join(map(str, r['rfa_layers']))})"
         + (f", KL {kl:.3f} nats/token of exact softmax on the server's held-out public text" if kl is not None else "")
-        + f"; load {r['machine']['load_avg_1m_before']} before, {r['machine']['load_avg_1m_after']} after.", ""]
+        + f"; load {r['machine']['load_avg_1m_before']} before, {r['machine']['load_avg_1m_after']} after. "
+        + f"Within issue 26's {PREPARE_BOUND_S // 60} minutes: {prepare_verdict(r['command_wall_s'])}.", ""]
+
+
+PREPARE_BOUND_S = 600  # issue 26: the server's preparation of SmolLM2 on the 2-core CPU
+
+
+def prepare_verdict(wall_s: float) -> str:
+    return f"yes ({wall_s / 60:.1f} min)" if wall_s <= PREPARE_BOUND_S else f"**no**, {wall_s / 60:.1f} min ({wall_s / PREPARE_BOUND_S:.1f}× the bound)"
 
 
 # ---------------------------------------------------------------- deployment

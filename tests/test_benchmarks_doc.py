@@ -226,3 +226,8 @@ def test_the_secure_check_counts_a_wrapped_row_as_disagreeing_even_when_its_labe
     assert "on 1 of 2" in text and "Scores off in sentence 0" in text and "188 values outside the attention_logit range" in text
     results([20.75, 18.62])  # control: 0.2 % off
     assert secure_check(tmp_path)["agree"] == 2 and "Scores off" not in benchmarks_doc.secure_check_text(secure_check(tmp_path))
+
+
+def test_the_preparation_section_says_whether_the_ten_minute_bound_holds():
+    assert benchmarks_doc.prepare_verdict(1271.0) == "**no**, 21.2 min (2.1× the bound)"
+    assert benchmarks_doc.prepare_verdict(540.0) == "yes (9.0 min)"  # control
