@@ -256,6 +256,13 @@ def _labelled_losses(session, prep: Prepared, batch_size: int) -> None:
             session.set_loss(i, lambda s, target=target: losses(s.view(1, len(target), -1), target, "ce"))
 
 
+def flagged_examples(calls: list[int], batch_size: int, examples: int) -> list[int]:
+    """The examples of the batches the secure range check flagged (batch i holds examples
+    i·batch_size onwards), so result.json says which predictions may be wrong: a wrapped row's
+    scores are arbitrary, yet its label can still match by chance (issue 26's secure check)."""
+    return [j for i in calls for j in range(i * batch_size, min((i + 1) * batch_size, examples))]
+
+
 def summarize(prep: Prepared, scores: torch.Tensor) -> dict:
     pred = scores.argmax(-1).tolist()
     labels = [ex.label for ex in prep.examples]
@@ -298,11 +305,13 @@ def run_infer(opts: InferOptions) -> dict:
         forward_s = sum(f["wall_s"] for f in results["owner"].value["forwards"])
         warnings = {}
         events = owner.range_events(results["owner"].value["forwards"])
+        events["examples"] = flagged_examples(events["calls"], opts.batch_size, len(prep.examples))
         if events["out_of_range"]:
             print(
                 f"secptune: warning: the secure range check found inputs outside an approximation's range in "
-                f"{events['out_of_range']} of {len(prep.batches)} batches (batches {events['calls']}); their scores "
-                "may be wrong. Run the same command with --mode plain to see range_warnings.",
+                f"{events['out_of_range']} of {len(prep.batches)} batches (batches {events['calls']}, examples "
+                f"{events['examples']}); their scores may be wrong. Run the same command with --mode plain to see "
+                "range_warnings.",
                 file=sys.stderr,
             )
     out = summarize(prep, scores)

@@ -126,3 +126,13 @@ def test_tune_discards_a_generation_whose_range_check_fired(tmp_path):
     assert "dev_accuracy" not in history[1]  # never a best-prompt candidate
     assert result["final"]["range_events"] == 1 and result["final"]["invalid_generations"] == 1
     assert result["final"]["best_generation"] != 2
+
+
+def test_infer_names_the_examples_of_the_flagged_batches():
+    """result.json says which predictions the range check put in doubt: batch i's examples, the last
+    batch cut at the number of examples; none when nothing fired."""
+    from secptune.infer import flagged_examples
+
+    assert flagged_examples([3], 8, 100) == list(range(24, 32))
+    assert flagged_examples([0, 12], 8, 100) == [*range(8), 96, 97, 98, 99]
+    assert flagged_examples([], 8, 100) == []
