@@ -84,9 +84,10 @@ def secure_check(work: Path) -> dict | None:
         return None
     secure, oracle = (json.loads(p.read_text()) for p in paths)
     rows = list(zip(secure["pred"], oracle["pred"], secure["scores"], oracle["scores"]))
+    same = [a == b for a, b, *_ in rows]
     off = [i for i, (_, _, s, o) in enumerate(rows) if max(abs(a - b) for a, b in zip(s, o)) > SCORE_TOLERANCE * max(map(abs, o))]
-    agree = sum(a == b for a, b, *_ in rows) - sum(rows[i][0] == rows[i][1] for i in off)
-    return {"examples": len(rows), "same_prediction": sum(a == b for a, b, *_ in rows), "scores_off": off,
+    agree = sum(same) - sum(same[i] for i in off)
+    return {"examples": len(rows), "same_prediction": sum(same), "scores_off": off,
             "agree": agree, "agreement": agree / len(rows), "meets_bar": agree / len(rows) >= AGREEMENT,
             "score_tolerance": SCORE_TOLERANCE, "secure_accuracy": secure["accuracy"], "oracle_accuracy": oracle["accuracy"],
             "secure_wall_s": secure["wall_s"], "range_events": secure.get("range_events"),

@@ -41,7 +41,7 @@ tune() {  # NAME TASK BUDGET FLAGS...
   $PY -m secptune tune --model "$MODEL" --task "$task" --k 16 --seed 42 --prompt-len "$PROMPT_LEN" --intrinsic-dim 500 \
     --popsize 20 --alpha 1 --budget "$budget" --test-limit "$TEST" --device "$DEVICE" --time-limit "$MINUTES" \
     --quiet --out "$out" $([ -f "$out/checkpoint.pt" ] && echo --resume) "$@" >>"$WORK/$name.log" 2>&1 ||
-    echo "rfa_accuracy: $name failed: $(tail -n 1 "$WORK/$name.log")" >&2
+    echo "rfa_accuracy: $name failed: $(tr '\r' '\n' <"$WORK/$name.log" | grep -v '^[[:space:]]*$' | tail -n 1)" >&2  # not a progress bar's redraws
 }
 
 running=0
