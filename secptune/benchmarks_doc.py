@@ -820,7 +820,12 @@ def section_prepare(reports: Reports) -> list[str]:
              "What a new server pays once per model before the first RFA score (`python -m research.prepare_time "
              "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
              "bound: 10 minutes on the 2-core CPU.", ""]
-    out = one_report(reports, "prepare/smollm2.json", intro, prepare_body) + _rfa_default_cost(reports)
+    out = one_report(reports, "prepare/smollm2.json", intro, prepare_body)
+    if reports.get("prepare/smollm2_avx2.json") is not None:  # the CPU's vector width sets this figure: the same command on AVX2
+        out += one_report(reports, "prepare/smollm2_avx2.json", [
+            "The same command on a 2-core AVX2 machine (every stage 2.1–2.7× slower than on AVX512, "
+            "`prepare/smollm2_avx2.json`):", ""], prepare_body)
+    out += _rfa_default_cost(reports)
     ranges = reports.get("prepare/rfa_range.json")
     if ranges is not None:
         with reading(ranges):
