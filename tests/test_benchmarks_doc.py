@@ -231,3 +231,15 @@ def test_the_secure_check_counts_a_wrapped_row_as_disagreeing_even_when_its_labe
 def test_the_preparation_section_says_whether_the_ten_minute_bound_holds():
     assert benchmarks_doc.prepare_verdict(1271.0) == "**no**, 21.2 min (2.1× the bound)"
     assert benchmarks_doc.prepare_verdict(540.0) == "yes (9.0 min)"  # control
+
+
+def test_the_preparation_section_shows_the_avx2_machine_beside_the_main_report(tmp_path):
+    root = tmp_path / "reports"
+    (root / "prepare").mkdir(parents=True)
+    main_report = json.loads((REPORTS / "prepare/smollm2.json").read_text())
+    (root / "prepare/smollm2.json").write_text(json.dumps({**main_report, "command_wall_s": 540.0}))
+    text = "\n".join(benchmarks_doc.section_prepare(benchmarks_doc.Reports(root)))
+    assert "yes (9.0 min)" in text and "smollm2_avx2" not in text  # control: no second machine, no second table
+    (root / "prepare/smollm2_avx2.json").write_text(json.dumps({**main_report, "command_wall_s": 1271.0}))
+    text = "\n".join(benchmarks_doc.section_prepare(benchmarks_doc.Reports(root)))
+    assert "yes (9.0 min)" in text and "**no**, 21.2 min" in text and "reports/prepare/smollm2_avx2.json" in text
