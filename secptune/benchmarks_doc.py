@@ -754,7 +754,13 @@ def section_prompt_transfer(reports: Reports) -> list[str]:
              "approximations in float32 with RFA in the n layers the server ranks least damaging "
              "(`python -m research.rfa_prompt_transfer PROMPT`). Inference only, so it separates what the "
              "approximation does to a tuned prompt from what it does to the search.", ""]
-    return one_report(reports, "rfa_accuracy/prompt_transfer.json", intro, prompt_transfer_body)
+    out = one_report(reports, "rfa_accuracy/prompt_transfer.json", intro, prompt_transfer_body)
+    for run in ("exact", "rfa"):  # AG News: is the default RFA's lead over exact (tuned) the prompt or the attention?
+        rel = f"rfa_accuracy/prompt_transfer_agnews_{run}.json"
+        if reports.get(rel) is not None:
+            out += one_report(reports, rel, [f"AG News, {run} tuning's prompt, the same way (`{rel}`):", ""],
+                              prompt_transfer_body)
+    return out
 
 
 def prompt_once_body(r: Report) -> list[str]:
@@ -820,11 +826,15 @@ def section_prepare(reports: Reports) -> list[str]:
              "What a new server pays once per model before the first RFA score (`python -m research.prepare_time "
              "--model smollm2`: `secptune prepare` in a fresh cache holding only the converted weights). Issue 26's "
              "bound: 10 minutes on the 2-core CPU.", ""]
+    main, avx2 = reports.get("prepare/smollm2.json"), reports.get("prepare/smollm2_avx2.json")
     out = one_report(reports, "prepare/smollm2.json", intro, prepare_body)
-    if reports.get("prepare/smollm2_avx2.json") is not None:  # the CPU's vector width sets this figure: the same command on AVX2
+    if main is not None and avx2 is not None:  # the CPU's vector width sets this figure: the same command on AVX2
+        with reading(main), reading(avx2):
+            slower = [avx2["stages_s"][k] / s for k, s in main["stages_s"].items() if s > 0 and k in avx2["stages_s"]]
+            whole = avx2["command_wall_s"] / main["command_wall_s"]
         out += one_report(reports, "prepare/smollm2_avx2.json", [
-            "The same command on a 2-core AVX2 machine (every stage 2.1–2.7× slower than on AVX512, "
-            "`prepare/smollm2_avx2.json`):", ""], prepare_body)
+            f"The same command on a 2-core {avx2['machine'].get('cpu_capability', 'other')} machine ({whole:.1f}× the "
+            f"time above; {min(slower):.1f}–{max(slower):.1f}× per stage), `prepare/smollm2_avx2.json`:", ""], prepare_body)
     out += _rfa_default_cost(reports)
     ranges = reports.get("prepare/rfa_range.json")
     if ranges is not None:
