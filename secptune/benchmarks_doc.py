@@ -684,8 +684,12 @@ def rfa_accuracy_body(r: Report) -> list[str]:
     def verdict(value) -> str:  # None: a run is cut off (or missing), so no verdict yet
         return "pending" if value is None else "yes" if value else "**no**"
 
+    def within(t: dict, c: str) -> str:  # the bound is two-sided: say which side a miss falls on
+        miss = t.get(f"{c}_within") is False
+        return verdict(t.get(f"{c}_within")) + (f" ({'above' if t[f'{c}_vs_exact'] > 0 else 'below'} exact)" if miss else "")
+
     verdicts = [f"{task}: exact gains {verdict(t.get('exact_gains'))}; approximations within 1 point: "
-                + ", ".join(f"{c} {verdict(t.get(f'{c}_within'))}" for c in ("softmax", "rfa"))
+                + ", ".join(f"{c} {within(t, c)}" for c in ("softmax", "rfa"))
                 for task, t in r["tasks"].items() if t["runs"]["exact"] is not None]
     chk = r.get("secure_check")
     out += ["", "; ".join(verdicts) + "." if verdicts else "No exact run yet.", ""]

@@ -243,3 +243,20 @@ def test_the_preparation_section_shows_the_avx2_machine_beside_the_main_report(t
     (root / "prepare/smollm2_avx2.json").write_text(json.dumps({**main_report, "command_wall_s": 1271.0}))
     text = "\n".join(benchmarks_doc.section_prepare(benchmarks_doc.Reports(root)))
     assert "yes (9.0 min)" in text and "**no**, 21.2 min" in text and "reports/prepare/smollm2_avx2.json" in text
+
+
+def test_a_missed_accuracy_bound_says_which_side_of_exact_it_falls(tmp_path):
+    root = tmp_path / "reports"
+    root.mkdir()
+    report = json.loads((REPORTS / "rfa_accuracy.json").read_text())
+    agnews = report["tasks"]["agnews"]
+
+    def verdict_line(rfa_vs_exact, rfa_within):
+        agnews.update(rfa_vs_exact=rfa_vs_exact, rfa_within=rfa_within)
+        (root / "rfa_accuracy.json").write_text(json.dumps(report))
+        lines = benchmarks_doc.rfa_accuracy_body(benchmarks_doc.Reports(root).get("rfa_accuracy.json"))
+        return next(line for line in lines if line.startswith("sst2: exact gains")).split("agnews: ")[1]
+
+    assert "rfa **no** (above exact)" in verdict_line(0.026, False)
+    assert "rfa **no** (below exact)" in verdict_line(-0.026, False)
+    assert "rfa yes." in verdict_line(-0.004, True)  # control: within the bound, no side named
