@@ -685,8 +685,9 @@ def rfa_accuracy_body(r: Report) -> list[str]:
         return "pending" if value is None else "yes" if value else "**no**"
 
     def within(t: dict, c: str) -> str:  # the bound is two-sided: say which side a miss falls on
-        miss = t.get(f"{c}_within") is False
-        return verdict(t.get(f"{c}_within")) + (f" ({'above' if t[f'{c}_vs_exact'] > 0 else 'below'} exact)" if miss else "")
+        value = t.get(f"{c}_within")
+        side = f" ({'above' if t[f'{c}_vs_exact'] > 0 else 'below'} exact)" if value is False else ""
+        return verdict(value) + side
 
     verdicts = [f"{task}: exact gains {verdict(t.get('exact_gains'))}; approximations within 1 point: "
                 + ", ".join(f"{c} {within(t, c)}" for c in ("softmax", "rfa"))
@@ -833,12 +834,12 @@ def section_prepare(reports: Reports) -> list[str]:
     main, avx2 = reports.get("prepare/smollm2.json"), reports.get("prepare/smollm2_avx2.json")
     out = one_report(reports, "prepare/smollm2.json", intro, prepare_body)
     if main is not None and avx2 is not None:  # the CPU's vector width sets this figure: the same command on AVX2
-        with reading(main), reading(avx2):
+        with reading(main), reading(avx2):  # a missing field names its report, here as in the tables
             slower = [avx2["stages_s"][k] / s for k, s in main["stages_s"].items() if s > 0 and k in avx2["stages_s"]]
-            whole = avx2["command_wall_s"] / main["command_wall_s"]
-        out += one_report(reports, "prepare/smollm2_avx2.json", [
-            f"The same command on a 2-core {avx2['machine'].get('cpu_capability', 'other')} machine ({whole:.1f}× the "
-            f"time above; {min(slower):.1f}–{max(slower):.1f}× per stage), `prepare/smollm2_avx2.json`:", ""], prepare_body)
+            lead = (f"The same command on a 2-core {avx2['machine'].get('cpu_capability', 'other')} machine "
+                    f"({avx2['command_wall_s'] / main['command_wall_s']:.1f}× the time above; "
+                    f"{min(slower):.1f}–{max(slower):.1f}× per stage), `prepare/smollm2_avx2.json`:")
+        out += one_report(reports, "prepare/smollm2_avx2.json", [lead, ""], prepare_body)
     out += _rfa_default_cost(reports)
     ranges = reports.get("prepare/rfa_range.json")
     if ranges is not None:
